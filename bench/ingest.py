@@ -1,0 +1,94 @@
+"""Benchmark: ingest time of the full MNIST IDX set and of a 42000-row Kaggle-style CSV.
+
+Each is reported against the bare read in the same run (gzip + np.frombuffer for IDX,
+pandas.read_csv for the CSV). Run: `.venv/bin/python bench/ingest.py` (or `make bench`).
+"""
+
+from __future__ import annotations
+
+import gzip
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from digitpipe.config import load_params
+from digitpipe.data.idx import read_idx
+from digitpipe.data.ingest import build_splits, write_splits
+
+REPO = Path(__file__).resolve().parents[1]
+MNIST = REPO / "data" / "raw" / "mnist"
+REPEATS = 5
+
+
+def best_of(action: Callable[[], object]) -> float:
+    """Median wall time of ``REPEATS`` runs, after one warm-up."""
+    action()
+    times = []
+    for _ in range(REPEATS):
+        start = time.perf_counter()
+        action()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def bare_idx_read() -> None:
+    for name in (
+        "train-images-idx3-ubyte",
+        "train-labels-idx1-ubyte",
+        "t10k-images-idx3-ubyte",
+        "t10k-labels-idx1-ubyte",
+    ):
+        data = gzip.decompress((MNIST / f"{name}.gz").read_bytes())
+        np.frombuffer(data, np.uint8, offset=16 if "images" in name else 8)
+
+
+def write_kaggle_csv(path: Path, rows: int) -> None:
+    images = read_idx(MNIST / "train-images-idx3-ubyte.gz")[:rows].reshape(rows, -1)
+    labels = read_idx(MNIST / "train-labels-idx1-ubyte.gz")[:rows]
+    frame = pd.DataFrame(images, columns=[f"pixel{i}" for i in range(images.shape[1])])
+    frame.insert(0, "label", labels)
+    frame.to_csv(path, index=False)
+
+
+def report(name: str, ours: float, baseline: float, baseline_name: str, target: float) -> None:
+    verdict = "ok" if ours <= target else "OVER TARGET"
+    print(
+        f"{name:<28} {ours:6.3f} s   {baseline_name} {baseline:6.3f} s   "
+        f"ratio {ours / baseline:5.2f}   target <= {target} s: {verdict}"
+    )
+
+
+def main() -> int:
+    data = load_params(REPO / "params.yaml").data
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp)
+        idx_time = best_of(lambda: write_splits(build_splits(data, REPO), out / "idx"))
+        report("IDX ingest (70000 images)", idx_time, best_of(bare_idx_read), "bare read", 1.5)
+        write_kaggle_csv(out / "train.csv", 42000)
+        csv_data = data.model_copy(
+            update={
+                "train": data.train.model_validate({"csv": str(out / "train.csv")}),
+                "test": None,
+                "test_fraction": 0.1,
+                "checksums": {},
+            }
+        )
+        csv_time = best_of(lambda: write_splits(build_splits(csv_data, REPO), out / "csv"))
+        report(
+            "CSV ingest (42000 rows)",
+            csv_time,
+            best_of(lambda: pd.read_csv(out / "train.csv")),
+            "pandas.read_csv",
+            2.5,
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,116 @@
+"""Typed, validated configuration: params.yaml is read here and nowhere else."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from digitpipe.errors import DigitpipeError
+
+PARAMS_FILE = Path("params.yaml")
+Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
+Count = Annotated[int, Field(gt=0)]
+
+
+class Section(BaseModel):
+    """A params.yaml section: unknown keys are errors (they are usually typos)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Source(Section):
+    """One input: an IDX image file with an optional IDX label file, or a CSV file."""
+
+    images: Path | None = None
+    labels: Path | None = None
+    csv: Path | None = None
+
+    @model_validator(mode="after")
+    def _one_format(self) -> Source:
+        if (self.images is None) == (self.csv is None):
+            raise ValueError("give either 'images' (+ 'labels') for IDX, or 'csv'")
+        if self.csv is not None and self.labels is not None:
+            raise ValueError("'labels' is for IDX sources; a CSV holds its labels in a column")
+        return self
+
+    @property
+    def files(self) -> list[Path]:
+        return [p for p in (self.images, self.labels, self.csv) if p is not None]
+
+
+class Limits(Section):
+    """Optional caps on rows per split, for quick runs and tests (null: no cap)."""
+
+    train: Count | None = None
+    val: Count | None = None
+    test: Count | None = None
+    predict: Count | None = None
+
+
+class DataParams(Section):
+    """The `data` section: where the raw data is and how to split it."""
+
+    train: Source
+    test: Source | None = None
+    predict: Source | None = None
+    checksums: dict[Path, Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]] = {}
+    class_names: list[str] = Field(default=[str(i) for i in range(10)], min_length=2)
+    image_size: tuple[Count, Count] | None = None
+    csv_label_column: str = "label"
+    val_fraction: Fraction = 0.1
+    test_fraction: Fraction = 0.0
+    seed: int = 42
+    limit: Limits = Limits()
+
+    @model_validator(mode="after")
+    def _test_source(self) -> DataParams:
+        if self.test is None and self.test_fraction == 0:
+            raise ValueError("no 'test' source: give one, or a 'test_fraction' > 0 to hold out")
+        if self.test is not None and self.test_fraction > 0:
+            raise ValueError("give a 'test' source or a 'test_fraction', not both")
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ValueError("val_fraction + test_fraction must leave training data (< 1)")
+        if len(set(self.class_names)) != len(self.class_names):
+            raise ValueError("class_names must be unique")
+        return self
+
+
+class Params(Section):
+    """All of params.yaml."""
+
+    data: DataParams
+
+
+def _describe(error: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid parameters; fix these keys:"]
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        got = "" if item["type"] == "missing" else f" (got {item['input']!r})"
+        lines.append(f"  - {key}: {item['msg']}{got}")
+    return "\n".join(lines)
+
+
+def parse_params(raw: dict, source: str = "params") -> Params:
+    """Validate a params mapping; raise DigitpipeError naming every bad key."""
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        raise DigitpipeError(_describe(exc, source)) from None
+
+
+def load_params(path: str | os.PathLike = PARAMS_FILE) -> Params:
+    """Read and validate params.yaml."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise DigitpipeError(f"{path}: cannot read parameters ({exc.strerror}).") from exc
+    except yaml.YAMLError as exc:
+        raise DigitpipeError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise DigitpipeError(f"{path}: expected a mapping of sections (data, train, ...).")
+    return parse_params(raw, str(path))

@@ -1,0 +1,1 @@
+"""Data: reading IDX and CSV inputs, validating them, and the Parquet splits."""

@@ -1,0 +1,42 @@
+"""ImageSet: images, labels and stable ids, the unit every stage passes around."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    """``images`` is uint8 (N, H, W); ``labels`` int64 (N,) or None when unlabeled."""
+
+    ids: np.ndarray
+    images: np.ndarray
+    labels: np.ndarray | None
+    class_names: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return int(self.images.shape[1]), int(self.images.shape[2])
+
+    def take(self, index: np.ndarray) -> ImageSet:
+        """The rows at ``index``, in that order."""
+        labels = None if self.labels is None else self.labels[index]
+        return ImageSet(self.ids[index], self.images[index], labels, self.class_names)
+
+    def class_counts(self) -> dict[str, int]:
+        """Images per class name (all classes listed, zeros included)."""
+        if self.labels is None:
+            return {}
+        counts = np.bincount(self.labels, minlength=len(self.class_names))
+        return {name: int(n) for name, n in zip(self.class_names, counts, strict=True)}
+
+
+def make_ids(prefix: str, count: int) -> np.ndarray:
+    """Stable ids ``prefix-000000`` numbering the rows of a source file from 0."""
+    width = max(6, len(str(max(count - 1, 0))))
+    return np.array([f"{prefix}-{i:0{width}d}" for i in range(count)], dtype=object)

@@ -1,0 +1,1 @@
+"""Evaluation of trained models: confusion-matrix statistics and reports."""

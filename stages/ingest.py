@@ -1,0 +1,9 @@
+"""DVC stage `ingest`: raw IDX/CSV under data/raw into data/processed/*.parquet."""
+
+import sys
+
+from digitpipe.cli import run_stage
+from digitpipe.data.ingest import run
+
+if __name__ == "__main__":
+    sys.exit(run_stage(run))

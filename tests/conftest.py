@@ -1,0 +1,85 @@
+"""Shared fixtures: a few hundred real MNIST digits written as IDX and CSV, and params for them."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from digitpipe.data.idx import read_idx, write_idx
+
+REPO = Path(__file__).resolve().parents[1]
+MNIST = REPO / "data" / "raw" / "mnist"
+
+
+@pytest.fixture(scope="session")
+def mnist_train() -> tuple[np.ndarray, np.ndarray]:
+    """The full MNIST training images and labels, read once."""
+    return (
+        read_idx(MNIST / "train-images-idx3-ubyte.gz"),
+        read_idx(MNIST / "train-labels-idx1-ubyte.gz"),
+    )
+
+
+def write_csv(path: Path, images: np.ndarray, labels: np.ndarray | None) -> Path:
+    """A Kaggle-style CSV: optional `label`, then pixel0..pixelN-1."""
+    flat = images.reshape(len(images), -1)
+    header = ([] if labels is None else ["label"]) + [f"pixel{i}" for i in range(flat.shape[1])]
+    rows = flat if labels is None else np.column_stack([labels, flat])
+    with path.open("w") as handle:
+        handle.write(",".join(header) + "\n")
+        np.savetxt(handle, rows, fmt="%d", delimiter=",")
+    return path
+
+
+@pytest.fixture()
+def tiny_project(tmp_path: Path, mnist_train) -> Path:
+    """A project folder with 600 train and 200 test MNIST digits as gzip IDX, and params.yaml."""
+    images, labels = mnist_train
+    raw = tmp_path / "data" / "raw"
+    write_idx(images[:600], raw / "train-images.gz", compress=True)
+    write_idx(labels[:600], raw / "train-labels.gz", compress=True)
+    write_idx(images[600:800], raw / "test-images", compress=False)
+    write_idx(labels[600:800], raw / "test-labels", compress=False)
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["data"].update(
+        train={"images": "data/raw/train-images.gz", "labels": "data/raw/train-labels.gz"},
+        test={"images": "data/raw/test-images", "labels": "data/raw/test-labels"},
+        checksums={},
+    )
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return tmp_path
+
+
+def edit_params(project: Path, section: str, **changes) -> None:
+    """Update keys of one params.yaml section in a test project."""
+    path = project / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    params[section].update(changes)
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def init_pipeline_repo(project: Path) -> dict[str, str]:
+    """Make a test project a git + DVC repo with this pipeline; return the env to run DVC in."""
+    shutil.copy(REPO / "dvc.yaml", project / "dvc.yaml")
+    for folder in ("stages", "src"):
+        shutil.copytree(
+            REPO / folder, project / folder, ignore=shutil.ignore_patterns("__pycache__")
+        )
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    for command in (["git", "init", "-q"], ["dvc", "init", "-q"]):
+        subprocess.run(command, cwd=project, env=env, check=True)
+    return env
+
+
+def dvc(project: Path, env: dict[str, str], *args: str) -> str:
+    """Run a dvc command in a test project; fail the test with its output if it fails."""
+    result = subprocess.run(["dvc", *args], cwd=project, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout

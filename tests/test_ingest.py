@@ -1,0 +1,287 @@
+"""The ingest stage on real MNIST digits: splits, layout, determinism, CSV parity and bad input."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from conftest import MNIST, edit_params, write_csv
+from PIL import Image
+
+from digitpipe.cli import main
+from digitpipe.config import load_params
+from digitpipe.data.idx import read_idx, write_idx
+from digitpipe.data.ingest import PROCESSED_DIR, REPORT_DIR, build_splits, run
+from digitpipe.data.parquet import read_split
+
+
+def ingest(project):
+    return run(load_params(project / "params.yaml"), project)
+
+
+def test_splits_are_stratified_and_map_back_to_the_source(tiny_project, mnist_train):
+    summary = ingest(tiny_project)
+    images, labels = mnist_train
+    assert {k: v["count"] for k, v in summary["splits"].items()} == {
+        "train": 540,
+        "val": 60,
+        "test": 200,
+    }
+    train = read_split(tiny_project / PROCESSED_DIR / "train.parquet")
+    val = read_split(tiny_project / PROCESSED_DIR / "val.parquet")
+    source_counts = np.bincount(labels[:600], minlength=10)
+    assert np.abs(np.bincount(val.labels, minlength=10) - source_counts * 0.1).max() <= 1
+    rows = np.array([int(i.split("-")[1]) for i in np.concatenate([train.ids, val.ids])])
+    assert sorted(rows) == list(range(600))
+    np.testing.assert_array_equal(train.images, images[rows[:540]])
+    np.testing.assert_array_equal(train.labels, labels[rows[:540]])
+    test = read_split(tiny_project / PROCESSED_DIR / "test.parquet")
+    assert test.ids[0] == "test-000000" and test.labels[0] == labels[600]
+
+
+def test_parquet_layout_is_self_describing(tiny_project):
+    ingest(tiny_project)
+    table = pq.read_table(tiny_project / PROCESSED_DIR / "val.parquet")
+    assert table.column_names == ["image_id", "label", "pixels"]
+    meta = json.loads(table.schema.metadata[b"digitpipe"])
+    assert meta == {"height": 28, "width": 28, "class_names": [str(i) for i in range(10)]}
+    assert len(table.column("pixels")[0].as_py()) == 28 * 28
+
+
+def test_same_params_give_byte_identical_files_and_seed_changes_split(tiny_project):
+    ingest(tiny_project)
+    first = {p.name: p.read_bytes() for p in (tiny_project / PROCESSED_DIR).iterdir()}
+    ingest(tiny_project)
+    assert first == {p.name: p.read_bytes() for p in (tiny_project / PROCESSED_DIR).iterdir()}
+    edit_params(tiny_project, "data", seed=7)
+    ingest(tiny_project)
+    assert (tiny_project / PROCESSED_DIR / "val.parquet").read_bytes() != first["val.parquet"]
+
+
+def test_reports_summary_and_pictures(tiny_project):
+    ingest(tiny_project)
+    summary = json.loads((tiny_project / REPORT_DIR / "summary.json").read_text())
+    assert sum(summary["splits"]["test"]["per_class"].values()) == 200
+    for name in ("class_distribution.png", "sample_digits.png"):
+        picture = np.asarray(Image.open(tiny_project / REPORT_DIR / name).convert("L"))
+        assert picture.shape[0] > 200 and picture.shape[1] > 400
+        assert picture.std() > 20, f"{name} looks blank"
+
+
+def test_limit_caps_each_split_with_a_stratified_sample(tiny_project):
+    edit_params(tiny_project, "data", limit={"train": 100, "val": 20, "test": 50, "predict": None})
+    splits = build_splits(load_params(tiny_project / "params.yaml").data, tiny_project)
+    assert [len(splits[s]) for s in ("train", "val", "test")] == [100, 20, 50]
+    assert np.bincount(splits["train"].labels, minlength=10).min() >= 5
+
+
+def test_kaggle_csv_matches_the_idx_path(tmp_path, mnist_train):
+    images, labels = mnist_train[0][:3000], mnist_train[1][:3000]
+    write_idx(images, tmp_path / "images.gz", compress=True)
+    write_idx(labels, tmp_path / "labels.gz", compress=True)
+    write_csv(tmp_path / "train.csv", images, labels)
+    params = load_params(MNIST.parents[2] / "params.yaml").data
+    from_idx = build_splits(
+        params.model_copy(
+            update={
+                "train": params.train.model_copy(
+                    update={"images": "images.gz", "labels": "labels.gz"}
+                ),
+                "test": None,
+                "test_fraction": 0.2,
+                "checksums": {},
+            }
+        ),
+        tmp_path,
+    )
+    from_csv = build_splits(
+        params.model_copy(
+            update={
+                "train": params.train.model_validate({"csv": "train.csv"}),
+                "test": None,
+                "test_fraction": 0.2,
+                "checksums": {},
+            }
+        ),
+        tmp_path,
+    )
+    for split in ("train", "val", "test"):
+        np.testing.assert_array_equal(from_csv[split].images, from_idx[split].images)
+        np.testing.assert_array_equal(from_csv[split].labels, from_idx[split].labels)
+        np.testing.assert_array_equal(from_csv[split].ids, from_idx[split].ids)
+    assert len(from_idx["test"]) == 600 and len(from_idx["val"]) == 240
+
+
+def test_pixels_only_csv_becomes_the_predict_split(tiny_project, mnist_train):
+    write_csv(tiny_project / "data/raw/test.csv", mnist_train[0][:30], None)
+    edit_params(tiny_project, "data", predict={"csv": "data/raw/test.csv"})
+    ingest(tiny_project)
+    predict = read_split(tiny_project / PROCESSED_DIR / "predict.parquet")
+    assert predict.labels is None and predict.ids[0] == "predict-000000"
+    np.testing.assert_array_equal(predict.images, mnist_train[0][:30])
+
+
+def test_non_square_csv_uses_image_size(tiny_project):
+    rng = np.random.default_rng(0)
+    write_csv(
+        tiny_project / "data/raw/wide.csv", rng.integers(0, 256, (40, 4, 6)), np.arange(40) % 10
+    )
+    edit_params(
+        tiny_project,
+        "data",
+        train={"csv": "data/raw/wide.csv"},
+        test=None,
+        test_fraction=0.25,
+        image_size=[4, 6],
+    )
+    splits = build_splits(load_params(tiny_project / "params.yaml").data, tiny_project)
+    assert splits["train"].image_size == (4, 6) and len(splits["test"]) == 10
+
+
+def test_full_mnist_acceptance(tmp_path):
+    params = load_params(MNIST.parents[2] / "params.yaml").data
+    splits = build_splits(params, MNIST.parents[2])
+    assert len(splits["train"]) + len(splits["val"]) == 60000 and len(splits["test"]) == 10000
+    train_counts = np.bincount(np.concatenate([splits["train"].labels, splits["val"].labels]))
+    assert train_counts.tolist() == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+    assert np.bincount(splits["test"].labels).tolist() == [
+        980,
+        1135,
+        1032,
+        1010,
+        982,
+        892,
+        958,
+        1028,
+        974,
+        1009,
+    ]
+    first = splits["train"].ids[0]
+    source_row = int(first.split("-")[1])
+    assert source_row == 0 and read_idx(MNIST / "train-labels-idx1-ubyte.gz")[source_row] == 5
+    assert splits["train"].labels[0] == 5
+
+
+# Each bad input: (how to break the tiny project, words the message must contain).
+def _truncate(project):
+    path = project / "data/raw/test-images"
+    path.write_bytes(path.read_bytes()[:-100])
+
+
+def _wrong_magic(project):
+    path = project / "data/raw/test-images"
+    path.write_bytes(b"\x00\x00\x99\x03" + path.read_bytes()[4:])
+
+
+def _dims_disagree(project):
+    path = project / "data/raw/test-images"
+    path.write_bytes(path.read_bytes() + bytes(784))
+
+
+def _counts_differ(project):
+    write_idx(read_idx(project / "data/raw/test-labels")[:150], project / "data/raw/test-labels")
+
+
+def _label_out_of_range(project):
+    labels = read_idx(project / "data/raw/test-labels").copy()
+    labels[17] = 12
+    write_idx(labels, project / "data/raw/test-labels")
+
+
+def _empty(project):
+    (project / "data/raw/test-images").write_bytes(b"")
+
+
+def _checksum(project):
+    edit_params(project, "data", checksums={"data/raw/train-labels.gz": "0" * 64})
+
+
+def _csv_train(project, text):
+    (project / "data/raw/train.csv").write_text(text)
+    edit_params(project, "data", train={"csv": "data/raw/train.csv"})
+
+
+CSV_HEADER = "label," + ",".join(f"pixel{i}" for i in range(4))
+BAD_INPUTS = {
+    "truncated": (_truncate, ["test-images", "truncated"]),
+    "wrong magic": (_wrong_magic, ["test-images", "wrong magic number"]),
+    "dims disagree": (_dims_disagree, ["test-images", "longer than its header says"]),
+    "count mismatch": (_counts_differ, ["test-labels", "150 labels for 200 images"]),
+    "label range": (_label_out_of_range, ["test-labels", "label 12", "out of range"]),
+    "empty file": (_empty, ["test-images", "empty"]),
+    "checksum": (_checksum, ["train-labels.gz", "checksum mismatch"]),
+    "corrupt gzip": (
+        lambda p: (p / "data/raw/train-images.gz").write_bytes(
+            gzip.compress(np.random.default_rng(0).bytes(5000))[:60]
+        ),
+        ["train-images.gz", "gzip"],
+    ),
+    "csv no label": (lambda p: _csv_train(p, "a,b,c,d\n1,2,3,4\n"), ["train.csv", "label"]),
+    "csv pixel count": (
+        lambda p: _csv_train(p, "label,p0,p1,p2\n1,2,3,4\n"),
+        ["train.csv", "3 pixel columns is not a square"],
+    ),
+    "csv non-numeric": (
+        lambda p: _csv_train(p, f"{CSV_HEADER}\n1,2,x,4,5\n"),
+        ["train.csv", "'pixel1' is not numeric"],
+    ),
+    "csv negative": (
+        lambda p: _csv_train(p, f"{CSV_HEADER}\n1,2,3,-4,5\n"),
+        ["train.csv", "'pixel2'", "-4", "0..255"],
+    ),
+    "csv too bright": (
+        lambda p: _csv_train(p, f"{CSV_HEADER}\n1,2,3,4,256\n"),
+        ["train.csv", "'pixel3'", "256"],
+    ),
+    "csv nan": (
+        lambda p: _csv_train(p, f"{CSV_HEADER}\n1,2,3,4,5\n1,NaN,3,4,5\n"),
+        ["train.csv", "'pixel0'", "missing or NaN", "row 2"],
+    ),
+    "csv fraction": (
+        lambda p: _csv_train(p, f"{CSV_HEADER}\n1,2.5,3,4,5\n"),
+        ["train.csv", "2.5", "not a whole number"],
+    ),
+    "csv empty": (lambda p: _csv_train(p, ""), ["train.csv", "empty"]),
+    "csv label range": (
+        lambda p: _csv_train(p, f"{CSV_HEADER}\n10,2,3,4,5\n"),
+        ["train.csv", "label 10", "out of range"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS)
+def test_bad_input_fails_clearly_with_no_output(case, tiny_project, monkeypatch, capsys):
+    break_it, words = BAD_INPUTS[case]
+    break_it(tiny_project)
+    monkeypatch.chdir(tiny_project)
+    assert main(["ingest"]) == 2
+    message = capsys.readouterr().err
+    assert message.startswith("digitpipe: error: ")
+    for word in words:
+        assert word in message
+    assert "Traceback" not in message
+    assert not (tiny_project / PROCESSED_DIR).exists()
+    assert not (tiny_project / REPORT_DIR).exists()
+    assert not list((tiny_project / "data").glob(".processed*"))
+
+
+@pytest.mark.parametrize(
+    ("changes", "words"),
+    [
+        ({"val_fraction": 1.5}, ["data.val_fraction", "less than 1", "1.5"]),
+        ({"colour": "red"}, ["data.colour", "Extra inputs"]),
+        ({"train": {"images": "a", "csv": "b"}}, ["data.train", "either 'images'"]),
+        ({"limit": {"train": 0}}, ["data.limit.train", "greater than 0"]),
+    ],
+)
+def test_bad_params_name_the_key(tiny_project, monkeypatch, capsys, changes, words):
+    edit_params(tiny_project, "data", **changes)
+    monkeypatch.chdir(tiny_project)
+    assert main(["ingest"]) == 2
+    message = capsys.readouterr().err
+    assert "params.yaml" in message
+    for word in words:
+        assert word in message
