@@ -32,12 +32,21 @@ def _ingest(args: argparse.Namespace) -> int:
     return run_stage(run, args.params)
 
 
+def _train(args: argparse.Namespace) -> int:
+    from digitpipe.train.run import run
+
+    return run_stage(run, args.params)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="digitpipe", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     ingest = commands.add_parser("ingest", help="raw IDX/CSV data into Parquet splits")
     ingest.add_argument("--params", type=Path, default=PARAMS_FILE)
     ingest.set_defaults(handler=_ingest)
+    train = commands.add_parser("train", help="train the configured model (Lightning)")
+    train.add_argument("--params", type=Path, default=PARAMS_FILE)
+    train.set_defaults(handler=_train)
     return parser
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -79,10 +79,69 @@ class DataParams(Section):
         return self
 
 
+class Augment(Section):
+    """Random affine augmentation of training batches (all zero: off)."""
+
+    rotation: Annotated[float, Field(ge=0, le=180)] = 0.0  # degrees, +/-
+    translation: Annotated[float, Field(ge=0, lt=1)] = 0.0  # fraction of the image size, +/-
+    scale: Annotated[float, Field(ge=0, lt=1)] = 0.0  # fraction, +/-
+
+
+OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
+SCHEDULERS = ("onecycle", "none")
+
+
+class Recipe(Section):
+    """How to train: every key is optional here; null takes the model recipe's value."""
+
+    max_epochs: Count | None = None
+    batch_size: Count | None = None  # global: split evenly across devices
+    optimizer: Literal[OPTIMIZERS] | None = None
+    lr: Annotated[float, Field(gt=0)] | None = None
+    momentum: Annotated[float, Field(ge=0, lt=1)] | None = None
+    nesterov: bool | None = None
+    weight_decay: Annotated[float, Field(ge=0)] | None = None
+    eps: Annotated[float, Field(gt=0)] | None = None
+    scheduler: Literal[SCHEDULERS] | None = None
+    label_smoothing: Annotated[float, Field(ge=0, lt=1)] | None = None
+    augment: Augment | None = None
+
+
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
+STRATEGIES = ("auto", "ddp", "ddp_spawn", "ddp_find_unused_parameters_true", "fsdp")
+PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "bf16-true", "64-true")
+
+
+class TrainParams(Recipe):
+    """The `train` section: recipe overrides, hardware, reproducibility, resume and output."""
+
+    seed: int = 42
+    deterministic: bool = True
+    accelerator: Literal[ACCELERATORS] = "auto"
+    devices: Count | Literal["auto"] = 1
+    num_nodes: Count = 1
+    strategy: Literal[STRATEGIES] = "auto"
+    precision: Literal[PRECISIONS] = "32-true"
+    resume: bool = True
+    progress: Literal["auto", "bar", "lines", "none"] = "auto"
+    limit_batches: Count | None = None  # cap batches per epoch (quick runs, tests)
+
+
+ARCHITECTURES = ("softmax", "mlp", "lenet", "convnet3", "tinycnn", "bncnn", "best")
+
+
+class ModelParams(Section):
+    """The `model` section: which architecture, with its training recipe, from the zoo."""
+
+    arch: Literal[ARCHITECTURES] = "bncnn"
+
+
 class Params(Section):
     """All of params.yaml."""
 
     data: DataParams
+    model: ModelParams = ModelParams()
+    train: TrainParams = TrainParams()
 
 
 def _describe(error: ValidationError, source: str) -> str:

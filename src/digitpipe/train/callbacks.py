@@ -1,0 +1,96 @@
+"""Training callbacks: per-epoch history (CSV + plain progress lines) and throughput."""
+
+from __future__ import annotations
+
+import csv
+import io
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+
+from digitpipe.atomic import write_text
+
+HISTORY_FIELDS = [
+    "epoch",
+    "train_loss",
+    "train_acc",
+    "val_loss",
+    "val_acc",
+    "lr",
+    "train_seconds",
+    "images_per_s",
+]
+
+
+class History(L.Callback):
+    """Records one row per epoch, rewrites ``path`` after each, and optionally prints it.
+
+    The rows travel in checkpoints, so a resumed run continues its history.
+    """
+
+    def __init__(self, path: Path, print_lines: bool) -> None:
+        self.path, self.print_lines = path, print_lines
+        self.rows: list[dict[str, float]] = []
+        self._start = self._end = 0.0
+        self._images = 0
+
+    def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._start = self._end = time.perf_counter()
+        self._images = 0
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        self._images += len(batch[1]) * trainer.world_size
+        self._end = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        metrics = trainer.callback_metrics
+        seconds = self._end - self._start
+        row = {
+            "epoch": trainer.current_epoch + 1,
+            "train_loss": _rounded(metrics["train/loss"]),
+            "train_acc": _rounded(metrics["train/acc"]),
+            "val_loss": _rounded(metrics.get("val/loss", float("nan"))),
+            "val_acc": _rounded(metrics.get("val/acc", float("nan"))),
+            "lr": _rounded(trainer.optimizers[0].param_groups[0]["lr"]),
+            "train_seconds": round(seconds, 3),
+            "images_per_s": round(self._images / seconds, 1) if seconds else float("nan"),
+        }
+        self.rows.append(row)
+        if trainer.is_global_zero:
+            self._write()
+            if self.print_lines:
+                print(self._line(row, trainer.max_epochs), flush=True)
+
+    def _write(self) -> None:
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, HISTORY_FIELDS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(self.rows)
+        write_text(self.path, buffer.getvalue())
+
+    @staticmethod
+    def _line(row: dict[str, float], max_epochs: int) -> str:
+        return (
+            f"epoch {row['epoch']}/{max_epochs}  train_loss {row['train_loss']:.4f}  "
+            f"train_acc {row['train_acc']:.4f}  val_loss {row['val_loss']:.4f}  "
+            f"val_acc {row['val_acc']:.4f}  {row['train_seconds']:.1f}s "
+            f"{row['images_per_s']:.0f} img/s"
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rows": self.rows}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.rows = list(state_dict["rows"])
+
+
+def _rounded(value: float) -> float:
+    return round(float(value), 6)
+
+
+def wants_bar(progress: str) -> bool:
+    """A live bar only in a terminal (or when asked); plain lines in logs and CI."""
+    return progress == "bar" or (progress == "auto" and sys.stdout.isatty())

@@ -1,0 +1,135 @@
+"""Fast in-memory data: uint8 images in one tensor, served as whole batches by index.
+
+No per-item ``__getitem__`` and no collate: a batch is one ``index_select``. Conversion to float
+and augmentation happen per batch on the target device (see ``augment``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+from digitpipe.config import Augment
+from digitpipe.data.images import ImageSet
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+def as_tensors(images: ImageSet) -> Batch:
+    """(N, 1, H, W) uint8 images and int64 labels."""
+    return torch.from_numpy(images.images.copy()).unsqueeze(1), torch.from_numpy(images.labels)
+
+
+class IndexBatches:
+    """Iterate whole batches of in-memory tensors, reshuffled each epoch, sharded per rank.
+
+    The order depends only on ``seed`` and the epoch (from ``epoch_of``), so runs repeat exactly
+    and a resumed run sees the same batches it would have seen.
+    """
+
+    def __init__(
+        self,
+        tensors: Batch,
+        batch_size: int,
+        *,
+        shuffle: bool,
+        seed: int = 0,
+        epoch_of: Callable[[], int] = lambda: 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        self.images, self.labels = tensors
+        self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
+        self.epoch_of, self.rank, self.world_size = epoch_of, rank, world_size
+        # Every rank gets the same number of rows, so DDP ranks step in lockstep.
+        self.rows_per_rank = (
+            len(self.labels) // world_size if shuffle else math.ceil(len(self.labels) / world_size)
+        )
+
+    def __len__(self) -> int:
+        return math.ceil(self.rows_per_rank / self.batch_size)
+
+    def _order(self) -> torch.Tensor:
+        count = len(self.labels)
+        if not self.shuffle:
+            return torch.arange(count)[self.rank :: self.world_size]
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch_of())
+        order = torch.randperm(count, generator=generator)
+        return order[self.rank :: self.world_size][: self.rows_per_rank]
+
+    def __iter__(self) -> Iterator[Batch]:
+        order = self._order().to(self.images.device)
+        for start in range(0, len(order), self.batch_size):
+            index = order[start : start + self.batch_size]
+            yield self.images.index_select(0, index), self.labels.index_select(0, index)
+
+
+class DigitData(L.LightningDataModule):
+    """Train and validation splits held in memory (on the GPU when training there)."""
+
+    def __init__(
+        self, train: ImageSet, val: ImageSet, batch_size: int, seed: int, augmentation: Augment
+    ) -> None:
+        super().__init__()
+        self.train_tensors, self.val_tensors = as_tensors(train), as_tensors(val)
+        self.batch_size, self.seed, self.augmentation = batch_size, seed, augmentation
+
+    def setup(self, stage: str) -> None:
+        device = self.trainer.strategy.root_device
+        if device.type != "cpu":
+            self.train_tensors = tuple(t.to(device) for t in self.train_tensors)
+            self.val_tensors = tuple(t.to(device) for t in self.val_tensors)
+
+    def _batches(self, tensors: Batch, shuffle: bool) -> IndexBatches:
+        world = self.trainer.world_size
+        return IndexBatches(
+            tensors,
+            self.batch_size // world,
+            shuffle=shuffle,
+            seed=self.seed,
+            epoch_of=lambda: self.trainer.current_epoch,
+            rank=self.trainer.global_rank,
+            world_size=world,
+        )
+
+    def train_dataloader(self) -> IndexBatches:
+        return self._batches(self.train_tensors, shuffle=True)
+
+    def val_dataloader(self) -> IndexBatches:
+        return self._batches(self.val_tensors, shuffle=False)
+
+    def on_after_batch_transfer(self, batch: Batch, dataloader_idx: int) -> Batch:
+        """uint8 -> float on the device, channels-last; augmented only while training."""
+        images, labels = batch
+        images = images.float()
+        if self.trainer.training and self.augmentation != Augment():
+            images = augment(images, self.augmentation)
+        return images.contiguous(memory_format=torch.channels_last), labels
+
+
+def augment(
+    images: torch.Tensor, settings: Augment, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Random rotation, translation and scaling of a float batch (N, C, H, W), per image."""
+    count, device = images.shape[0], images.device
+
+    def uniform(*shape: int) -> torch.Tensor:
+        return torch.rand(*shape, generator=generator, device=device) * 2 - 1
+
+    angle = uniform(count) * math.radians(settings.rotation)
+    scale = 1 + uniform(count) * settings.scale
+    shift = uniform(count, 2) * (2 * settings.translation)  # grid units: the image spans 2
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack(
+        [
+            torch.stack([cos, -sin, shift[:, 0]], dim=1),
+            torch.stack([sin, cos, shift[:, 1]], dim=1),
+        ],
+        dim=1,
+    )
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid, align_corners=False, padding_mode="zeros")

@@ -1,0 +1,86 @@
+"""The LightningModule: a zoo network, its loss, torchmetrics accuracy, optimiser and schedule."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torchmetrics.classification import MulticlassAccuracy
+
+from digitpipe.config import Recipe
+from digitpipe.train.data import Batch
+from digitpipe.train.models import build_model
+
+
+class DigitClassifier(L.LightningModule):
+    """Classifies (N, 1, H, W) uint8 batches; hyperparameters are primitives (safe checkpoints)."""
+
+    def __init__(
+        self,
+        arch: str,
+        height: int,
+        width: int,
+        class_names: list[str],
+        mean: float,
+        std: float,
+        recipe: dict[str, Any],
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.recipe = Recipe.model_validate(recipe)
+        self.net = build_model(arch, height, width, len(class_names), mean, std)
+        classes = len(class_names)
+        self.train_acc = MulticlassAccuracy(classes, average="micro")
+        self.val_acc = MulticlassAccuracy(classes, average="micro")
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(images)
+
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        images, labels = batch
+        logits = self(images)
+        loss = F.cross_entropy(logits, labels, label_smoothing=self.recipe.label_smoothing or 0.0)
+        self.train_acc(logits, labels)
+        self.log("train/loss", loss, on_step=False, on_epoch=True, sync_dist=True)
+        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
+        return loss
+
+    def on_train_start(self) -> None:
+        self.val_acc.reset()  # the sanity check must not leak into epoch 1
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        images, labels = batch
+        logits = self(images)
+        self.val_acc(logits, labels)
+        self.log("val/loss", F.cross_entropy(logits, labels), on_epoch=True, sync_dist=True)
+        self.log("val/acc", self.val_acc, on_epoch=True)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        recipe = self.recipe
+        params = self.parameters()
+        if recipe.optimizer == "sgd":
+            optimizer = torch.optim.SGD(
+                params,
+                lr=recipe.lr,
+                momentum=recipe.momentum,
+                nesterov=recipe.nesterov,
+                weight_decay=recipe.weight_decay,
+            )
+        elif recipe.optimizer == "rmsprop":
+            optimizer = torch.optim.RMSprop(
+                params, lr=recipe.lr, eps=recipe.eps, weight_decay=recipe.weight_decay
+            )
+        else:
+            kind = torch.optim.AdamW if recipe.optimizer == "adamw" else torch.optim.Adam
+            optimizer = kind(params, lr=recipe.lr, eps=recipe.eps, weight_decay=recipe.weight_decay)
+        if recipe.scheduler == "none":
+            return {"optimizer": optimizer}
+        schedule = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer,
+            max_lr=recipe.lr,
+            total_steps=self.trainer.estimated_stepping_batches,
+            pct_start=0.25,
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

@@ -1,0 +1,69 @@
+"""Each architecture's reference training recipe; params.yaml overrides any key it sets."""
+
+from __future__ import annotations
+
+from digitpipe.config import Augment, Recipe, TrainParams
+
+NO_AUGMENT = Augment()
+
+# The reference recipes (see the README's model zoo table for their sources and results).
+RECIPES: dict[str, Recipe] = {
+    "softmax": Recipe(max_epochs=10, batch_size=128, optimizer="rmsprop", lr=1e-3),
+    "mlp": Recipe(
+        max_epochs=10, batch_size=32, optimizer="sgd", lr=0.01, momentum=0.9, nesterov=True
+    ),
+    "lenet": Recipe(
+        max_epochs=20, batch_size=100, optimizer="sgd", lr=0.05, momentum=0.9, weight_decay=1e-5
+    ),
+    "convnet3": Recipe(max_epochs=10, batch_size=128, optimizer="adam", lr=1e-3),
+    "tinycnn": Recipe(
+        max_epochs=30,
+        batch_size=256,
+        optimizer="adam",
+        lr=1e-3,
+        eps=1e-4,
+        weight_decay=1e-4,
+        augment=Augment(rotation=10, translation=0.1),
+    ),
+    "bncnn": Recipe(
+        max_epochs=8,
+        batch_size=128,
+        optimizer="adamw",
+        lr=0.01,
+        weight_decay=5e-4,
+        scheduler="onecycle",
+        augment=Augment(rotation=5, translation=0.05, scale=0.05),
+    ),
+    "best": Recipe(
+        max_epochs=20,
+        batch_size=128,
+        optimizer="adamw",
+        lr=0.01,
+        weight_decay=5e-4,
+        scheduler="onecycle",
+        augment=Augment(rotation=10, translation=0.1, scale=0.1),
+    ),
+}
+
+# What a recipe leaves unset.
+FALLBACK = Recipe(
+    momentum=0.0,
+    nesterov=False,
+    weight_decay=0.0,
+    eps=1e-8,
+    scheduler="none",
+    label_smoothing=0.0,
+    augment=NO_AUGMENT,
+)
+
+
+def resolve_recipe(arch: str, train: TrainParams) -> Recipe:
+    """The complete recipe: params.yaml's non-null keys over the arch's recipe over FALLBACK."""
+    merged = FALLBACK.model_dump()
+    for layer in (RECIPES[arch], train):
+        merged |= {
+            key: value
+            for key, value in layer.model_dump(include=set(Recipe.model_fields)).items()
+            if value is not None
+        }
+    return Recipe.model_validate(merged)

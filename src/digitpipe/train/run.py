@@ -1,0 +1,199 @@
+"""The train stage: seed, data, model, callbacks, Trainer; fit (resuming if asked); export."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+import warnings
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+
+from digitpipe.atomic import atomic_path, write_json
+from digitpipe.config import ACCELERATORS, Params, Recipe, TrainParams
+from digitpipe.data.images import ImageSet
+from digitpipe.data.ingest import PROCESSED_DIR
+from digitpipe.data.parquet import read_split
+from digitpipe.errors import DigitpipeError
+from digitpipe.train.callbacks import History, wants_bar
+from digitpipe.train.data import DigitData
+from digitpipe.train.export import ModelSpec, save_model, state_from_checkpoint
+from digitpipe.train.models import count_parameters
+from digitpipe.train.module import DigitClassifier
+from digitpipe.train.recipes import resolve_recipe
+
+MODEL_DIR = Path("models")
+REPORT_DIR = Path("reports/train")
+CHECKPOINT_ROOT = Path("checkpoints")  # resume state, outside DVC's outputs; removed on success
+
+
+def check_params(train: TrainParams, recipe: Recipe) -> None:
+    """Reject hardware and recipe settings that cannot work here, before any work."""
+    if train.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise DigitpipeError(
+            f"train.accelerator is '{train.accelerator}' but no CUDA GPU is visible on this "
+            "machine; use 'cpu' or 'auto' here (allowed: " + ", ".join(ACCELERATORS) + ")."
+        )
+    if train.accelerator == "mps" and not torch.backends.mps.is_available():
+        raise DigitpipeError(
+            "train.accelerator is 'mps' but Apple's MPS backend is not available here; "
+            "use 'cpu' or 'auto'."
+        )
+    if train.precision == "16-mixed" and not torch.cuda.is_available():
+        raise DigitpipeError(
+            "train.precision '16-mixed' needs a CUDA GPU; on a CPU use 'bf16-mixed' or '32-true'."
+        )
+    if recipe.nesterov and not recipe.momentum:
+        raise DigitpipeError("train.nesterov is true but train.momentum is 0; set a momentum > 0.")
+
+
+def check_sizes(batch_size: int, world_size: int, train: ImageSet) -> None:
+    if batch_size % world_size:
+        raise DigitpipeError(
+            f"train.batch_size {batch_size} is not divisible by the {world_size} processes "
+            "(devices x num_nodes); choose a batch size that is a multiple of it."
+        )
+    if batch_size > len(train):
+        raise DigitpipeError(
+            f"train.batch_size {batch_size} is larger than the training set ({len(train)} "
+            "images); lower it or ingest more data (data.limit)."
+        )
+
+
+def pixel_stats(images: ImageSet) -> tuple[float, float]:
+    """Mean and standard deviation of the training pixels, scaled to 0..1."""
+    pixels = torch.from_numpy(images.images).float().div_(255)
+    return float(pixels.mean()), float(pixels.std())
+
+
+def run_key(params: Params, recipe: Recipe, data_files: list[Path]) -> str:
+    """Names the checkpoint folder: resume only ever continues the very same run."""
+    digest = hashlib.sha256()
+    digest.update(
+        json.dumps(
+            [
+                params.model.model_dump(),
+                params.train.model_dump(exclude={"resume", "progress"}),
+                recipe.model_dump(),
+            ],
+            sort_keys=True,
+        ).encode()
+    )
+    for path in data_files:
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def build_trainer(
+    train: TrainParams, recipe: Recipe, run_dir: Path, history: History
+) -> tuple[L.Trainer, ModelCheckpoint]:
+    checkpoint = ModelCheckpoint(
+        dirpath=run_dir, filename="best", monitor="val/acc", mode="max", save_last=True
+    )
+    bar = wants_bar(train.progress)
+    callbacks = [checkpoint, history] + ([TQDMProgressBar()] if bar else [])
+    try:
+        trainer = L.Trainer(
+            accelerator=train.accelerator,
+            devices=train.devices,
+            num_nodes=train.num_nodes,
+            strategy=train.strategy,
+            precision=train.precision,
+            max_epochs=recipe.max_epochs,
+            deterministic=train.deterministic,
+            callbacks=callbacks,
+            logger=False,
+            enable_progress_bar=bar,
+            use_distributed_sampler=False,
+            default_root_dir=run_dir,
+            limit_train_batches=train.limit_batches,
+            limit_val_batches=train.limit_batches,
+            num_sanity_val_steps=0,
+        )
+    except (MisconfigurationException, ValueError, RuntimeError) as exc:
+        raise DigitpipeError(f"train: the Trainer rejected these settings: {exc}") from exc
+    return trainer, checkpoint
+
+
+def run(params: Params, root: Path = Path(".")) -> dict | None:
+    """Train the configured model; return the metrics it writes (None on non-zero ranks)."""
+    train_params = params.train
+    recipe = resolve_recipe(params.model.arch, train_params)
+    check_params(train_params, recipe)
+    data_files = [root / PROCESSED_DIR / f"{split}.parquet" for split in ("train", "val")]
+    train, val = (read_split(path) for path in data_files)
+    L.seed_everything(train_params.seed, workers=True, verbose=False)
+    mean, std = pixel_stats(train)
+    height, width = train.image_size
+    module = DigitClassifier(
+        params.model.arch, height, width, list(train.class_names), mean, std, recipe.model_dump()
+    )
+    run_dir = root / CHECKPOINT_ROOT / run_key(params, recipe, data_files)
+    history = History(
+        root / REPORT_DIR / "history.csv", print_lines=not wants_bar(train_params.progress)
+    )
+    trainer, checkpoint = build_trainer(train_params, recipe, run_dir, history)
+    check_sizes(recipe.batch_size, trainer.world_size, train)
+    resume_from = run_dir / "last.ckpt"
+    if train_params.resume and resume_from.exists():
+        print(f"Resuming from {resume_from}", flush=True)
+    else:
+        resume_from = None
+    started = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", ".*does not have many workers.*")
+        warnings.filterwarnings("ignore", ".*treespec, LeafSpec.*")
+        data = DigitData(train, val, recipe.batch_size, train_params.seed, recipe.augment)
+        trainer.fit(module, datamodule=data, ckpt_path=resume_from)
+    if not trainer.is_global_zero:
+        return None
+    return finish(
+        params, recipe, module, trainer, checkpoint, history, time.perf_counter() - started, root
+    )
+
+
+def finish(
+    params: Params,
+    recipe: Recipe,
+    module: DigitClassifier,
+    trainer: L.Trainer,
+    checkpoint: ModelCheckpoint,
+    history: History,
+    seconds: float,
+    root: Path,
+) -> dict:
+    """Export the best epoch's weights, write metrics, and drop the resume state."""
+    hp = module.hparams
+    spec = ModelSpec(hp.arch, hp.height, hp.width, list(hp.class_names), hp.mean, hp.std)
+    net = spec.build()
+    net.load_state_dict(state_from_checkpoint(checkpoint.best_model_path))
+    model_dir = root / MODEL_DIR
+    save_model(net, spec, model_dir)
+    with atomic_path(model_dir / "model.ckpt") as tmp:
+        shutil.copyfile(checkpoint.best_model_path, tmp)
+    best = max(history.rows, key=lambda row: row["val_acc"])
+    trained = sum(row["train_seconds"] for row in history.rows)
+    images = sum(row["train_seconds"] * row["images_per_s"] for row in history.rows)
+    metrics = {
+        "arch": params.model.arch,
+        "parameters": count_parameters(net),
+        "epochs": len(history.rows),
+        "best_epoch": best["epoch"],
+        "val_acc": best["val_acc"],
+        "val_loss": best["val_loss"],
+        "train_seconds": round(trained, 2),
+        "wall_seconds": round(seconds, 2),
+        "images_per_s": round(images / trained, 1) if trained else None,
+        "accelerator": trainer.strategy.root_device.type,
+        "devices": trainer.world_size,
+        "precision": str(trainer.precision),
+        "recipe": recipe.model_dump(),
+    }
+    write_json(root / REPORT_DIR / "metrics.json", metrics)
+    shutil.rmtree(Path(checkpoint.dirpath), ignore_errors=True)
+    return metrics

@@ -1,0 +1,214 @@
+"""The train stage on a few hundred real MNIST digits: zoo, determinism, DDP, resume, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from conftest import REPO, edit_params
+
+from digitpipe.cli import main
+from digitpipe.config import ARCHITECTURES, load_params
+from digitpipe.data.ingest import PROCESSED_DIR
+from digitpipe.data.ingest import run as ingest
+from digitpipe.data.parquet import read_split
+from digitpipe.train.data import IndexBatches, augment
+from digitpipe.train.export import load_model
+from digitpipe.train.models import BUILDERS
+from digitpipe.train.recipes import RECIPES
+from digitpipe.train.run import CHECKPOINT_ROOT, MODEL_DIR, REPORT_DIR
+from digitpipe.train.run import run as train
+
+QUICK = {"max_epochs": 1, "batch_size": 32, "limit_batches": 3, "progress": "none"}
+
+
+@pytest.fixture()
+def ingested(tiny_project):
+    """The tiny project, ingested, with quick training settings."""
+    ingest(load_params(tiny_project / "params.yaml"), tiny_project)
+    edit_params(tiny_project, "train", **QUICK)
+    return tiny_project
+
+
+def train_in(project, **changes):
+    edit_params(project, "train", **changes.pop("train", {}))
+    if changes:
+        edit_params(project, "model", **changes)
+    return train(load_params(project / "params.yaml"), project)
+
+
+def test_zoo_and_recipes_cover_every_architecture():
+    assert tuple(BUILDERS) == ARCHITECTURES == tuple(RECIPES)
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_each_zoo_model_trains_and_exports(ingested, arch):
+    metrics = train_in(ingested, arch=arch)
+    net, spec = load_model(ingested / MODEL_DIR)
+    assert spec.arch == arch and metrics["parameters"] == sum(p.numel() for p in net.parameters())
+    test = read_split(ingested / PROCESSED_DIR / "test.parquet")
+    with torch.no_grad():
+        logits = net(torch.from_numpy(test.images[:16].copy()).unsqueeze(1).float())
+    assert logits.shape == (16, 10) and torch.isfinite(logits).all()
+    history = (ingested / REPORT_DIR / "history.csv").read_text().splitlines()
+    assert history[0].startswith("epoch,train_loss") and len(history) == 2
+    assert not (ingested / CHECKPOINT_ROOT).exists() or not any(
+        (ingested / CHECKPOINT_ROOT).iterdir()
+    )
+
+
+def test_reference_parameter_counts():
+    # tinycnn: 18,810 trainable; the reference's 18,813 adds Keras' 3 normalisation statistics.
+    expected = {
+        "softmax": 7850,
+        "mlp": 101770,
+        "lenet": 431080,
+        "convnet3": 16938,
+        "tinycnn": 18810,
+    }
+    for arch, count in expected.items():
+        layers = BUILDERS[arch](28, 28, 10)
+        assert sum(p.numel() for layer in layers.values() for p in layer.parameters()) == count
+
+
+def test_same_params_give_identical_weights_and_metrics(ingested):
+    first = train_in(ingested, train={"max_epochs": 2})
+    weights = (ingested / MODEL_DIR / "model.safetensors").read_bytes()
+    second = train_in(ingested)
+    assert (ingested / MODEL_DIR / "model.safetensors").read_bytes() == weights
+    for key in ("val_acc", "val_loss", "epochs", "best_epoch", "parameters"):
+        assert first[key] == second[key]
+    changed = train_in(ingested, train={"seed": 1})
+    assert (ingested / MODEL_DIR / "model.safetensors").read_bytes() != weights
+    assert changed["epochs"] == 2
+
+
+def test_index_batches_cover_each_row_once_and_shard_by_rank():
+    tensors = (torch.arange(103).view(103, 1, 1, 1), torch.arange(103))
+    epoch = [0]
+    seen = []
+    for rank in (0, 1):
+        batches = IndexBatches(
+            tensors, 10, shuffle=True, seed=5, epoch_of=lambda: epoch[0], rank=rank, world_size=2
+        )
+        labels = torch.cat([y for _, y in batches])
+        assert len(labels) == 51 and len(batches) == 6
+        seen.append(labels)
+    assert len(set(torch.cat(seen).tolist())) == 102
+    again = torch.cat([y for _, y in IndexBatches(tensors, 10, shuffle=True, seed=5)])
+    assert torch.equal(
+        again, torch.cat([y for _, y in IndexBatches(tensors, 10, shuffle=True, seed=5)])
+    )
+    epoch[0] = 1
+    assert not torch.equal(
+        seen[0],
+        torch.cat(
+            [
+                y
+                for _, y in IndexBatches(
+                    tensors, 10, shuffle=True, seed=5, epoch_of=lambda: epoch[0], world_size=2
+                )
+            ]
+        ),
+    )
+
+
+def test_augment_moves_ink_but_keeps_the_digit(mnist_train):
+    from digitpipe.config import Augment
+
+    images = torch.from_numpy(mnist_train[0][:64].copy()).unsqueeze(1).float()
+    moved = augment(
+        images, Augment(rotation=15, translation=0.1, scale=0.1), torch.Generator().manual_seed(0)
+    )
+    assert moved.shape == images.shape
+    assert (moved - images).abs().mean() > 10
+    ink_ratio = moved.sum(dim=(1, 2, 3)) / images.sum(dim=(1, 2, 3))
+    assert ((ink_ratio > 0.7) & (ink_ratio < 1.4)).all()
+
+
+def stage(project, *args, **kwargs):
+    """Run the train stage script as DVC would, in a subprocess."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(
+        [sys.executable, str(REPO / "stages/train.py"), *args],
+        cwd=project,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **kwargs,
+    )
+
+
+@pytest.mark.slow
+def test_ddp_with_two_cpu_processes(ingested):
+    edit_params(
+        ingested,
+        "train",
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp",
+        max_epochs=2,
+        progress="auto",
+    )
+    process = stage(ingested)
+    output = process.communicate(timeout=300)[0]
+    assert process.returncode == 0, output
+    metrics = json.loads((ingested / REPORT_DIR / "metrics.json").read_text())
+    assert metrics["devices"] == 2 and metrics["epochs"] == 2
+    assert output.count("epoch 2/2 ") == 1, output  # reports come from rank 0 only
+    assert "\r" not in output  # not a terminal: plain lines, no bar
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_from_its_last_checkpoint(ingested):
+    edit_params(ingested, "train", max_epochs=4, limit_batches=12, progress="lines")
+    process = stage(ingested)
+    deadline = time.monotonic() + 120
+    while not list((ingested / CHECKPOINT_ROOT).glob("*/last.ckpt")):
+        assert process.poll() is None and time.monotonic() < deadline, process.stdout.read()
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (ingested / REPORT_DIR / "metrics.json").exists()
+    resumed = stage(ingested)
+    output = resumed.communicate(timeout=300)[0]
+    assert resumed.returncode == 0, output
+    assert "Resuming from" in output and "epoch 1/4 " not in output
+    history = np.genfromtxt(ingested / REPORT_DIR / "history.csv", delimiter=",", names=True)
+    assert history["epoch"].tolist() == [1, 2, 3, 4]
+    assert json.loads((ingested / REPORT_DIR / "metrics.json").read_text())["epochs"] == 4
+    assert not list((ingested / CHECKPOINT_ROOT).glob("*/last.ckpt"))
+
+
+@pytest.mark.parametrize(
+    ("section", "changes", "words"),
+    [
+        ("model", {"arch": "resnet"}, ["model.arch", "'softmax'", "'bncnn'"]),
+        ("train", {"lr": -0.1}, ["train.lr", "greater than 0"]),
+        ("train", {"accelerator": "gpu"}, ["train.accelerator", "no CUDA GPU", "cpu"]),
+        ("train", {"accelerator": "tpu"}, ["train.accelerator", "'auto'", "'mps'"]),
+        ("train", {"batch_size": 5000}, ["train.batch_size 5000", "larger than the training"]),
+        (
+            "train",
+            {"batch_size": 33, "devices": 2, "strategy": "ddp", "accelerator": "cpu"},
+            ["train.batch_size 33", "not divisible by the 2 processes"],
+        ),
+        ("train", {"nesterov": True, "momentum": 0}, ["train.nesterov", "momentum"]),
+    ],
+)
+def test_bad_params_fail_before_training(ingested, monkeypatch, capsys, section, changes, words):
+    edit_params(ingested, section, **changes)
+    monkeypatch.chdir(ingested)
+    assert main(["train"]) == 2
+    message = capsys.readouterr().err
+    for word in words:
+        assert word in message
+    assert not (ingested / MODEL_DIR).exists()
