@@ -136,12 +136,22 @@ class ModelParams(Section):
     arch: Literal[ARCHITECTURES] = "bncnn"
 
 
+class EvaluateParams(Section):
+    """The `evaluate` section: batch size and the size of the worst-case reports."""
+
+    batch_size: Count = 1000
+    pair_gallery_size: Count = 24  # misclassified images of the most confused pair shown
+    confident_mistakes: Count = 24  # top-k mistakes by predicted probability
+    calibration_bins: Count = 15  # expected calibration error bins
+
+
 class Params(Section):
     """All of params.yaml."""
 
     data: DataParams
     model: ModelParams = ModelParams()
     train: TrainParams = TrainParams()
+    evaluate: EvaluateParams = EvaluateParams()
 
 
 def _describe(error: ValidationError, source: str) -> str:
