@@ -53,6 +53,7 @@ def tiny_project(tmp_path: Path, mnist_train) -> Path:
         test={"images": "data/raw/test-images", "labels": "data/raw/test-labels"},
         checksums={},
     )
+    params["track"]["enabled"] = False  # tracking tests turn it on
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return tmp_path
 

@@ -145,6 +145,18 @@ class EvaluateParams(Section):
     calibration_bins: Count = 15  # expected calibration error bins
 
 
+class TrackParams(Section):
+    """The `track` section: MLflow tracking and the model registry."""
+
+    enabled: bool = True
+    # null: $MLFLOW_TRACKING_URI, else sqlite:///<repo>/mlflow.db (absolute, so queued DVC
+    # experiments, which run in a temporary copy, still log to the repo's store).
+    tracking_uri: str | None = None
+    experiment: str = Field("digitpipe", min_length=1)
+    registered_model: str = Field("digitpipe", min_length=1)
+    promotion_margin: Annotated[float, Field(ge=0, lt=1)] = 0.0  # accuracy the challenger must add
+
+
 class Params(Section):
     """All of params.yaml."""
 
@@ -152,6 +164,7 @@ class Params(Section):
     model: ModelParams = ModelParams()
     train: TrainParams = TrainParams()
     evaluate: EvaluateParams = EvaluateParams()
+    track: TrackParams = TrackParams()
 
 
 def _describe(error: ValidationError, source: str) -> str:

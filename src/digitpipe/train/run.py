@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -10,8 +11,10 @@ import warnings
 from pathlib import Path
 
 import lightning as L
+import mlflow
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 
 from digitpipe.atomic import atomic_path, write_json
@@ -20,9 +23,21 @@ from digitpipe.data.images import ImageSet
 from digitpipe.data.ingest import PROCESSED_DIR
 from digitpipe.data.parquet import read_split
 from digitpipe.errors import DigitpipeError
+from digitpipe.plots import save_figure
+from digitpipe.track.runs import (
+    RUN_FILE,
+    RunRef,
+    flatten,
+    log_datasets,
+    pipeline_run,
+    start_pipeline_run,
+    write_run,
+)
+from digitpipe.track.training import EpochMetrics, log_model
 from digitpipe.train.callbacks import History, wants_bar
 from digitpipe.train.data import DigitData
 from digitpipe.train.export import ModelSpec, save_model, state_from_checkpoint
+from digitpipe.train.figures import learning_curves_figure
 from digitpipe.train.models import count_parameters
 from digitpipe.train.module import DigitClassifier
 from digitpipe.train.recipes import resolve_recipe
@@ -90,13 +105,14 @@ def run_key(params: Params, recipe: Recipe, data_files: list[Path]) -> str:
 
 
 def build_trainer(
-    train: TrainParams, recipe: Recipe, run_dir: Path, history: History
+    train: TrainParams, recipe: Recipe, run_dir: Path, history: History, tracking: RunRef | None
 ) -> tuple[L.Trainer, ModelCheckpoint]:
     checkpoint = ModelCheckpoint(
         dirpath=run_dir, filename="best", monitor="val/acc", mode="max", save_last=True
     )
     bar = wants_bar(train.progress)
-    callbacks = [checkpoint, history] + ([TQDMProgressBar()] if bar else [])
+    callbacks = [checkpoint, history] + ([EpochMetrics(history, tracking)] if tracking else [])
+    callbacks += [TQDMProgressBar()] if bar else []
     try:
         trainer = L.Trainer(
             accelerator=train.accelerator,
@@ -125,19 +141,24 @@ def run(params: Params, root: Path = Path(".")) -> dict | None:
     train_params = params.train
     recipe = resolve_recipe(params.model.arch, train_params)
     check_params(train_params, recipe)
-    data_files = [root / PROCESSED_DIR / f"{split}.parquet" for split in ("train", "val")]
-    train, val = (read_split(path) for path in data_files)
+    data_files = {split: root / PROCESSED_DIR / f"{split}.parquet" for split in ("train", "val")}
+    train, val = (read_split(path) for path in data_files.values())
     L.seed_everything(train_params.seed, workers=True, verbose=False)
     mean, std = pixel_stats(train)
     height, width = train.image_size
     module = DigitClassifier(
         params.model.arch, height, width, list(train.class_names), mean, std, recipe.model_dump()
     )
-    run_dir = root / CHECKPOINT_ROOT / run_key(params, recipe, data_files)
+    run_dir = root / CHECKPOINT_ROOT / run_key(params, recipe, list(data_files.values()))
     history = History(
         root / REPORT_DIR / "history.csv", print_lines=not wants_bar(train_params.progress)
     )
-    trainer, checkpoint = build_trainer(train_params, recipe, run_dir, history)
+    tracking = None
+    if rank_zero_only.rank == 0:  # under DDP only rank 0 talks to MLflow
+        (root / RUN_FILE).unlink(missing_ok=True)
+        if params.track.enabled:
+            tracking = start_pipeline_run(params, root, flatten({"recipe": recipe.model_dump()}))
+    trainer, checkpoint = build_trainer(train_params, recipe, run_dir, history, tracking)
     check_sizes(recipe.batch_size, trainer.world_size, train)
     resume_from = run_dir / "last.ckpt"
     if train_params.resume and resume_from.exists():
@@ -152,9 +173,20 @@ def run(params: Params, root: Path = Path(".")) -> dict | None:
         trainer.fit(module, datamodule=data, ckpt_path=resume_from)
     if not trainer.is_global_zero:
         return None
-    return finish(
-        params, recipe, module, trainer, checkpoint, history, time.perf_counter() - started, root
+    metrics, net = finish(
+        params,
+        recipe,
+        module,
+        trainer,
+        history,
+        checkpoint.best_model_path,
+        time.perf_counter() - started,
+        root,
     )
+    if tracking is not None:
+        log_training(tracking, metrics, net, val, data_files, root)
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return metrics
 
 
 def finish(
@@ -162,20 +194,20 @@ def finish(
     recipe: Recipe,
     module: DigitClassifier,
     trainer: L.Trainer,
-    checkpoint: ModelCheckpoint,
     history: History,
+    best_checkpoint: str,
     seconds: float,
     root: Path,
-) -> dict:
-    """Export the best epoch's weights, write metrics, and drop the resume state."""
+) -> tuple[dict, torch.nn.Module]:
+    """Export the best epoch's weights; write metrics and learning curves."""
     hp = module.hparams
     spec = ModelSpec(hp.arch, hp.height, hp.width, list(hp.class_names), hp.mean, hp.std)
     net = spec.build()
-    net.load_state_dict(state_from_checkpoint(checkpoint.best_model_path))
+    net.load_state_dict(state_from_checkpoint(best_checkpoint))
     model_dir = root / MODEL_DIR
     save_model(net, spec, model_dir)
     with atomic_path(model_dir / "model.ckpt") as tmp:
-        shutil.copyfile(checkpoint.best_model_path, tmp)
+        shutil.copyfile(best_checkpoint, tmp)
     best = max(history.rows, key=lambda row: row["val_acc"])
     trained = sum(row["train_seconds"] for row in history.rows)
     images = sum(row["train_seconds"] * row["images_per_s"] for row in history.rows)
@@ -195,5 +227,32 @@ def finish(
         "recipe": recipe.model_dump(),
     }
     write_json(root / REPORT_DIR / "metrics.json", metrics)
-    shutil.rmtree(Path(checkpoint.dirpath), ignore_errors=True)
-    return metrics
+    save_figure(learning_curves_figure(history.rows), root / REPORT_DIR / "learning_curves.png")
+    return metrics, net
+
+
+def log_training(
+    tracking: RunRef,
+    metrics: dict,
+    net: torch.nn.Module,
+    val: ImageSet,
+    data_files: dict[str, Path],
+    root: Path,
+) -> None:
+    """Log results, datasets, curves and the model into the pipeline run; record the model."""
+    with pipeline_run(tracking):
+        mlflow.log_metrics(
+            {
+                f"train.{key}": value
+                for key, value in metrics.items()
+                if isinstance(value, int | float) and key != "devices"
+            }
+        )
+        log_datasets(data_files)
+        mlflow.set_tags(
+            {f"train.{key}": metrics[key] for key in ("accelerator", "devices", "precision")}
+        )
+        for name in ("history.csv", "learning_curves.png"):
+            mlflow.log_artifact(str(root / REPORT_DIR / name), "train")
+        model_uri = log_model(net, val.images[:4, None].astype("float32"))
+    write_run(root, dataclasses.replace(tracking, model_uri=model_uri))

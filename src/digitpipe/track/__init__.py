@@ -1,0 +1,1 @@
+"""Tracking: every pipeline run in MLflow, and the model registry for scheduled retraining."""

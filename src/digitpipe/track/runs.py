@@ -1,0 +1,142 @@
+"""One pipeline run = one MLflow run: `train` starts it, later stages log into it by id.
+
+The run's id travels in ``models/mlflow_run.json``, a DVC output of `train`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.data.dataset_source_registry import resolve_dataset_source
+from mlflow.data.meta_dataset import MetaDataset
+
+from digitpipe.atomic import write_json
+from digitpipe.config import Params
+from digitpipe.track.store import ensure_reachable, repo_root, tracking_uri
+
+RUN_FILE = Path("models/mlflow_run.json")
+ARTIFACT_DIR = "mlartifacts"
+VERSIONED_PACKAGES = ("digitpipe", "torch", "lightning", "torchmetrics", "mlflow", "dvc")
+
+
+@dataclass(frozen=True)
+class RunRef:
+    """Where a pipeline run lives."""
+
+    tracking_uri: str
+    experiment_id: str
+    run_id: str
+    model_uri: str | None = None  # the logged model, once `train` has logged it
+
+
+def write_run(root: Path, ref: RunRef) -> None:
+    write_json(root / RUN_FILE, asdict(ref))
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"train": {"lr": 0.1}} -> {"train.lr": 0.1}."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat |= flatten(value, f"{name}.")
+        else:
+            flat[name] = value
+    return flat
+
+
+def git_tags(root: Path) -> dict[str, str]:
+    """The commit and whether the work tree differs from it (empty outside a git repo)."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.CalledProcessError):
+        return {}
+    return {"mlflow.source.git.commit": commit, "git.dirty": str(dirty).lower()}
+
+
+def run_tags(root: Path) -> dict[str, str]:
+    tags = git_tags(root)
+    if os.environ.get("DVC_EXP_NAME"):
+        tags["dvc.experiment"] = os.environ["DVC_EXP_NAME"]
+    for package in VERSIONED_PACKAGES:
+        tags[f"version.{package}"] = importlib.metadata.version(package)
+    return tags
+
+
+def run_name(params: Params) -> str:
+    """The DVC experiment's name when there is one, else the architecture and a timestamp."""
+    return os.environ.get("DVC_EXP_NAME") or (
+        f"{params.model.arch}-{time.strftime('%Y%m%d-%H%M%S')}"
+    )
+
+
+def file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def log_datasets(files: dict[str, Path]) -> None:
+    """Log Parquet splits as dataset inputs with their content digests, one context each."""
+    for context, path in files.items():
+        dataset = MetaDataset(
+            resolve_dataset_source(str(path.resolve())), name=path.name, digest=file_digest(path)
+        )
+        mlflow.log_input(dataset, context=context)
+
+
+def experiment_in(name: str, uri: str, root: Path) -> str:
+    """The experiment's id, creating it if needed; a local store keeps artifacts beside it in
+    the repository (never in the temporary copy a queued DVC experiment runs in)."""
+    experiment = mlflow.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    location = (repo_root(root) / ARTIFACT_DIR).as_uri() if uri.startswith("sqlite:") else None
+    return mlflow.create_experiment(name, artifact_location=location)
+
+
+def start_pipeline_run(params: Params, root: Path, extra: dict[str, Any]) -> RunRef:
+    """Create the run (params, tags), record it in RUN_FILE, and return where it is."""
+    uri = tracking_uri(params.track, root)
+    ensure_reachable(uri)
+    mlflow.set_tracking_uri(uri)
+    experiment_id = experiment_in(params.track.experiment, uri, root)
+    with mlflow.start_run(
+        experiment_id=experiment_id, run_name=run_name(params), tags=run_tags(root)
+    ) as run:
+        values = flatten(params.model_dump(mode="json", exclude={"data": {"checksums"}})) | extra
+        mlflow.log_params({key: str(value) for key, value in values.items()})
+    ref = RunRef(uri, experiment_id, run.info.run_id)
+    write_run(root, ref)
+    return ref
+
+
+def read_run(root: Path) -> RunRef | None:
+    """The pipeline run recorded by `train`, or None when tracking was off."""
+    path = root / RUN_FILE
+    return RunRef(**json.loads(path.read_text())) if path.exists() else None
+
+
+@contextmanager
+def pipeline_run(ref: RunRef) -> Iterator[None]:
+    """Make the pipeline run active (fluent mlflow API) for the duration of the block."""
+    ensure_reachable(ref.tracking_uri)
+    mlflow.set_tracking_uri(ref.tracking_uri)
+    with mlflow.start_run(run_id=ref.run_id):
+        yield
