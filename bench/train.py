@@ -35,8 +35,9 @@ ROUNDS = 3
 def lenet_module(params: Params, train) -> tuple[DigitClassifier, object]:
     recipe = resolve_recipe("lenet", params.train).model_copy(update={"scheduler": "none"})
     mean, std = pixel_stats(train)
-    module = DigitClassifier("lenet", 28, 28, list(train.class_names), mean, std,
-                             recipe.model_dump())
+    module = DigitClassifier(
+        "lenet", 28, 28, list(train.class_names), mean, std, recipe.model_dump()
+    )
     return module, recipe
 
 
@@ -60,11 +61,20 @@ def plain_loop(module: DigitClassifier, tensors, batch_size: int) -> float:
 def lightning_loop(module: DigitClassifier, train, val, batch_size: int, seed: int) -> float:
     """Images/s inside Lightning's training epoch (same batches, no validation)."""
     history = History(Path(tempfile.mkdtemp()) / "history.csv", print_lines=False)
-    trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=1, logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, limit_train_batches=BATCHES,
-                        limit_val_batches=0, num_sanity_val_steps=0,
-                        use_distributed_sampler=False, callbacks=[history])
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_train_batches=BATCHES,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        use_distributed_sampler=False,
+        callbacks=[history],
+    )
     trainer.fit(module, datamodule=DigitData(train, val, batch_size, seed, Augment()))
     return history.rows[-1]["images_per_s"]
 
@@ -84,12 +94,19 @@ class TestAccuracy(L.Callback):
         self.train_seconds += time.perf_counter() - self.epoch_start
         module.eval()
         with torch.inference_mode():
-            logits = torch.cat([module(self.images[i : i + 1000].float()) for i in
-                                range(0, len(self.labels), 1000)])
+            logits = torch.cat(
+                [
+                    module(self.images[i : i + 1000].float())
+                    for i in range(0, len(self.labels), 1000)
+                ]
+            )
         module.train()
         accuracy = float((logits.argmax(1) == self.labels).float().mean())
-        print(f"  epoch {trainer.current_epoch + 1}: {self.train_seconds:6.1f} s trained, "
-              f"test accuracy {accuracy:.4f}", flush=True)
+        print(
+            f"  epoch {trainer.current_epoch + 1}: {self.train_seconds:6.1f} s trained, "
+            f"test accuracy {accuracy:.4f}",
+            flush=True,
+        )
         if self.reached is None and accuracy >= 0.99:
             self.reached = self.train_seconds
 
@@ -97,20 +114,34 @@ class TestAccuracy(L.Callback):
 def recipe_to_99(params: Params, train, val, test) -> None:
     recipe = resolve_recipe(params.model.arch, params.train)
     mean, std = pixel_stats(train)
-    module = DigitClassifier(params.model.arch, 28, 28, list(train.class_names), mean, std,
-                             recipe.model_dump())
+    module = DigitClassifier(
+        params.model.arch, 28, 28, list(train.class_names), mean, std, recipe.model_dump()
+    )
     probe = TestAccuracy(test)
-    trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=recipe.max_epochs, logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, num_sanity_val_steps=0,
-                        use_distributed_sampler=False, limit_val_batches=0, callbacks=[probe],
-                        deterministic=True)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=recipe.max_epochs,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        use_distributed_sampler=False,
+        limit_val_batches=0,
+        callbacks=[probe],
+        deterministic=True,
+    )
     L.seed_everything(params.train.seed, verbose=False)
-    trainer.fit(module, datamodule=DigitData(train, val, recipe.batch_size, params.train.seed,
-                                             recipe.augment))
+    trainer.fit(
+        module,
+        datamodule=DigitData(train, val, recipe.batch_size, params.train.seed, recipe.augment),
+    )
     reached = "not reached" if probe.reached is None else f"{probe.reached:.1f} s"
-    print(f"default recipe ({params.model.arch}): 99% test accuracy after {reached} of training "
-          f"(target <= 40 s); {probe.train_seconds:.1f} s for all {recipe.max_epochs} epochs")
+    print(
+        f"default recipe ({params.model.arch}): 99% test accuracy after {reached} of training "
+        f"(target <= 40 s); {probe.train_seconds:.1f} s for all {recipe.max_epochs} epochs"
+    )
 
 
 def main() -> int:
@@ -118,8 +149,9 @@ def main() -> int:
     parser.add_argument("--skip-recipe", action="store_true", help="only the LeNet comparison")
     args = parser.parse_args()
     params = load_params(REPO / "params.yaml")
-    train, val, test = (read_split(REPO / PROCESSED_DIR / f"{s}.parquet")
-                        for s in ("train", "val", "test"))
+    train, val, test = (
+        read_split(REPO / PROCESSED_DIR / f"{s}.parquet") for s in ("train", "val", "test")
+    )
     batch = 100
     plain, lightning = [], []
     for _ in range(ROUNDS):  # alternate, best of each: robust to a noisy neighbour
@@ -128,8 +160,10 @@ def main() -> int:
         L.seed_everything(0, verbose=False)
         lightning.append(lightning_loop(lenet_module(params, train)[0], train, val, batch, 0))
     ratio = max(lightning) / max(plain)
-    print(f"LeNet, batch {batch}, {BATCHES} batches: plain loop {max(plain):.0f} img/s, "
-          f"Lightning {max(lightning):.0f} img/s, ratio {ratio:.3f} (target >= 0.90)")
+    print(
+        f"LeNet, batch {batch}, {BATCHES} batches: plain loop {max(plain):.0f} img/s, "
+        f"Lightning {max(lightning):.0f} img/s, ratio {ratio:.3f} (target >= 0.90)"
+    )
     if not args.skip_recipe:
         recipe_to_99(params, train, val, test)
     return 0

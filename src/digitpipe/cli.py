@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from digitpipe.config import PARAMS_FILE, Params, load_params
 from digitpipe.errors import DigitpipeError
+
+# Pipeline stages: `digitpipe NAME` runs the stage's `run(params)` like `dvc repro` would.
+STAGES = {
+    "ingest": ("digitpipe.data.ingest", "raw IDX/CSV data into Parquet splits"),
+    "train": ("digitpipe.train.run", "train the configured model (Lightning)"),
+}
 
 
 def fail(message: str) -> int:
@@ -26,27 +33,47 @@ def run_stage(stage: Callable[[Params], object], params_file: Path = PARAMS_FILE
     return 0
 
 
-def _ingest(args: argparse.Namespace) -> int:
-    from digitpipe.data.ingest import run
+def _stage(module: str) -> Callable[[argparse.Namespace], int]:
+    def handler(args: argparse.Namespace) -> int:
+        return run_stage(importlib.import_module(module).run, args.params)
 
-    return run_stage(run, args.params)
+    return handler
 
 
-def _train(args: argparse.Namespace) -> int:
-    from digitpipe.train.run import run
+def _retrain(args: argparse.Namespace) -> int:
+    from digitpipe.track.retrain import Busy, retrain
 
-    return run_stage(run, args.params)
+    try:
+        decision = retrain(load_params(args.params), wait_s=args.wait)
+    except Busy as busy:
+        print(f"digitpipe retrain: skipped: {busy}.")
+        return 0
+    except DigitpipeError as exc:
+        return fail(str(exc))
+    verb = "promoted to champion" if decision.promoted else "not promoted"
+    print(f"digitpipe retrain: version {decision.version} {verb}: {decision.reason}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="digitpipe", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    ingest = commands.add_parser("ingest", help="raw IDX/CSV data into Parquet splits")
-    ingest.add_argument("--params", type=Path, default=PARAMS_FILE)
-    ingest.set_defaults(handler=_ingest)
-    train = commands.add_parser("train", help="train the configured model (Lightning)")
-    train.add_argument("--params", type=Path, default=PARAMS_FILE)
-    train.set_defaults(handler=_train)
+    for name, (module, help_text) in STAGES.items():
+        stage = commands.add_parser(name, help=help_text)
+        stage.add_argument("--params", type=Path, default=PARAMS_FILE)
+        stage.set_defaults(handler=_stage(module))
+    retrain = commands.add_parser(
+        "retrain", help="dvc repro, register the model, promote it if it beats the champion"
+    )
+    retrain.add_argument("--params", type=Path, default=PARAMS_FILE)
+    retrain.add_argument(
+        "--wait",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="wait this long for a running retrain to finish (default: skip)",
+    )
+    retrain.set_defaults(handler=_retrain)
     return parser
 
 

@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -95,9 +96,10 @@ def file_digest(path: Path) -> str:
 def log_datasets(files: dict[str, Path]) -> None:
     """Log Parquet splits as dataset inputs with their content digests, one context each."""
     for context, path in files.items():
-        dataset = MetaDataset(
-            resolve_dataset_source(str(path.resolve())), name=path.name, digest=file_digest(path)
-        )
+        with warnings.catch_warnings():  # a local path matches two equivalent source types
+            warnings.simplefilter("ignore", UserWarning)
+            source = resolve_dataset_source(str(path.resolve()))
+        dataset = MetaDataset(source, name=path.name, digest=file_digest(path))
         mlflow.log_input(dataset, context=context)
 
 

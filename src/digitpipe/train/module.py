@@ -13,6 +13,8 @@ from digitpipe.config import Recipe
 from digitpipe.train.data import Batch
 from digitpipe.train.models import build_model
 
+MIN_ONE_CYCLE_STEPS = 8  # shorter runs (smoke tests) keep a constant learning rate
+
 
 class DigitClassifier(L.LightningModule):
     """Classifies (N, 1, H, W) uint8 batches; hyperparameters are primitives (safe checkpoints)."""
@@ -42,7 +44,7 @@ class DigitClassifier(L.LightningModule):
         images, labels = batch
         logits = self(images)
         loss = F.cross_entropy(logits, labels, label_smoothing=self.recipe.label_smoothing or 0.0)
-        self.train_acc(logits, labels)
+        self.train_acc.update(logits.detach(), labels)
         self.log("train/loss", loss, on_step=False, on_epoch=True, sync_dist=True)
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
         return loss
@@ -53,7 +55,7 @@ class DigitClassifier(L.LightningModule):
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         images, labels = batch
         logits = self(images)
-        self.val_acc(logits, labels)
+        self.val_acc.update(logits, labels)
         self.log("val/loss", F.cross_entropy(logits, labels), on_epoch=True, sync_dist=True)
         self.log("val/acc", self.val_acc, on_epoch=True)
 
@@ -75,12 +77,11 @@ class DigitClassifier(L.LightningModule):
         else:
             kind = torch.optim.AdamW if recipe.optimizer == "adamw" else torch.optim.Adam
             optimizer = kind(params, lr=recipe.lr, eps=recipe.eps, weight_decay=recipe.weight_decay)
-        if recipe.scheduler == "none":
+        steps = int(self.trainer.estimated_stepping_batches)
+        if recipe.scheduler == "none" or steps < MIN_ONE_CYCLE_STEPS:
             return {"optimizer": optimizer}
+        # Warm up for a quarter of the run (at least 2 steps, which OneCycleLR needs).
         schedule = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer,
-            max_lr=recipe.lr,
-            total_steps=self.trainer.estimated_stepping_batches,
-            pct_start=0.25,
+            optimizer, max_lr=recipe.lr, total_steps=steps, pct_start=max(0.25, 2 / steps)
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

@@ -26,7 +26,7 @@ RECIPES: dict[str, Recipe] = {
         augment=Augment(rotation=10, translation=0.1),
     ),
     "bncnn": Recipe(
-        max_epochs=8,
+        max_epochs=9,
         batch_size=128,
         optimizer="adamw",
         lr=0.01,

@@ -1,0 +1,89 @@
+"""The confusion matrix: counts, its CSV forms (matrix and long pairs) and an annotated heatmap."""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.colors import LogNorm
+from matplotlib.figure import Figure
+
+from digitpipe.atomic import atomic_path
+
+CORNER = "actual\\predicted"
+ZERO = "#c8c8c8"  # zero counts in light grey, so the eye skips them
+
+
+def confusion_counts(labels: np.ndarray, predicted: np.ndarray, classes: int) -> np.ndarray:
+    """(classes, classes) int64 counts: rows = actual class, columns = predicted class."""
+    cells = np.bincount(labels * classes + predicted, minlength=classes * classes)
+    return cells.reshape(classes, classes)
+
+
+def write_confusion_csv(
+    matrix: np.ndarray, class_names: Sequence[str], path: str | os.PathLike
+) -> None:
+    """Header row of class names, then one row per actual class: its name, then its counts."""
+    with atomic_path(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow([CORNER, *class_names])
+        for name, row in zip(class_names, matrix.tolist(), strict=True):
+            writer.writerow([name, *row])
+
+
+def write_confusion_pairs(
+    labels: np.ndarray,
+    predicted: np.ndarray,
+    class_names: Sequence[str],
+    path: str | os.PathLike,
+) -> None:
+    """Long format for DVC's ``confusion`` plot: columns ``actual,predicted``, one row per image."""
+    names = np.asarray(class_names, dtype=object)
+    with atomic_path(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["actual", "predicted"])
+        writer.writerows(zip(names[labels], names[predicted], strict=True))
+
+
+def _cell_colours(matrix: np.ndarray) -> np.ndarray:
+    """RGBA per cell: correct counts in blues, errors in reds, each on its own log scale.
+
+    Zero cells are white; the smallest non-zero count is already clearly tinted.
+    """
+    colours = np.ones((*matrix.shape, 4))
+    diagonal = np.eye(len(matrix), dtype=bool)
+    for mask, cmap in ((diagonal, plt.get_cmap("Blues")), (~diagonal, plt.get_cmap("Reds"))):
+        cells = mask & (matrix > 0)
+        if cells.any():
+            norm = LogNorm(vmin=1, vmax=max(2, matrix[cells].max()))
+            colours[cells] = cmap(0.2 + 0.75 * norm(matrix[cells].astype(float)))
+    return colours
+
+
+def confusion_figure(matrix: np.ndarray, class_names: Sequence[str], title: str) -> Figure:
+    """Annotated heatmap: the count in every cell, correct in blue, errors in red (log scales)."""
+    classes = len(class_names)
+    colours = _cell_colours(matrix)
+    side = max(4.5, 0.55 * classes + 1.5)
+    font = 9 if classes <= 20 else 7
+    figure, ax = plt.subplots(figsize=(side + 0.5, side + 0.3), layout="constrained")
+    ax.imshow(colours, interpolation="nearest")
+    luminance = colours[..., :3] @ np.array([0.299, 0.587, 0.114])
+    for (i, j), count in np.ndenumerate(matrix):
+        colour = ZERO if count == 0 else "white" if luminance[i, j] < 0.55 else "black"
+        ax.text(j, i, count, ha="center", va="center", fontsize=font, color=colour)
+    ticks = np.arange(classes)
+    ax.set_xticks(ticks, class_names, rotation=90 if classes > 20 else 0)
+    ax.set_yticks(ticks, class_names)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("actual class")
+    ax.set_xticks(ticks[:-1] + 0.5, minor=True)
+    ax.set_yticks(ticks[:-1] + 0.5, minor=True)
+    ax.grid(which="minor", color="white", linewidth=1.5)
+    ax.tick_params(which="both", length=0)
+    ax.spines[:].set_visible(False)
+    ax.set_title(f"{title}\nblue: correct, red: errors (each on a log colour scale)", fontsize=10)
+    return figure

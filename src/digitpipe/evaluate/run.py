@@ -1,0 +1,92 @@
+"""The evaluate stage: the trained model over the test and validation splits, into reports."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from digitpipe.atomic import atomic_dir, write_json, write_text
+from digitpipe.config import EvaluateParams, Params
+from digitpipe.data.images import ImageSet
+from digitpipe.data.ingest import PROCESSED_DIR
+from digitpipe.data.parquet import read_split
+from digitpipe.errors import DigitpipeError
+from digitpipe.evaluate.confusion import (
+    confusion_counts,
+    confusion_figure,
+    write_confusion_csv,
+    write_confusion_pairs,
+)
+from digitpipe.evaluate.metrics import classification_metrics
+from digitpipe.evaluate.predictions import predict_probabilities, write_predictions
+from digitpipe.evaluate.stats import confusion_stats, to_markdown
+from digitpipe.evaluate.worst_cases import write_worst_cases
+from digitpipe.plots import save_figure
+from digitpipe.train.export import ModelSpec, load_model
+
+MODEL_DIR = Path("models")  # the train stage's output (digitpipe.train.run.MODEL_DIR)
+REPORT_DIR = Path("reports/evaluate")
+
+
+def load_labelled(path: Path, spec: ModelSpec) -> ImageSet:
+    """A split the model can be scored on: labelled, non-empty, its classes and image size."""
+    split = read_split(path)
+    if not len(split) or split.labels is None:
+        raise DigitpipeError(f"{path}: no labelled images to evaluate the model on.")
+    if list(split.class_names) != spec.class_names:
+        raise DigitpipeError(
+            f"{path}: classes {list(split.class_names)} differ from the model's "
+            f"{spec.class_names}; retrain the model on this data (dvc repro train)."
+        )
+    if split.image_size != (spec.height, spec.width):
+        raise DigitpipeError(
+            f"{path}: images are {split.image_size[0]}x{split.image_size[1]} but the model "
+            f"takes {spec.height}x{spec.width}; retrain the model on this data (dvc repro train)."
+        )
+    return split
+
+
+def write_reports(
+    split: ImageSet, probabilities: np.ndarray, settings: EvaluateParams, out_dir: Path
+) -> dict:
+    """Every report of one labelled split into ``out_dir``; return its metrics."""
+    names = list(split.class_names)
+    predicted = probabilities.argmax(axis=1)
+    write_predictions(split, probabilities, out_dir / "predictions.parquet")
+    matrix = confusion_counts(split.labels, predicted, len(names))
+    write_confusion_csv(matrix, names, out_dir / "confusion.csv")
+    write_confusion_pairs(split.labels, predicted, names, out_dir / "confusion_pairs.csv")
+    stats = confusion_stats(matrix, names)
+    title = f"Confusion matrix: {stats.n} test images, accuracy {stats.accuracy:.2%}"
+    save_figure(confusion_figure(matrix, names, title), out_dir / "confusion.png")
+    write_json(out_dir / "stats.json", stats.to_dict())
+    write_text(out_dir / "stats.md", to_markdown(stats))
+    write_worst_cases(split, probabilities, matrix, settings, out_dir)
+    return classification_metrics(probabilities, split.labels, names, settings.calibration_bins)
+
+
+def run(params: Params, root: Path = Path(".")) -> dict:
+    """Evaluate ``models/`` on the test split (all reports) and the validation split (metrics)."""
+    net, spec = load_model(root / MODEL_DIR)
+    settings = params.evaluate
+    test, val = (
+        load_labelled(root / PROCESSED_DIR / f"{s}.parquet", spec) for s in ("test", "val")
+    )
+    val_metrics = classification_metrics(
+        predict_probabilities(net, val.images, settings.batch_size),
+        val.labels,
+        spec.class_names,
+        settings.calibration_bins,
+    )
+    probabilities = predict_probabilities(net, test.images, settings.batch_size)
+    with atomic_dir(root / REPORT_DIR) as out_dir:
+        metrics = write_reports(test, probabilities, settings, out_dir)
+        metrics["val"] = {key: val_metrics[key] for key in ("accuracy", "log_loss", "n")}
+        write_json(out_dir / "metrics.json", metrics)
+    print(
+        f"evaluate: test accuracy {metrics['accuracy']:.4f}, macro F1 {metrics['macro_f1']:.4f}, "
+        f"log loss {metrics['log_loss']:.4f} ({metrics['n']} images); reports in {REPORT_DIR}",
+        flush=True,
+    )
+    return metrics

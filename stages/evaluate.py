@@ -1,0 +1,9 @@
+"""DVC stage `evaluate`: the model on the test/val splits into reports/evaluate/ (see run.py)."""
+
+import sys
+
+from digitpipe.cli import run_stage
+from digitpipe.evaluate.run import run
+
+if __name__ == "__main__":
+    sys.exit(run_stage(run))

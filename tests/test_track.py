@@ -1,0 +1,138 @@
+"""MLflow tracking: where runs go, failing fast, and one run holding a whole pipeline run."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+from conftest import edit_params
+from mlflow.tracking import MlflowClient
+
+from digitpipe.cli import main
+from digitpipe.config import TrackParams, load_params
+from digitpipe.data.ingest import PROCESSED_DIR
+from digitpipe.data.ingest import run as ingest
+from digitpipe.data.parquet import read_split
+from digitpipe.track.runs import read_run
+from digitpipe.track.store import tracking_uri
+from digitpipe.train.export import load_model
+from digitpipe.train.run import MODEL_DIR
+from digitpipe.train.run import run as train
+
+QUICK = {"max_epochs": 2, "batch_size": 32, "limit_batches": 3, "progress": "none"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_tracking_uri_is_absolute_and_belongs_to_the_repo(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    assert tracking_uri(TrackParams(), tmp_path) == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    relative = TrackParams(tracking_uri="sqlite:///store/runs.db")
+    assert tracking_uri(relative, tmp_path) == f"sqlite:///{tmp_path.resolve()}/store/runs.db"
+    monkeypatch.setenv("DVC_ROOT", "/srv/repo")  # a queued experiment's temporary copy
+    assert tracking_uri(TrackParams(), tmp_path / "copy") == "sqlite:////srv/repo/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert tracking_uri(TrackParams(), tmp_path) == "http://127.0.0.1:5000"
+
+
+@pytest.fixture()
+def ingested(tiny_project):
+    ingest(load_params(tiny_project / "params.yaml"), tiny_project)
+    edit_params(tiny_project, "train", **QUICK)
+    return tiny_project
+
+
+def test_unreachable_server_fails_within_seconds(ingested, monkeypatch, capsys):
+    uri = f"http://127.0.0.1:{free_port()}"
+    edit_params(ingested, "track", enabled=True, tracking_uri=uri)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(ingested)
+    started = time.monotonic()
+    assert main(["train"]) == 2
+    assert time.monotonic() - started < 10
+    message = capsys.readouterr().err
+    assert uri in message and "cannot be reached" in message
+    assert not (ingested / MODEL_DIR).exists()
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """A real `mlflow server` on 127.0.0.1 with a SQLite backend and a local artifact root."""
+    home = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            f"sqlite:///{home}/mlflow.db",
+            "--artifacts-destination",
+            str(home / "artifacts"),
+            "--workers",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            urllib.request.urlopen(f"{uri}/health", timeout=2)
+            break
+        except OSError:
+            assert process.poll() is None and time.monotonic() < deadline, "server did not start"
+            time.sleep(0.5)
+    yield uri
+    process.terminate()
+    process.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_one_run_holds_the_pipeline_run(ingested, mlflow_server, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    subprocess.run(["git", "init", "-q"], cwd=ingested, check=True)
+    edit_params(
+        ingested, "track", enabled=True, tracking_uri=mlflow_server, experiment="tracking-test"
+    )
+    train(load_params(ingested / "params.yaml"), ingested)
+    ref = read_run(ingested)
+    client = MlflowClient(mlflow_server)
+    run = client.get_run(ref.run_id)
+    assert run.data.params["model.arch"] == "bncnn" and run.data.params["recipe.lr"] == "0.01"
+    assert run.data.params["train.max_epochs"] == "2"
+    history = client.get_metric_history(ref.run_id, "val_acc")
+    assert [m.step for m in history] == [1, 2]
+    assert "train.val_acc" in run.data.metrics
+    tags = run.data.tags
+    assert tags["train.accelerator"] == "cpu" and tags["version.torch"].startswith("2.13")
+    inputs = {i.tags[0].value: i.dataset for i in run.inputs.dataset_inputs}
+    assert set(inputs) == {"train", "val"} and len(inputs["train"].digest) == 16
+    artifacts = {a.path for a in client.list_artifacts(ref.run_id, "train")}
+    assert artifacts == {"train/history.csv", "train/learning_curves.png"}
+    served = mlflow.pyfunc.load_model(ref.model_uri)
+    test = read_split(ingested / PROCESSED_DIR / "test.parquet")
+    example = test.images[:32, None].astype(np.float32)
+    net, _ = load_model(ingested / MODEL_DIR)
+    with torch.inference_mode():
+        expected = torch.softmax(net(torch.from_numpy(example)), dim=1).numpy()
+    np.testing.assert_allclose(np.asarray(served.predict(example)), expected, atol=1e-6)
+    assert ref.tracking_uri == mlflow_server
