@@ -58,6 +58,20 @@ def tiny_project(tmp_path: Path, mnist_train) -> Path:
     return tmp_path
 
 
+QUICK_TRAIN = {"max_epochs": 1, "batch_size": 32, "limit_batches": 3, "progress": "none"}
+
+
+@pytest.fixture()
+def ingested(tiny_project: Path) -> Path:
+    """The tiny project, ingested, with training settings that take a second or two."""
+    from digitpipe.config import load_params
+    from digitpipe.data.ingest import run as ingest
+
+    ingest(load_params(tiny_project / "params.yaml"), tiny_project)
+    edit_params(tiny_project, "train", **QUICK_TRAIN)
+    return tiny_project
+
+
 def edit_params(project: Path, section: str, **changes) -> None:
     """Update keys of one params.yaml section in a test project."""
     path = project / "params.yaml"

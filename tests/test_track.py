@@ -18,15 +18,12 @@ from mlflow.tracking import MlflowClient
 from digitpipe.cli import main
 from digitpipe.config import TrackParams, load_params
 from digitpipe.data.ingest import PROCESSED_DIR
-from digitpipe.data.ingest import run as ingest
 from digitpipe.data.parquet import read_split
 from digitpipe.track.runs import read_run
 from digitpipe.track.store import tracking_uri
 from digitpipe.train.export import load_model
 from digitpipe.train.run import MODEL_DIR
 from digitpipe.train.run import run as train
-
-QUICK = {"max_epochs": 2, "batch_size": 32, "limit_batches": 3, "progress": "none"}
 
 
 def free_port() -> int:
@@ -45,13 +42,6 @@ def test_tracking_uri_is_absolute_and_belongs_to_the_repo(tmp_path, monkeypatch)
     assert tracking_uri(TrackParams(), tmp_path / "copy") == "sqlite:////srv/repo/mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
     assert tracking_uri(TrackParams(), tmp_path) == "http://127.0.0.1:5000"
-
-
-@pytest.fixture()
-def ingested(tiny_project):
-    ingest(load_params(tiny_project / "params.yaml"), tiny_project)
-    edit_params(tiny_project, "train", **QUICK)
-    return tiny_project
 
 
 def test_unreachable_server_fails_within_seconds(ingested, monkeypatch, capsys):
@@ -113,6 +103,7 @@ def test_one_run_holds_the_pipeline_run(ingested, mlflow_server, monkeypatch):
     edit_params(
         ingested, "track", enabled=True, tracking_uri=mlflow_server, experiment="tracking-test"
     )
+    edit_params(ingested, "train", max_epochs=2)
     train(load_params(ingested / "params.yaml"), ingested)
     ref = read_run(ingested)
     client = MlflowClient(mlflow_server)

@@ -17,7 +17,6 @@ from conftest import REPO, edit_params
 from digitpipe.cli import main
 from digitpipe.config import ARCHITECTURES, load_params
 from digitpipe.data.ingest import PROCESSED_DIR
-from digitpipe.data.ingest import run as ingest
 from digitpipe.data.parquet import read_split
 from digitpipe.train.data import IndexBatches, augment
 from digitpipe.train.export import load_model
@@ -25,16 +24,6 @@ from digitpipe.train.models import BUILDERS
 from digitpipe.train.recipes import RECIPES
 from digitpipe.train.run import CHECKPOINT_ROOT, MODEL_DIR, REPORT_DIR
 from digitpipe.train.run import run as train
-
-QUICK = {"max_epochs": 1, "batch_size": 32, "limit_batches": 3, "progress": "none"}
-
-
-@pytest.fixture()
-def ingested(tiny_project):
-    """The tiny project, ingested, with quick training settings."""
-    ingest(load_params(tiny_project / "params.yaml"), tiny_project)
-    edit_params(tiny_project, "train", **QUICK)
-    return tiny_project
 
 
 def train_in(project, **changes):

@@ -15,6 +15,9 @@ from digitpipe.errors import DigitpipeError
 STAGES = {
     "ingest": ("digitpipe.data.ingest", "raw IDX/CSV data into Parquet splits"),
     "train": ("digitpipe.train.run", "train the configured model (Lightning)"),
+    "evaluate": ("digitpipe.evaluate.run", "metrics, confusion matrix and worst cases on test"),
+    "activations": ("digitpipe.explain.run", "export and draw layer outputs of chosen images"),
+    "report": ("digitpipe.report.run", "assemble reports/report.md and report.html"),
 }
 
 
@@ -55,6 +58,16 @@ def _retrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stats(args: argparse.Namespace) -> int:
+    from digitpipe.evaluate.stats_cli import stats_command
+
+    try:
+        print(stats_command(args.confusion, args.json))
+    except DigitpipeError as exc:
+        return fail(str(exc))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="digitpipe", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -62,6 +75,17 @@ def build_parser() -> argparse.ArgumentParser:
         stage = commands.add_parser(name, help=help_text)
         stage.add_argument("--params", type=Path, default=PARAMS_FILE)
         stage.set_defaults(handler=_stage(module))
+    stats = commands.add_parser(
+        "stats", help="accuracy CI, kappa, McNemar and per-class statistics of a confusion CSV"
+    )
+    stats.add_argument(
+        "confusion",
+        type=Path,
+        metavar="CONFUSION.csv",
+        help="header row and first column: class names; rows actual, columns predicted",
+    )
+    stats.add_argument("--json", action="store_true", help="print one JSON object")
+    stats.set_defaults(handler=_stats)
     retrain = commands.add_parser(
         "retrain", help="dvc repro, register the model, promote it if it beats the champion"
     )

@@ -145,6 +145,24 @@ class EvaluateParams(Section):
     calibration_bins: Count = 15  # expected calibration error bins
 
 
+class ActivationsParams(Section):
+    """The `activations` section: which test images to explain, and the pictures' sizes."""
+
+    worst_cases: Annotated[int, Field(ge=0)] = 8  # most confident mistakes (from evaluate)
+    typical: bool = True  # one typical image per class (from evaluate)
+    image_ids: list[str] = []  # explicit test image ids, e.g. [test-000123]
+    panel_image: str | None = None  # the image of the feature-map panels (null: first chosen)
+    barcode_images: Annotated[int, Field(ge=1, le=100)] = 12  # test images per class in barcodes
+    max_channels: Annotated[int, Field(ge=1, le=256)] = 32  # channels drawn per layer
+
+
+class ReportParams(Section):
+    """The `report` section: what the assembled report shows."""
+
+    title: str = "digitpipe run report"
+    gallery_columns: Annotated[int, Field(ge=1, le=20)] = 8
+
+
 class TrackParams(Section):
     """The `track` section: MLflow tracking and the model registry."""
 
@@ -164,6 +182,8 @@ class Params(Section):
     model: ModelParams = ModelParams()
     train: TrainParams = TrainParams()
     evaluate: EvaluateParams = EvaluateParams()
+    activations: ActivationsParams = ActivationsParams()
+    report: ReportParams = ReportParams()
     track: TrackParams = TrackParams()
 
 

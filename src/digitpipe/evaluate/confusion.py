@@ -15,6 +15,7 @@ from digitpipe.atomic import atomic_path
 
 CORNER = "actual\\predicted"
 ZERO = "#c8c8c8"  # zero counts in light grey, so the eye skips them
+MANY_CLASSES = 20  # beyond this, smaller cells and zero cells left blank
 
 
 def confusion_counts(labels: np.ndarray, predicted: np.ndarray, classes: int) -> np.ndarray:
@@ -64,19 +65,23 @@ def _cell_colours(matrix: np.ndarray) -> np.ndarray:
 
 
 def confusion_figure(matrix: np.ndarray, class_names: Sequence[str], title: str) -> Figure:
-    """Annotated heatmap: the count in every cell, correct in blue, errors in red (log scales)."""
+    """Annotated heatmap of the counts: correct in blue, errors in red (each on a log scale).
+
+    Beyond ``MANY_CLASSES`` classes zero cells stay blank, so the few counts stand out.
+    """
     classes = len(class_names)
     colours = _cell_colours(matrix)
-    side = max(4.5, 0.55 * classes + 1.5)
-    font = 9 if classes <= 20 else 7
+    many = classes > MANY_CLASSES
+    side = max(4.5, (0.4 if many else 0.55) * classes + 1.5)
     figure, ax = plt.subplots(figsize=(side + 0.5, side + 0.3), layout="constrained")
     ax.imshow(colours, interpolation="nearest")
     luminance = colours[..., :3] @ np.array([0.299, 0.587, 0.114])
     for (i, j), count in np.ndenumerate(matrix):
-        colour = ZERO if count == 0 else "white" if luminance[i, j] < 0.55 else "black"
-        ax.text(j, i, count, ha="center", va="center", fontsize=font, color=colour)
+        if count or not many:
+            colour = ZERO if count == 0 else "white" if luminance[i, j] < 0.55 else "black"
+            ax.text(j, i, count, ha="center", va="center", fontsize=7 if many else 9, color=colour)
     ticks = np.arange(classes)
-    ax.set_xticks(ticks, class_names, rotation=90 if classes > 20 else 0)
+    ax.set_xticks(ticks, class_names, rotation=90 if many else 0)
     ax.set_yticks(ticks, class_names)
     ax.set_xlabel("predicted class")
     ax.set_ylabel("actual class")

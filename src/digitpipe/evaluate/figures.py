@@ -15,8 +15,8 @@ ACTUAL = "#1a9850"  # green: the true class
 PREDICTED = "#d73027"  # red: the predicted class, where it is wrong
 OTHER = "#8c8c8c"
 TRACK = "#ececec"  # the full height of a bar, p = 1
-PIXELS_PER_INCH = 24  # image pixels per inch of figure: a 28-pixel digit is about 1.2 inches
-LABELLED_CLASSES = 12  # up to this many classes every bar is named; beyond, only the two marked
+IMAGE_INCHES = 1.2  # each digit is drawn this wide, whatever its size in pixels
+LABELLED_CLASSES = 12  # up to this many classes every bar is named beneath it
 
 
 def _bars(
@@ -43,26 +43,33 @@ def probability_gallery(
     """A grid of digits, a caption above each and its probability bars beneath.
 
     The actual class's bar is green, the predicted class's red when it differs, others grey;
-    each bar stands in a light track of full height (probability 1).
+    each bar stands in a light track of full height (probability 1). Bars are named below
+    them up to ``LABELLED_CLASSES`` classes (beyond, the caption names the two classes).
     """
     count, height, width = images.shape
     classes = len(class_names)
-    bar_height, label_height, gap = height, max(7, height // 4), max(4, width // 5)
-    below = 2 + bar_height + label_height
-    padded = np.zeros((count, height + below, width), dtype=images.dtype)
+    per_inch = width / IMAGE_INCHES  # image pixels per inch of figure
+
+    def pixels(inches: float) -> int:
+        return max(1, round(inches * per_inch))
+
+    labelled = classes <= LABELLED_CLASSES
+    spacer, band, gap = pixels(0.06), pixels(0.42), pixels(0.25)
+    bar_height = round(height * 0.8)
+    label_height = pixels(0.16) if labelled else 0
+    padded = np.zeros((count, height + spacer + bar_height + label_height, width), images.dtype)
     padded[:, :height] = images
-    band = max(14, height // 2)
     canvas = mosaic(padded, columns, gap, band)
     figure, ax = plt.subplots(
-        figsize=(canvas.shape[1] / PIXELS_PER_INCH, canvas.shape[0] / PIXELS_PER_INCH + 0.7)
+        figsize=(canvas.shape[1] / per_inch, canvas.shape[0] / per_inch + 0.6)
     )
     ax.imshow(canvas, cmap="gray_r", vmin=0, vmax=255, interpolation="nearest")
 
     slot = width / classes
     cell = np.arange(count)
     left = (cell % columns) * (width + gap)
-    top = (cell // columns) * (height + below + band + gap) + band
-    base = top + height + 2 + bar_height
+    top = (cell // columns) * (padded.shape[1] + band + gap) + band
+    base = top + height + spacer + bar_height
     x = left[:, None] + slot * (np.arange(classes) + 0.5)
     predicted = probabilities.argmax(axis=1)
     colours = np.full((count, classes), OTHER, dtype=object)
@@ -74,20 +81,21 @@ def probability_gallery(
     bars = _bars(x, bottoms, probabilities, slot * 0.8, bar_height)
     ax.add_collection(PolyCollection(bars, facecolors=colours.ravel(), edgecolors="none"))
 
-    label_size = min(7.0, 0.9 * slot * 72 / PIXELS_PER_INCH)
+    label_size = min(7.0, 0.85 * IMAGE_INCHES * 72 / classes)
     for n in cell:
         ax.text(left[n] + width / 2, top[n] - 1, captions[n], ha="center", va="bottom", fontsize=7)
+        if not labelled:
+            continue
         marked = {int(actual[n]), int(predicted[n])}
-        shown = range(classes) if classes <= LABELLED_CLASSES else sorted(marked)
-        for k in shown:
+        for k, name in enumerate(class_names):
             ax.text(
                 x[n, k],
-                base[n] + 0.5,
-                class_names[k],
+                base[n] + spacer,
+                name,
                 ha="center",
                 va="top",
-                fontsize=label_size if classes <= LABELLED_CLASSES else 6,
-                color=colours[n, k] if k in marked else OTHER,
+                fontsize=label_size,
+                color=colours[n, k],
                 fontweight="bold" if k in marked else "normal",
             )
     ax.set_xlim(-0.5, canvas.shape[1] - 0.5)

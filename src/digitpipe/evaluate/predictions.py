@@ -29,11 +29,6 @@ def predict_probabilities(net: nn.Module, images: np.ndarray, batch_size: int) -
     return torch.cat(batches).numpy()
 
 
-def probability_columns(class_names: tuple[str, ...] | list[str]) -> list[str]:
-    """The predictions table's column name for each class's probability."""
-    return [f"prob_{name}" for name in class_names]
-
-
 def write_predictions(split: ImageSet, probabilities: np.ndarray, path: str | os.PathLike) -> None:
     """``image_id``, ``label``, ``predicted`` and one ``prob_<class>`` column per class."""
     columns = {
@@ -41,7 +36,7 @@ def write_predictions(split: ImageSet, probabilities: np.ndarray, path: str | os
         "label": pa.array(split.labels, pa.int16()),
         "predicted": pa.array(probabilities.argmax(axis=1), pa.int16()),
     }
-    for k, name in enumerate(probability_columns(split.class_names)):
-        columns[name] = pa.array(probabilities[:, k], pa.float32())
+    for k, name in enumerate(split.class_names):
+        columns[f"prob_{name}"] = pa.array(probabilities[:, k], pa.float32())
     with atomic_path(path) as tmp:
         pq.write_table(pa.table(columns), tmp, compression="zstd")

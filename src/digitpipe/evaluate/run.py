@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -23,10 +25,11 @@ from digitpipe.evaluate.predictions import predict_probabilities, write_predicti
 from digitpipe.evaluate.stats import confusion_stats, to_markdown
 from digitpipe.evaluate.worst_cases import write_worst_cases
 from digitpipe.plots import save_figure
-from digitpipe.train.export import ModelSpec, load_model
+from digitpipe.track.runs import log_stage
+from digitpipe.train.export import MODEL_DIR, ModelSpec, load_model
 
-MODEL_DIR = Path("models")  # the train stage's output (digitpipe.train.run.MODEL_DIR)
 REPORT_DIR = Path("reports/evaluate")
+REPORT_FILES = ("metrics.json", "stats.json", "stats.md", "worst_cases.json", "confusion.csv")
 
 
 def load_labelled(path: Path, spec: ModelSpec) -> ImageSet:
@@ -66,6 +69,20 @@ def write_reports(
     return classification_metrics(probabilities, split.labels, names, settings.calibration_bins)
 
 
+def log_evaluation(root: Path, metrics: dict, test_file: Path) -> None:
+    """Test metrics (``test.*``), statistics and every picture into the pipeline's MLflow run."""
+    stats = json.loads((root / REPORT_DIR / "stats.json").read_text())
+    scalars = {
+        f"test.{key}": value
+        for key, value in (metrics | stats).items()
+        if isinstance(value, int | float) and not math.isnan(value)
+    }
+    scalars["val.accuracy"] = metrics["val"]["accuracy"]
+    out = root / REPORT_DIR
+    files = [*sorted(out.glob("*.png")), *(out / name for name in REPORT_FILES)]
+    log_stage(root, "evaluate", files, scalars, {"test": test_file})
+
+
 def run(params: Params, root: Path = Path(".")) -> dict:
     """Evaluate ``models/`` on the test split (all reports) and the validation split (metrics)."""
     net, spec = load_model(root / MODEL_DIR)
@@ -84,6 +101,7 @@ def run(params: Params, root: Path = Path(".")) -> dict:
         metrics = write_reports(test, probabilities, settings, out_dir)
         metrics["val"] = {key: val_metrics[key] for key in ("accuracy", "log_loss", "n")}
         write_json(out_dir / "metrics.json", metrics)
+    log_evaluation(root, metrics, root / PROCESSED_DIR / "test.parquet")
     print(
         f"evaluate: test accuracy {metrics['accuracy']:.4f}, macro F1 {metrics['macro_f1']:.4f}, "
         f"log loss {metrics['log_loss']:.4f} ({metrics['n']} images); reports in {REPORT_DIR}",

@@ -10,18 +10,21 @@ from digitpipe.atomic import write_json
 from digitpipe.config import EvaluateParams
 from digitpipe.data.images import ImageSet
 from digitpipe.evaluate.figures import notice_figure, probability_gallery
-from digitpipe.plots import digit_grid, save_figure
+from digitpipe.plots import save_figure
 
 PAIR_FILE = "most_confused_pair.png"
 MISTAKES_FILE = "confident_mistakes.png"
 TYPICAL_FILE = "typical_images.png"
 GALLERY_COLUMNS = 8
+TYPICAL_COLUMNS = 12
 LEGEND = "bars: class probabilities; green = actual class, red = predicted class"
 
 
 def most_confused_pair(matrix: np.ndarray) -> tuple[int, int] | None:
-    """(actual, predicted) of the largest off-diagonal count (first in row order on ties);
-    None when there is no mistake."""
+    """(actual, predicted) of the largest off-diagonal count; None when there is no mistake.
+
+    Ties go to the first cell in row order.
+    """
     errors = np.array(matrix, copy=True)
     np.fill_diagonal(errors, 0)
     if not errors.any():
@@ -31,8 +34,10 @@ def most_confused_pair(matrix: np.ndarray) -> tuple[int, int] | None:
 
 
 def doubt(probabilities: np.ndarray, classes: np.ndarray) -> np.ndarray:
-    """1 - p(class) per row, summed over the other classes: still ranks rows where float32
-    rounds p(class) to exactly 1."""
+    """1 - p(class) per row, as the sum of the other classes' probabilities.
+
+    Ranks rows by p(class) even where float32 rounds it to exactly 1.
+    """
     others = probabilities.astype(np.float64)
     others[np.arange(len(others)), classes] = 0.0
     return others.sum(axis=1)
@@ -53,27 +58,95 @@ def typical_rows(probabilities: np.ndarray, labels: np.ndarray) -> dict[int, int
     return typical
 
 
-def _gallery(split: ImageSet, probabilities: np.ndarray, rows: np.ndarray, title: str, path: Path):
+def _caption(split: ImageSet, probabilities: np.ndarray, row: int) -> str:
+    """Image id, then "actual -> predicted  p=..." (just "class  p=..." when right)."""
+    names, actual, guess = split.class_names, split.labels[row], probabilities[row].argmax()
+    classes = names[actual] if actual == guess else f"{names[actual]} \u2192 {names[guess]}"
+    return f"{split.ids[row]}\n{classes}  p={probabilities[row, guess]:.2f}"
+
+
+def _gallery(
+    split: ImageSet,
+    probabilities: np.ndarray,
+    rows: np.ndarray,
+    title: str,
+    path: Path,
+    columns: int = GALLERY_COLUMNS,
+) -> None:
+    """A probability gallery of ``rows`` (a notice when there are none) saved to ``path``."""
     if not len(rows):
         save_figure(notice_figure(title, "no misclassified test images"), path)
         return
-    names = split.class_names
-    predicted = probabilities[rows].argmax(axis=1)
-    captions = [
-        f"{split.ids[row]}\n{names[split.labels[row]]} \u2192 {names[guess]}  "
-        f"p={probabilities[row, guess]:.2f}"
-        for row, guess in zip(rows, predicted, strict=True)
-    ]
     figure = probability_gallery(
         split.images[rows],
         probabilities[rows],
         split.labels[rows],
-        captions,
-        names,
-        min(GALLERY_COLUMNS, len(rows)),
+        [_caption(split, probabilities, row) for row in rows],
+        split.class_names,
+        min(columns, len(rows)),
         f"{title}\n{LEGEND}",
     )
     save_figure(figure, path)
+
+
+def _probability(value: np.floating) -> float:
+    return round(float(value), 6)
+
+
+def pair_report(
+    split: ImageSet, probabilities: np.ndarray, matrix: np.ndarray, shown: int, path: Path
+) -> dict | None:
+    """The most confused pair with all its image ids (most confident first); its gallery."""
+    pair = most_confused_pair(matrix)
+    if pair is None:
+        _gallery(split, probabilities, np.zeros(0, np.int64), "Most confused pair: none", path)
+        return None
+    actual, guess = pair
+    names = split.class_names
+    wrong = (split.labels == actual) & (probabilities.argmax(axis=1) == guess)
+    rows = by_confidence(np.flatnonzero(wrong), probabilities)
+    which = "all shown" if len(rows) <= shown else f"the {shown} most confident shown"
+    title = (
+        f"Most confused pair: actual {names[actual]} predicted as {names[guess]} "
+        f"({len(rows)} images, {which})"
+    )
+    _gallery(split, probabilities, rows[:shown], title, path)
+    return {
+        "actual": names[actual],
+        "predicted": names[guess],
+        "count": len(rows),
+        "image_ids": split.ids[rows].tolist(),
+    }
+
+
+def mistakes_report(split: ImageSet, probabilities: np.ndarray, k: int, path: Path) -> list[dict]:
+    """The k mistakes with the highest predicted-class probability, and their gallery."""
+    predicted = probabilities.argmax(axis=1)
+    rows = by_confidence(np.flatnonzero(predicted != split.labels), probabilities)[:k]
+    _gallery(split, probabilities, rows, f"The {len(rows)} most confident mistakes", path)
+    names = split.class_names
+    return [
+        {
+            "image_id": split.ids[row],
+            "actual": names[split.labels[row]],
+            "predicted": names[predicted[row]],
+            "probability": _probability(probabilities[row, predicted[row]]),
+        }
+        for row in rows
+    ]
+
+
+def typical_report(split: ImageSet, probabilities: np.ndarray, path: Path) -> dict:
+    """The most typical image of each class present, in one row (up to 12 classes)."""
+    typical = typical_rows(probabilities, split.labels)
+    names = split.class_names
+    rows = np.array(list(typical.values()), dtype=np.int64)
+    title = "Most typical test image of each class (highest probability of its own class)"
+    _gallery(split, probabilities, rows, title, path, columns=TYPICAL_COLUMNS)
+    return {
+        names[k]: {"image_id": split.ids[row], "probability": _probability(probabilities[row, k])}
+        for k, row in typical.items()
+    }
 
 
 def write_worst_cases(
@@ -83,72 +156,15 @@ def write_worst_cases(
     settings: EvaluateParams,
     out_dir: Path,
 ) -> dict:
-    """Write ``worst_cases.json`` and the three galleries into ``out_dir``; return the JSON."""
-    names, labels = split.class_names, split.labels
-    predicted = probabilities.argmax(axis=1)
-    pair = most_confused_pair(matrix)
-    pair_report = None
-    pair_rows = np.zeros(0, dtype=np.int64)
-    title = "Most confused pair: none (no mistakes)"
-    if pair is not None:
-        actual, guess = pair
-        rows = np.flatnonzero((labels == actual) & (predicted == guess))
-        pair_rows = by_confidence(rows, probabilities)
-        pair_report = {
-            "actual": names[actual],
-            "predicted": names[guess],
-            "count": len(pair_rows),
-            "image_ids": split.ids[pair_rows].tolist(),
-        }
-        shown = min(len(pair_rows), settings.pair_gallery_size)
-        title = (
-            f"Most confused pair: actual {names[actual]} predicted as {names[guess]} "
-            f"({len(pair_rows)} images; the {shown} most confident shown)"
-        )
-    _gallery(
-        split, probabilities, pair_rows[: settings.pair_gallery_size], title, out_dir / PAIR_FILE
-    )
-
-    mistakes = by_confidence(np.flatnonzero(predicted != labels), probabilities)
-    mistakes = mistakes[: settings.confident_mistakes]
-    _gallery(
-        split,
-        probabilities,
-        mistakes,
-        f"The {len(mistakes)} most confident mistakes",
-        out_dir / MISTAKES_FILE,
-    )
-
-    typical = typical_rows(probabilities, labels)
-    rows = np.array(list(typical.values()), dtype=np.int64)
-    save_figure(
-        digit_grid(
-            split.images[rows],
-            [f"{names[k]}: {probabilities[row, k]:.2f}" for k, row in typical.items()],
-            len(rows),
-            "Most typical test image of each class (highest probability of its own class)",
-        ),
-        out_dir / TYPICAL_FILE,
-    )
-
+    """Write ``worst_cases.json`` and the three pictures into ``out_dir``; return the JSON."""
     report = {
-        "most_confused_pair": pair_report,
-        "confident_mistakes": [
-            {
-                "image_id": split.ids[row],
-                "actual": names[labels[row]],
-                "predicted": names[predicted[row]],
-                "probability": round(float(probabilities[row, predicted[row]]), 6),
-            }
-            for row in mistakes
-        ],
-        "typical": {
-            names[k]: {
-                "image_id": split.ids[row],
-                "probability": round(float(probabilities[row, k]), 6),
-            }
-            for k, row in typical.items()
-        },
+        "most_confused_pair": pair_report(
+            split, probabilities, matrix, settings.pair_gallery_size, out_dir / PAIR_FILE
+        ),
+        "confident_mistakes": mistakes_report(
+            split, probabilities, settings.confident_mistakes, out_dir / MISTAKES_FILE
+        ),
+        "typical": typical_report(split, probabilities, out_dir / TYPICAL_FILE),
     }
     write_json(out_dir / "worst_cases.json", report)
     return report

@@ -142,3 +142,24 @@ def pipeline_run(ref: RunRef) -> Iterator[None]:
     mlflow.set_tracking_uri(ref.tracking_uri)
     with mlflow.start_run(run_id=ref.run_id):
         yield
+
+
+def log_stage(
+    root: Path,
+    folder: str,
+    files: list[Path],
+    metrics: dict[str, float] | None = None,
+    datasets: dict[str, Path] | None = None,
+) -> None:
+    """Log a later stage's files (under ``folder``), metrics and datasets into the pipeline run
+    that `train` recorded; nothing when tracking was off."""
+    ref = read_run(root)
+    if ref is None:
+        return
+    with pipeline_run(ref):
+        if metrics:
+            mlflow.log_metrics(metrics)
+        if datasets:
+            log_datasets(datasets)
+        for path in files:
+            mlflow.log_artifact(str(path), folder)

@@ -18,6 +18,7 @@ from digitpipe.atomic import atomic_path, write_json
 from digitpipe.errors import DigitpipeError
 from digitpipe.train.models import build_model
 
+MODEL_DIR = Path("models")  # where the train stage writes the model
 WEIGHTS_FILE = "model.safetensors"
 SPEC_FILE = "model.json"
 

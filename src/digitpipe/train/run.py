@@ -36,13 +36,12 @@ from digitpipe.track.runs import (
 from digitpipe.track.training import EpochMetrics, log_model
 from digitpipe.train.callbacks import History, wants_bar
 from digitpipe.train.data import DigitData
-from digitpipe.train.export import ModelSpec, save_model, state_from_checkpoint
+from digitpipe.train.export import MODEL_DIR, ModelSpec, save_model, state_from_checkpoint
 from digitpipe.train.figures import learning_curves_figure
 from digitpipe.train.models import count_parameters
 from digitpipe.train.module import DigitClassifier
 from digitpipe.train.recipes import resolve_recipe
 
-MODEL_DIR = Path("models")
 REPORT_DIR = Path("reports/train")
 CHECKPOINT_ROOT = Path("checkpoints")  # resume state, outside DVC's outputs; removed on success
 

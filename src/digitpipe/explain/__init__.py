@@ -1,0 +1,1 @@
+"""Explain: intermediate layer activations of chosen images, exported and drawn."""

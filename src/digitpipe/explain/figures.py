@@ -1,0 +1,111 @@
+"""Pictures of what the network sees: feature maps, first-layer filters, class barcodes."""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.figure import Figure
+
+from digitpipe.explain.hooks import SOFTMAX
+from digitpipe.plots import mosaic
+
+MAP_KINDS = ("conv", "activation", "pool", "batchnorm")
+
+
+def _to_gray(maps: np.ndarray) -> np.ndarray:
+    """Scale each map to 0..255 on its own (a flat map stays mid-gray)."""
+    low = maps.min(axis=(1, 2), keepdims=True)
+    span = maps.max(axis=(1, 2), keepdims=True) - low
+    scaled = np.where(span > 0, (maps - low) / np.where(span > 0, span, 1), 0.5)
+    return (scaled * 255).astype(np.uint8)
+
+
+def feature_maps_figure(
+    image: np.ndarray,
+    activations: dict[str, np.ndarray],
+    kinds: dict[str, str],
+    class_names: list[str],
+    title: str,
+    max_channels: int,
+) -> Figure:
+    """For one image: the input, every channel of each conv/activation/pool layer (one row per
+    layer), each dense layer's output as a strip, and the class probabilities as bars."""
+    maps = [(n, a) for n, a in activations.items() if a.ndim == 3 and kinds[n] in MAP_KINDS]
+    strips = [(n, a) for n, a in activations.items() if a.ndim == 1 and kinds[n] == "dense"]
+    rows = 1 + len(maps) + len(strips) + 1
+    heights = [2.2] + [1.4] * len(maps) + [0.6] * len(strips) + [1.8]
+    figure = plt.figure(figsize=(12, sum(heights) + 0.8), layout="constrained")
+    axes = figure.subplots(rows, 1, gridspec_kw={"height_ratios": heights})
+    axes[0].imshow(image, cmap="gray_r", vmin=0, vmax=255)
+    axes[0].set_title("input", loc="left", fontsize=10)
+    for ax, (name, values) in zip(axes[1 : 1 + len(maps)], maps, strict=True):
+        shown = values[:max_channels]
+        columns = min(len(shown), 16)
+        ax.imshow(
+            mosaic(_to_gray(shown), columns, gap=1, band=0), cmap="magma", interpolation="nearest"
+        )
+        more = f", first {len(shown)} of {len(values)}" if len(values) > len(shown) else ""
+        ax.set_title(
+            f"{name} ({kinds[name]}, {len(values)} x {values.shape[1]} x {values.shape[2]}{more})",
+            loc="left",
+            fontsize=9,
+        )
+    for ax, (name, values) in zip(axes[1 + len(maps) : -1], strips, strict=True):
+        ax.imshow(values[None, :], cmap="viridis", aspect="auto", interpolation="nearest")
+        ax.set_title(f"{name} (dense, {len(values)} outputs)", loc="left", fontsize=9)
+    for ax in axes[:-1]:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    probabilities = activations[SOFTMAX]
+    bars = axes[-1].bar(class_names, probabilities, color="#9aa5b1")
+    bars[int(probabilities.argmax())].set_color("#d62728")
+    axes[-1].set_ylim(0, 1)
+    axes[-1].set_title("softmax: class probabilities (red: predicted)", loc="left", fontsize=9)
+    axes[-1].spines[["top", "right"]].set_visible(False)
+    figure.suptitle(title)
+    return figure
+
+
+def filters_figure(weights: np.ndarray, layer: str) -> Figure:
+    """First-layer filters (out, in=1, kh, kw) or dense templates (out, H, W) as a grid."""
+    kernels = weights[:, 0] if weights.ndim == 4 else weights
+    limit = float(np.abs(kernels).max()) or 1.0
+    columns = min(len(kernels), 10)
+    count_rows = -(-len(kernels) // columns)
+    figure, axes = plt.subplots(
+        count_rows,
+        columns,
+        figsize=(columns * 1.0, count_rows * 1.1),
+        squeeze=False,
+        layout="constrained",
+    )
+    for ax in axes.flat:
+        ax.axis("off")
+    for index, (ax, kernel) in enumerate(zip(axes.flat, kernels, strict=False)):
+        ax.imshow(kernel, cmap="RdBu_r", vmin=-limit, vmax=limit, interpolation="nearest")
+        ax.set_title(str(index), fontsize=7, pad=1)
+    figure.suptitle(f"{layer}: first-layer weights (red positive, blue negative)")
+    return figure
+
+
+def barcodes_figure(
+    vectors: np.ndarray, labels: np.ndarray, class_names: list[str], layer: str
+) -> Figure:
+    """Pooled feature vectors minus their mean, one row per image, grouped by class."""
+    order = np.argsort(labels, kind="stable")
+    centred = vectors[order] - vectors.mean(axis=0, keepdims=True)
+    limit = float(np.abs(centred).max()) or 1.0
+    figure, ax = plt.subplots(figsize=(10, 0.06 * len(vectors) + 1.5), layout="constrained")
+    ax.imshow(
+        centred, cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto", interpolation="nearest"
+    )
+    sorted_labels = labels[order]
+    bounds = np.flatnonzero(np.diff(sorted_labels)) + 0.5
+    for bound in bounds:
+        ax.axhline(bound, color="black", linewidth=0.8)
+    centres = [np.flatnonzero(sorted_labels == k).mean() for k in np.unique(sorted_labels)]
+    ax.set_yticks(centres, [class_names[k] for k in np.unique(sorted_labels)])
+    ax.set_xlabel(f"feature of {layer} (pooled per channel)")
+    ax.set_ylabel("class")
+    ax.set_title("Barcodes: each image's pooled features minus the average over all images")
+    return figure

@@ -1,0 +1,127 @@
+"""The activations stage: export every layer's output for chosen test images, and draw them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from digitpipe.atomic import atomic_dir, write_json
+from digitpipe.config import Params
+from digitpipe.data.images import ImageSet
+from digitpipe.data.ingest import PROCESSED_DIR
+from digitpipe.data.parquet import read_split
+from digitpipe.evaluate.run import REPORT_DIR as EVALUATE_DIR
+from digitpipe.explain.figures import barcodes_figure, feature_maps_figure, filters_figure
+from digitpipe.explain.hooks import SOFTMAX, layer_kinds, record_activations
+from digitpipe.explain.selection import choose_images
+from digitpipe.plots import save_figure
+from digitpipe.track.runs import log_stage
+from digitpipe.train.export import MODEL_DIR, load_model
+
+REPORT_DIR = Path("reports/activations")
+TENSORS_FILE = "activations.safetensors"
+
+
+def as_input(images: np.ndarray) -> torch.Tensor:
+    """uint8 (N, H, W) -> the float (N, 1, H, W) pixels the models take."""
+    return torch.from_numpy(images[:, None].astype(np.float32))
+
+
+def barcode_layer(kinds: dict[str, str], activations: dict[str, torch.Tensor]) -> str:
+    """The last layer with feature maps, else the last hidden dense output, else the logits."""
+    names = [n for n in activations if n != SOFTMAX]
+    maps = [n for n in names if activations[n].ndim == 4]
+    if maps:
+        return maps[-1]
+    hidden = [n for n in names[:-1] if activations[n].ndim == 2 and kinds[n] != "flatten"]
+    return hidden[-1] if hidden else names[-1]
+
+
+def pooled(values: torch.Tensor) -> np.ndarray:
+    """(N, C, H, W) -> channel means (N, C); (N, F) unchanged."""
+    return (values.mean(dim=(2, 3)) if values.ndim == 4 else values).numpy()
+
+
+def first_weights(net: nn.Sequential, height: int, width: int) -> tuple[str, np.ndarray]:
+    """The first conv or dense layer's weights; dense rows are drawn as H x W templates."""
+    for name, layer in net.named_children():
+        if isinstance(layer, nn.Conv2d):
+            return name, layer.weight.detach().numpy()
+        if isinstance(layer, nn.Linear):
+            return name, layer.weight.detach().numpy().reshape(-1, height, width)
+    raise ValueError("the model has no conv or dense layer")
+
+
+def barcode_sample(test: ImageSet, per_class: int) -> np.ndarray:
+    """The first ``per_class`` test rows of each class."""
+    return np.concatenate(
+        [np.flatnonzero(test.labels == k)[:per_class] for k in range(len(test.class_names))]
+    )
+
+
+def run(params: Params, root: Path = Path(".")) -> dict:
+    """Write the activations, their manifest and pictures under reports/activations/."""
+    settings = params.activations
+    net, spec = load_model(root / MODEL_DIR)
+    test = read_split(root / PROCESSED_DIR / "test.parquet")
+    reasons = choose_images(settings, root / EVALUATE_DIR / "worst_cases.json", test)
+    row_of = {image_id: row for row, image_id in enumerate(test.ids)}
+    rows = np.array([row_of[image_id] for image_id in reasons], dtype=np.int64)
+    activations = record_activations(net, as_input(test.images[rows]))
+    kinds = layer_kinds(net)
+    predicted = activations[SOFTMAX].argmax(dim=1).numpy()
+    manifest = {
+        "model": spec.arch,
+        "tensors": TENSORS_FILE,
+        "images": [
+            {
+                "image_id": image_id,
+                "label": spec.class_names[int(test.labels[row])],
+                "predicted": spec.class_names[int(guess)],
+                "reasons": why,
+            }
+            for (image_id, why), row, guess in zip(reasons.items(), rows, predicted, strict=True)
+        ],
+        "layers": [
+            {"name": name, "kind": kinds[name], "shape": list(values.shape)}
+            for name, values in activations.items()
+        ],
+    }
+    sample = barcode_sample(test, settings.barcode_images)
+    sample_activations = record_activations(net, as_input(test.images[sample]))
+    layer = barcode_layer(kinds, sample_activations)
+    panel = list(reasons).index(settings.panel_image or next(iter(reasons)))
+    filter_layer, weights = first_weights(net, spec.height, spec.width)
+    with atomic_dir(root / REPORT_DIR) as out:
+        save_file(
+            {name: values.contiguous() for name, values in activations.items()},
+            str(out / TENSORS_FILE),
+            metadata={"image_ids": ",".join(reasons)},
+        )
+        write_json(out / "manifest.json", manifest)
+        image_id = list(reasons)[panel]
+        save_figure(
+            feature_maps_figure(
+                test.images[rows[panel]],
+                {n: v[panel].numpy() for n, v in activations.items()},
+                kinds,
+                spec.class_names,
+                f"What {spec.arch} sees: {image_id} ({'; '.join(reasons[image_id])})",
+                settings.max_channels,
+            ),
+            out / "feature_maps.png",
+        )
+        save_figure(filters_figure(weights, filter_layer), out / "filters.png")
+        save_figure(
+            barcodes_figure(
+                pooled(sample_activations[layer]), test.labels[sample], spec.class_names, layer
+            ),
+            out / "barcodes.png",
+        )
+    out_dir = root / REPORT_DIR
+    log_stage(root, "activations", [*sorted(out_dir.glob("*.png")), out_dir / "manifest.json"])
+    return manifest

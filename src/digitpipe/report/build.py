@@ -1,0 +1,143 @@
+"""Assemble the run's reports into one Markdown document, read like a notebook of the run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from digitpipe.config import Params
+
+REPORTS = Path("reports")
+
+
+def _json(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def _table(header: list[str], rows: list[list[object]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _image(path: str, alt: str) -> str:
+    return f"![{alt}]({path})"
+
+
+def data_section(reports: Path) -> str:
+    summary = _json(reports / "ingest/summary.json")
+    size = summary["image_size"]
+    rows = [[name, split["count"]] for name, split in summary["splits"].items()]
+    return "\n\n".join(
+        [
+            "## Data",
+            f"{size['height']} x {size['width']} images of {len(summary['class_names'])} classes "
+            f"({', '.join(summary['class_names'])}).",
+            _table(["split", "images"], rows),
+            _image("ingest/class_distribution.png", "images per class and split"),
+            _image("ingest/sample_digits.png", "sample training digits"),
+        ]
+    )
+
+
+def model_section(reports: Path, params: Params) -> str:
+    train = _json(reports / "train/metrics.json")
+    recipe = ", ".join(
+        f"{key} {value}"
+        for key, value in train["recipe"].items()
+        if value not in (None, {}, 0.0, False)
+    )
+    facts = [
+        ["architecture", f"`{train['arch']}` ({train['parameters']:,} parameters)"],
+        ["recipe", recipe],
+        ["epochs (best)", f"{train['epochs']} ({train['best_epoch']})"],
+        ["best validation accuracy", f"{train['val_acc']:.4f}"],
+        [
+            "training time",
+            f"{train['train_seconds']:.1f} s, {train['images_per_s']:,.0f} images/s "
+            f"on {train['devices']} x {train['accelerator']} ({train['precision']})",
+        ],
+        ["seed", params.train.seed],
+    ]
+    return "\n\n".join(
+        [
+            "## Model and training",
+            _table(["", ""], facts),
+            _image("train/learning_curves.png", "learning curves"),
+        ]
+    )
+
+
+def evaluation_section(reports: Path) -> str:
+    metrics = _json(reports / "evaluate/metrics.json")
+    scores = [
+        ["accuracy", metrics["accuracy"]],
+        ["macro F1", metrics["macro_f1"]],
+        ["Cohen's kappa", metrics["kappa"]],
+        ["log loss", metrics["log_loss"]],
+        ["expected calibration error", metrics["ece"]],
+        ["validation accuracy", metrics["val"]["accuracy"]],
+    ]
+    return "\n\n".join(
+        [
+            "## Test results",
+            f"On {metrics['n']} test images:",
+            _table(["metric", "value"], [[name, f"{value:.4f}"] for name, value in scores]),
+            _image("evaluate/confusion.png", "confusion matrix"),
+            "### Statistics",
+            (reports / "evaluate/stats.md").read_text().strip(),
+        ]
+    )
+
+
+def worst_cases_section(reports: Path) -> str:
+    worst = _json(reports / "evaluate/worst_cases.json")
+    pair = worst["most_confused_pair"]
+    lead = (
+        "No test image was misclassified."
+        if not pair
+        else f"The most confused pair: **{pair['actual']}** read as **{pair['predicted']}**, "
+        f"{pair['count']} times."
+    )
+    return "\n\n".join(
+        [
+            "## Worst cases",
+            lead,
+            _image("evaluate/most_confused_pair.png", "the most confused pair"),
+            _image("evaluate/confident_mistakes.png", "the most confident mistakes"),
+            _image("evaluate/typical_images.png", "the most typical image of each class"),
+        ]
+    )
+
+
+def activations_section(reports: Path) -> str:
+    manifest = _json(reports / "activations/manifest.json")
+    layers = [
+        [f"`{layer['name']}`", layer["kind"], " x ".join(map(str, layer["shape"][1:]))]
+        for layer in manifest["layers"]
+    ]
+    return "\n\n".join(
+        [
+            "## What the network sees",
+            f"Layer outputs of {len(manifest['images'])} test images are in "
+            f"`activations/{manifest['tensors']}` (safetensors, one tensor per layer) with "
+            "`activations/manifest.json`.",
+            _table(["layer", "kind", "output shape (per image)"], layers),
+            _image("activations/feature_maps.png", "feature maps of one image"),
+            _image("activations/filters.png", "first-layer filters"),
+            _image("activations/barcodes.png", "pooled feature barcodes per class"),
+        ]
+    )
+
+
+def build_markdown(params: Params, reports: Path) -> str:
+    """The whole report; image links are relative to ``reports/``."""
+    sections = [
+        f"# {params.report.title}",
+        data_section(reports),
+        model_section(reports, params),
+        evaluation_section(reports),
+        worst_cases_section(reports),
+        activations_section(reports),
+    ]
+    return "\n\n".join(sections) + "\n"

@@ -1,0 +1,41 @@
+"""Render the Markdown report as one self-contained HTML page (images inlined)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import re
+from pathlib import Path
+
+from markdown_it import MarkdownIt
+
+STYLE = """
+body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2rem auto; padding: 0 1rem;
+       color: #1f2328; line-height: 1.5; }
+img { max-width: 100%; display: block; margin: 1rem 0; }
+table { border-collapse: collapse; margin: 1rem 0; font-size: 0.9rem; }
+th, td { border: 1px solid #d0d7de; padding: 0.25rem 0.6rem; text-align: left; }
+tr:nth-child(even) { background: #f6f8fa; }
+h1, h2 { border-bottom: 1px solid #d0d7de; padding-bottom: 0.3rem; }
+code { background: #f6f8fa; padding: 0.1rem 0.3rem; border-radius: 4px; }
+"""
+
+
+def inline_images(page: str, base: Path) -> str:
+    """Replace ``src="relative.png"`` with a base64 data URI of the file under ``base``."""
+
+    def embed(match: re.Match[str]) -> str:
+        data = base64.b64encode((base / html.unescape(match.group(1))).read_bytes()).decode()
+        return f'src="data:image/png;base64,{data}"'
+
+    return re.sub(r'src="([^":]+\.png)"', embed, page)
+
+
+def render_html(markdown: str, title: str, base: Path) -> str:
+    """A standalone page: the Markdown rendered (tables included) with images inlined."""
+    body = MarkdownIt("commonmark").enable("table").render(markdown)
+    return (
+        f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        f"<title>{html.escape(title)}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n"
+        f"{inline_images(body, base)}</body>\n</html>\n"
+    )

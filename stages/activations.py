@@ -1,0 +1,9 @@
+"""DVC stage `activations`: layer outputs of chosen test images (see digitpipe.explain.run)."""
+
+import sys
+
+from digitpipe.cli import run_stage
+from digitpipe.explain.run import run
+
+if __name__ == "__main__":
+    sys.exit(run_stage(run))

@@ -1,0 +1,211 @@
+"""The evaluate stage on a tiny trained model, checked against scikit-learn; edge cases."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+from sklearn.metrics import (
+    cohen_kappa_score,
+    confusion_matrix,
+    f1_score,
+    log_loss,
+    precision_score,
+    recall_score,
+)
+
+from digitpipe.config import EvaluateParams, load_params
+from digitpipe.data.images import ImageSet
+from digitpipe.data.ingest import PROCESSED_DIR
+from digitpipe.data.parquet import read_split
+from digitpipe.errors import DigitpipeError
+from digitpipe.evaluate.run import MODEL_DIR, REPORT_DIR, write_reports
+from digitpipe.evaluate.run import run as evaluate
+from digitpipe.evaluate.stats import confusion_stats, read_confusion_csv, to_markdown
+from digitpipe.evaluate.stats_cli import stats_command
+from digitpipe.train.export import load_model
+from digitpipe.train.run import run as train
+
+PICTURES = {
+    "confusion.png": (400, 400),
+    "most_confused_pair.png": (150, 300),
+    "confident_mistakes.png": (150, 300),
+    "typical_images.png": (80, 300),
+}
+TOL = 1e-6
+
+
+@pytest.fixture()
+def evaluated(ingested):
+    """The tiny project ingested, a model trained quickly, then evaluated: (folder, metrics)."""
+    train(load_params(ingested / "params.yaml"), ingested)
+    return ingested, evaluate(load_params(ingested / "params.yaml"), ingested)
+
+
+def predictions_of(project) -> tuple[pd.DataFrame, np.ndarray]:
+    frame = pd.read_parquet(project / REPORT_DIR / "predictions.parquet")
+    return frame, frame[[f"prob_{k}" for k in range(10)]].to_numpy()
+
+
+def test_predictions_and_metrics_agree_with_sklearn(evaluated):
+    project, metrics = evaluated
+    frame, probabilities = predictions_of(project)
+    assert len(frame) == 200 and frame["image_id"].iloc[0] == "test-000000"
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(frame["predicted"], probabilities.argmax(axis=1))
+    net, _ = load_model(project / MODEL_DIR)
+    test = read_split(project / PROCESSED_DIR / "test.parquet")
+    with torch.inference_mode():
+        logits = net(torch.from_numpy(test.images[:16, None].astype(np.float32)))
+    np.testing.assert_allclose(probabilities[:16], torch.softmax(logits, 1).numpy(), atol=1e-6)
+    labels, predicted = frame["label"].to_numpy(), frame["predicted"].to_numpy()
+    assert 0 < metrics["accuracy"] < 1, "the quick model should make some mistakes"
+    expected = {
+        "accuracy": np.mean(labels == predicted),
+        "macro_precision": precision_score(labels, predicted, average="macro", zero_division=0),
+        "macro_recall": recall_score(labels, predicted, average="macro", zero_division=0),
+        "macro_f1": f1_score(labels, predicted, average="macro", zero_division=0),
+        "kappa": cohen_kappa_score(labels, predicted),
+        "log_loss": log_loss(labels, probabilities, labels=range(10)),
+    }
+    for key, value in expected.items():
+        assert metrics[key] == pytest.approx(value, abs=TOL), key
+    per_class_f1 = f1_score(labels, predicted, average=None, labels=range(10), zero_division=0)
+    for k, value in enumerate(per_class_f1):
+        assert metrics["per_class"][str(k)]["f1"] == pytest.approx(value, abs=TOL)
+        assert metrics["per_class"][str(k)]["support"] == np.sum(labels == k)
+    assert 0 <= metrics["ece"] <= 1 and metrics["n"] == 200
+    assert metrics["val"]["n"] == 60 and 0 <= metrics["val"]["accuracy"] <= 1
+    assert json.loads((project / REPORT_DIR / "metrics.json").read_text()) == metrics
+
+
+def test_confusion_files_and_statistics(evaluated):
+    project, _ = evaluated
+    frame, _ = predictions_of(project)
+    labels, predicted = frame["label"].to_numpy(), frame["predicted"].to_numpy()
+    matrix, names = read_confusion_csv(project / REPORT_DIR / "confusion.csv")
+    assert names == [str(k) for k in range(10)]
+    np.testing.assert_array_equal(matrix, confusion_matrix(labels, predicted, labels=range(10)))
+    with (project / REPORT_DIR / "confusion_pairs.csv").open() as handle:
+        pairs = list(csv.reader(handle))
+    assert pairs[0] == ["actual", "predicted"]
+    assert pairs[1:] == [[str(a), str(p)] for a, p in zip(labels, predicted, strict=True)]
+    stats = confusion_stats(matrix, names)
+    saved = json.loads((project / REPORT_DIR / "stats.json").read_text())
+    assert json.dumps(saved, sort_keys=True) == json.dumps(stats.to_dict(), sort_keys=True)
+    assert (project / REPORT_DIR / "stats.md").read_text() == to_markdown(stats)
+    csv_path = project / REPORT_DIR / "confusion.csv"
+    assert stats_command(csv_path, as_json=False) == to_markdown(stats).rstrip("\n")
+    printed = json.loads(stats_command(csv_path, as_json=True))
+    for key in ("accuracy", "accuracy_lower", "accuracy_upper", "no_information_rate"):
+        assert printed[key] == getattr(stats, key)
+    assert {"accuracy_p_value", "kappa", "mcnemar_p_value"} <= printed.keys()
+    third = printed["per_class"][3]
+    assert third["class"] == "3" and third["sensitivity"] == stats.per_class[3].sensitivity
+
+
+def test_worst_cases_and_pictures(evaluated):
+    project, _ = evaluated
+    frame, probabilities = predictions_of(project)
+    labels, predicted = frame["label"].to_numpy(), frame["predicted"].to_numpy()
+    report = json.loads((project / REPORT_DIR / "worst_cases.json").read_text())
+    errors = confusion_matrix(labels, predicted, labels=range(10))
+    np.fill_diagonal(errors, 0)
+    pair = report["most_confused_pair"]
+    actual, guess = int(pair["actual"]), int(pair["predicted"])
+    assert pair["count"] == errors[actual, guess] == errors.max()
+    wrong = frame["image_id"][(labels == actual) & (predicted == guess)]
+    assert sorted(pair["image_ids"]) == sorted(wrong)
+
+    confidence = probabilities.max(axis=1)
+    mistakes = report["confident_mistakes"]
+    assert len(mistakes) == min(24, np.sum(labels != predicted))
+    shown = [m["probability"] for m in mistakes]
+    assert shown == sorted(shown, reverse=True)
+    rows = frame.index[frame["image_id"].isin([m["image_id"] for m in mistakes])]
+    assert (labels[rows] != predicted[rows]).all()
+    others = np.setdiff1d(np.flatnonzero(labels != predicted), rows)
+    assert confidence[others].max(initial=0) <= min(shown) + TOL
+
+    for name, typical in report["typical"].items():
+        own = probabilities[labels == int(name), int(name)]
+        row = frame.index[frame["image_id"] == typical["image_id"]][0]
+        assert labels[row] == int(name) and probabilities[row, int(name)] >= own.max() - TOL
+
+    for name, (min_height, min_width) in PICTURES.items():
+        picture = np.asarray(Image.open(project / REPORT_DIR / name).convert("L"))
+        assert picture.shape[0] > min_height and picture.shape[1] > min_width, name
+        assert picture.std() > 20, f"{name} looks blank"
+
+
+def test_missing_model_is_a_clear_error(ingested):
+    with pytest.raises(DigitpipeError, match="run the train stage first"):
+        evaluate(load_params(ingested / "params.yaml"), ingested)
+    with pytest.raises(DigitpipeError, match=r"no-such\.csv"):
+        stats_command(ingested / "no-such.csv", as_json=True)
+
+
+def synthetic(labels: list[int], predicted: list[int], classes: int) -> tuple[ImageSet, np.ndarray]:
+    """Noise images with the given labels, and probabilities that pick ``predicted``."""
+    rng = np.random.default_rng(0)
+    count = len(labels)
+    probabilities = rng.dirichlet(np.ones(classes), count).astype(np.float32) * 0.1
+    probabilities[np.arange(count), predicted] += 0.9
+    names = tuple(f"c{k}" for k in range(classes))
+    images = rng.integers(0, 256, (count, 12, 12), dtype=np.uint8)
+    ids = np.array([f"x-{i:03d}" for i in range(count)], dtype=object)
+    return ImageSet(ids, images, np.array(labels), names), probabilities
+
+
+CASES = {
+    "predicts-one-class": ([0, 1, 2, 2, 1, 0, 2], [2] * 7, 3),
+    "class-absent": ([0, 1, 0, 1, 0, 2], [0, 1, 1, 1, 0, 2], 4),
+    "perfect": ([0, 1, 2, 3, 3], [0, 1, 2, 3, 3], 4),
+    "perfect-one-class-present": ([1, 1, 1], [1, 1, 1], 3),
+    "two-classes": ([0, 1, 1, 0, 1], [0, 1, 0, 0, 0], 2),
+    "47-classes": (list(range(47)) * 2, list(range(47)) + list(range(1, 47)) + [0], 47),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_edge_cases_give_conventional_values(tmp_path, case):
+    labels, predicted, classes = CASES[case]
+    split, probabilities = synthetic(labels, predicted, classes)
+    metrics = write_reports(split, probabilities, EvaluateParams(), tmp_path)
+    report = json.loads((tmp_path / "worst_cases.json").read_text())
+    assert metrics["accuracy"] == pytest.approx(np.mean(np.array(labels) == predicted))
+    assert len(report["typical"]) == len(set(labels))
+    for name in PICTURES:
+        assert np.asarray(Image.open(tmp_path / name).convert("L")).std() > 5, name
+    if labels == predicted:
+        assert report["most_confused_pair"] is None and report["confident_mistakes"] == []
+        assert metrics["macro_f1"] == 1 and metrics["log_loss"] < 0.2
+    kappa = cohen_kappa_score(labels, predicted) if len(set(labels + predicted)) > 1 else math.nan
+    assert metrics["kappa"] == pytest.approx(kappa, abs=TOL, nan_ok=True)
+    assert metrics["macro_f1"] == pytest.approx(
+        f1_score(labels, predicted, average="macro", zero_division=0), abs=TOL
+    )
+    absent = [f"c{k}" for k in range(classes) if k not in labels]
+    assert all(metrics["per_class"][name]["support"] == 0 for name in absent)
+
+
+def test_stats_command_prints_standard_json_with_null_for_undefined(tmp_path, capsys):
+    path = tmp_path / "perfect.csv"
+    path.write_text("actual,cat,dog\ncat,5,0\ndog,0,7\n")
+    from digitpipe.cli import main
+
+    assert main(["stats", str(path), "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out, parse_constant=lambda name: pytest.fail(name))
+    assert printed["accuracy"] == 1 and printed["mcnemar_p_value"] is None
+    assert [row["class"] for row in printed["per_class"]] == ["cat", "dog"]
+    assert main(["stats", str(path)]) == 0
+    assert "| cat |" in capsys.readouterr().out
+    path.write_text("actual,cat\ncat,x\n")
+    assert main(["stats", str(path)]) == 2
+    assert "perfect.csv" in capsys.readouterr().err
