@@ -35,10 +35,10 @@ class Decision:
 def registered_version(client: MlflowClient, name: str, ref: RunRef) -> str:
     """The version holding this run's model, registering it on first sight."""
     for version in client.search_model_versions(f"name = '{name}' and run_id = '{ref.run_id}'"):
-        return version.version
+        return str(version.version)
     if ref.model_uri is None:
         raise DigitpipeError(f"run {ref.run_id} has no logged model; rerun the train stage.")
-    return mlflow.register_model(ref.model_uri, name).version
+    return str(mlflow.register_model(ref.model_uri, name).version)
 
 
 def champion(client: MlflowClient, name: str) -> tuple[str, float] | None:
@@ -47,7 +47,7 @@ def champion(client: MlflowClient, name: str) -> tuple[str, float] | None:
         version = client.get_model_version_by_alias(name, CHAMPION)
     except MlflowException:
         return None
-    return version.version, float(version.tags[ACCURACY_TAG])
+    return str(version.version), float(version.tags[ACCURACY_TAG])
 
 
 def check_loads(name: str, version: str, example: np.ndarray) -> None:
