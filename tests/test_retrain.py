@@ -18,8 +18,14 @@ DIGITPIPE = str(Path(sys.executable).parent / "digitpipe")
 
 
 def retrain(project: Path, env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen([DIGITPIPE, "retrain"], cwd=project, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        [DIGITPIPE, "retrain"],
+        cwd=project,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
 
 
 def test_retrain_promotes_then_keeps_and_never_overlaps(tiny_project):

@@ -68,6 +68,22 @@ def _stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def _predict(args: argparse.Namespace) -> int:
+    from digitpipe.predict.command import predict
+    from digitpipe.predict.predictor import Predictor
+
+    try:
+        predictor = (
+            Predictor.from_uri(args.model_uri, args.params)
+            if args.model_uri
+            else Predictor.from_dir(args.model)
+        )
+        print(predict(args.inputs, predictor, args.out, args.submission, strict=args.strict))
+    except DigitpipeError as exc:
+        return fail(str(exc))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="digitpipe", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -86,6 +102,44 @@ def build_parser() -> argparse.ArgumentParser:
     )
     stats.add_argument("--json", action="store_true", help="print one JSON object")
     stats.set_defaults(handler=_stats)
+    predict = commands.add_parser(
+        "predict", help="predict digits in pictures (files or folders), pixel CSVs or IDX files"
+    )
+    predict.add_argument("inputs", nargs="+", type=Path, metavar="INPUT")
+    source = predict.add_mutually_exclusive_group()
+    source.add_argument(
+        "--model",
+        type=Path,
+        default=Path("models"),
+        metavar="DIR",
+        help="a train-stage model folder (default: models)",
+    )
+    source.add_argument(
+        "--model-uri", metavar="URI", help="a registered model, e.g. models:/digitpipe@champion"
+    )
+    predict.add_argument(
+        "--params",
+        type=Path,
+        default=PARAMS_FILE,
+        help="where --model-uri finds the tracking store (track section)",
+    )
+    predict.add_argument(
+        "--out",
+        type=Path,
+        default=Path("predictions.csv"),
+        metavar="FILE",
+        help=".csv or .parquet: id, predicted class, probability, top 3",
+    )
+    predict.add_argument(
+        "--submission",
+        type=Path,
+        metavar="FILE",
+        help="also write a Kaggle ImageId,Label file (one pixel-CSV input)",
+    )
+    predict.add_argument(
+        "--strict", action="store_true", help="fail on an unreadable input instead of skipping it"
+    )
+    predict.set_defaults(handler=_predict)
     retrain = commands.add_parser(
         "retrain", help="dvc repro, register the model, promote it if it beats the champion"
     )

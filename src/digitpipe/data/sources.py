@@ -41,7 +41,7 @@ def _load_idx(
     source: Source, data: DataParams, root: Path, name: str, *, labelled: bool
 ) -> tuple[np.ndarray, np.ndarray | None]:
     path = root / source.images
-    images = _as_pixels(path, _read_verified(source.images, data, root))
+    images = as_pixels(path, _read_verified(source.images, data, root))
     if images.ndim == 2:
         images = _shape_images(path, images, data.image_size)
     elif images.ndim == 4 and images.shape[3] == 1:
@@ -87,7 +87,7 @@ def _verify_checksum(raw: RawFile, relative: Path, data: DataParams) -> None:
         )
 
 
-def _as_pixels(path: Path, array: np.ndarray) -> np.ndarray:
+def as_pixels(path: Path, array: np.ndarray) -> np.ndarray:
     """Images as uint8, rejecting values that are not whole numbers in 0..255."""
     if array.dtype == np.uint8:
         return array

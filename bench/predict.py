@@ -1,0 +1,91 @@
+"""Benchmark: `digitpipe predict` on a 28000-row Kaggle test.csv with the default bncnn.
+
+End to end (load the model, read and validate the CSV, predict, write predictions.csv and the
+submission) against the bare work in the same run: ``pandas.read_csv`` plus one forward pass
+over the same pixels, in one call (all 28000 images at once: about 1.5 GB of activations) and in
+calls of BATCH_SIZE images as ``predict`` makes them. The rows are MNIST test images, repeated;
+the weights are random (the work is the same). Run: `.venv/bin/python bench/predict.py`.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import tempfile
+import timeit
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from digitpipe.data.idx import read_idx
+from digitpipe.predict.command import predict
+from digitpipe.predict.predictor import BATCH_SIZE, Predictor
+from digitpipe.train.export import ModelSpec, save_model
+
+REPO = Path(__file__).resolve().parents[1]
+ROWS = 28000
+REPEATS = 3
+TARGET_S = 10.0
+
+
+def median_time(action: Callable[[], object]) -> float:
+    """Median wall time of ``REPEATS`` runs, after one warm-up."""
+    action()
+    return statistics.median(timeit.repeat(action, number=1, repeat=REPEATS))
+
+
+def write_test_csv(path: Path) -> None:
+    """A Kaggle-layout test.csv: a header pixel0..pixel783 and ROWS rows of MNIST test pixels."""
+    images = read_idx(REPO / "data/raw/mnist/t10k-images-idx3-ubyte.gz").reshape(10000, -1)
+    rows = np.resize(images, (ROWS, images.shape[1]))
+    columns = [f"pixel{i}" for i in range(rows.shape[1])]
+    pd.DataFrame(rows, columns=columns).to_csv(path, index=False)
+
+
+def main() -> int:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp)
+        write_test_csv(out / "test.csv")
+        torch.manual_seed(0)
+        spec = ModelSpec("bncnn", 28, 28, [str(k) for k in range(10)], 0.13, 0.31)
+        save_model(spec.build(), spec, out / "model")
+        bare_net = spec.build().eval()
+
+        def bare(batch: int = ROWS) -> None:
+            pixels = torch.tensor(pd.read_csv(out / "test.csv").to_numpy(np.float32))
+            with torch.inference_mode():
+                for chunk in pixels.reshape(-1, 1, 28, 28).split(batch):
+                    bare_net(chunk)
+
+        def ours() -> str:
+            return predict(
+                [out / "test.csv"],
+                Predictor.from_dir(out / "model"),
+                out / "predictions.csv",
+                out / "submission.csv",
+                strict=False,
+            )
+
+        print(ours())
+        ours_s = median_time(ours)
+        baselines = {
+            "pandas.read_csv + one forward pass": median_time(bare),
+            f"  the same, {BATCH_SIZE} images a call": median_time(lambda: bare(BATCH_SIZE)),
+        }
+    verdict = "ok" if ours_s <= TARGET_S else "OVER TARGET"
+    print(
+        f"bncnn, {ROWS} CSV rows, {torch.get_num_threads()} threads "
+        f"(median of {REPEATS} after a warm-up):"
+    )
+    name = "digitpipe predict (end to end)"
+    print(f"  {name:<36} {ours_s:6.2f} s   target < {TARGET_S} s: {verdict}")
+    for name, seconds in baselines.items():
+        print(f"  {name:<36} {seconds:6.2f} s   ratio {ours_s / seconds:5.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

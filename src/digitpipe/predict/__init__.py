@@ -1,0 +1,1 @@
+"""Predict: the trained model over pictures, pixel CSVs and IDX files (`digitpipe predict`)."""

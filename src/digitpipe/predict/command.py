@@ -1,0 +1,57 @@
+"""`digitpipe predict INPUT...`: read the inputs, check them against the model, predict, write."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from digitpipe.errors import DigitpipeError
+from digitpipe.predict.inputs import read_inputs
+from digitpipe.predict.output import (
+    check_format,
+    predictions_frame,
+    write_predictions,
+    write_submission,
+)
+from digitpipe.predict.predictor import Predictor
+
+
+def predict(
+    inputs: list[Path], predictor: Predictor, out: Path, submission: Path | None, *, strict: bool
+) -> str:
+    """Predict every readable input into ``out`` (and ``submission``); return the summary line.
+
+    Skipped files are reported on stderr; with ``strict`` the first one raises instead.
+    Nothing is written unless every check passes.
+    """
+    check_format(out)
+    read = read_inputs(inputs, predictor.image_size, strict=strict)
+    for message in read.skipped:
+        print(f"digitpipe: warning: skipped {message}", file=sys.stderr)
+    if not read.batches:
+        raise DigitpipeError("nothing to predict: no input could be read.")
+    for batch in read.batches:
+        predictor.check(batch)
+    if submission is not None and [b.kind for b in read.batches] != ["csv"]:
+        raise DigitpipeError(
+            f"{submission}: a Kaggle submission needs exactly one input, a pixel CSV in the "
+            "Kaggle test.csv layout (its ImageId is the row number)."
+        )
+    images = np.concatenate([batch.images for batch in read.batches])
+    probabilities = predictor.probabilities(images)
+    frame = predictions_frame(read.batches, probabilities, predictor.spec.class_names)
+    write_predictions(frame, out)
+    if submission is not None:
+        write_submission(submission, frame["predicted"])
+    summary = f"predicted {len(frame)} images -> {out}"
+    if submission is not None:
+        summary += f" and {submission}"
+    if "label" in frame:
+        labelled = frame["label"].notna()
+        accuracy = (frame["predicted"] == frame["label"])[labelled].mean()
+        summary += f" (accuracy {accuracy:.4f} on {labelled.sum()} labelled)"
+    if read.skipped:
+        summary += f"; {len(read.skipped)} unreadable files skipped"
+    return summary

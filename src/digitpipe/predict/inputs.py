@@ -1,0 +1,152 @@
+"""The INPUT arguments of `digitpipe predict` as batches of images, with ids and any labels.
+
+Each argument is one of:
+
+- a picture (.png, .jpg, .jpeg, .bmp, .gif): made MNIST-style at the model's size
+  (:mod:`digitpipe.predict.images`); id: the file's path;
+- a folder: every picture below it, recursively, sorted by path (other files are ignored);
+- a CSV (.csv) of pixel rows in the Kaggle test.csv layout (a header, pixel0..pixelN-1); a
+  ``label`` column, if present, is kept to report accuracy; id: the 1-based data row number,
+  which is Kaggle's ImageId;
+- anything else: an IDX image file (gzip or raw; N x H x W, N x H x W x 1 or N x pixels), labels
+  are not read; id: the 0-based index of the image in the file.
+
+Flat pixel rows take the model's height x width when the count matches, else a square if they
+make one; the predictor refuses images whose size is not the model's.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Literal, TypeVar
+
+import numpy as np
+
+from digitpipe.data.csv import read_pixel_csv
+from digitpipe.data.idx import parse_idx, read_bytes
+from digitpipe.data.sources import as_pixels
+from digitpipe.errors import DigitpipeError
+from digitpipe.predict.images import load_digit
+
+PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+LABEL_COLUMN = "label"
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Batch:
+    """The images of one INPUT argument, in order: uint8 (N, H, W), ids, int64 labels or None."""
+
+    source: Path
+    kind: Literal["pictures", "csv", "idx"]
+    ids: list[str]
+    images: np.ndarray
+    labels: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """What was read (one batch per readable argument) and a message per skipped file."""
+
+    batches: list[Batch]
+    skipped: list[str]
+
+
+def read_inputs(paths: list[Path], size: tuple[int, int], *, strict: bool) -> Inputs:
+    """Read every INPUT argument; pictures are made ``size``; bad files are skipped or raise."""
+    reader = Reader(size, strict)
+    batches = [reader.attempt(reader.argument, path) for path in paths]
+    return Inputs([batch for batch in batches if batch is not None], reader.skipped)
+
+
+@dataclass
+class Reader:
+    """Reads INPUT arguments for a model of ``size``, noting bad files in ``skipped``."""
+
+    size: tuple[int, int]
+    strict: bool  # raise at the first bad file instead
+    skipped: list[str] = field(default_factory=list)
+
+    def attempt(self, read: Callable[[Path], T], path: Path) -> T | None:
+        """``read(path)``; on a DigitpipeError: raise if strict, else note it and return None."""
+        try:
+            return read(path)
+        except DigitpipeError as exc:
+            if self.strict:
+                raise
+            self.skipped.append(str(exc))
+            return None
+
+    def argument(self, path: Path) -> Batch | None:
+        """One INPUT argument, by kind (see the module docstring); None: only bad pictures."""
+        if not path.exists():
+            raise DigitpipeError(f"{path}: no such file or folder.")
+        if path.is_dir():
+            return self.folder(path)
+        if path.suffix.lower() in PICTURE_SUFFIXES:
+            return Batch(path, "pictures", [str(path)], load_digit(path, self.size)[None])
+        if path.suffix.lower() == ".csv":
+            return read_csv(path, self.size)
+        return read_idx_images(path, self.size)
+
+    def folder(self, folder: Path) -> Batch | None:
+        """Every picture below ``folder``, skipping (or raising at) unreadable ones."""
+        files = sorted(
+            path
+            for path in folder.rglob("*")
+            if path.suffix.lower() in PICTURE_SUFFIXES and path.is_file()
+        )
+        if not files:
+            raise DigitpipeError(
+                f"{folder}: no pictures ({', '.join(PICTURE_SUFFIXES)}) in this folder."
+            )
+        ids, images = [], []
+        for path in files:
+            digit = self.attempt(partial(load_digit, size=self.size), path)
+            if digit is not None:
+                ids.append(str(path))
+                images.append(digit)
+        return Batch(folder, "pictures", ids, np.stack(images)) if images else None
+
+
+def read_csv(path: Path, size: tuple[int, int]) -> Batch:
+    """A Kaggle-layout pixel CSV; ids are 1-based row numbers."""
+    table = read_pixel_csv(path, LABEL_COLUMN)
+    ids = [str(row) for row in range(1, len(table.pixels) + 1)]
+    return Batch(path, "csv", ids, shape_rows(table.pixels, size), table.labels)
+
+
+def read_idx_images(path: Path, size: tuple[int, int]) -> Batch:
+    """An IDX file of images; ids are 0-based indexes."""
+    raw = read_bytes(path)
+    if raw.data[:2] != b"\0\0":
+        raise DigitpipeError(
+            f"{path}: not a picture ({', '.join(PICTURE_SUFFIXES)}), a pixel CSV (.csv) "
+            "or an IDX file."
+        )
+    array = as_pixels(path, parse_idx(raw))
+    if array.ndim == 4 and array.shape[3] == 1:
+        array = array[..., 0]
+    elif array.ndim == 2:
+        array = shape_rows(array, size)
+    elif array.ndim != 3:
+        raise DigitpipeError(
+            f"{path}: IDX images must be N x H x W (or N x H x W x 1, or N x pixels); this "
+            f"file has shape {array.shape}."
+        )
+    if not len(array):
+        raise DigitpipeError(f"{path}: the IDX file holds no images.")
+    return Batch(path, "idx", [str(index) for index in range(len(array))], array)
+
+
+def shape_rows(flat: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Flat pixel rows (N, P) as (N, H, W): ``size`` if P fits it, else square, else (N, 1, P)."""
+    count = flat.shape[1]
+    side = math.isqrt(count)
+    if size[0] * size[1] != count:
+        size = (side, side) if side * side == count else (1, count)
+    return flat.reshape(len(flat), *size)

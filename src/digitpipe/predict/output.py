@@ -1,0 +1,78 @@
+"""Prediction files: the predictions table (CSV or Parquet) and a Kaggle submission.
+
+The table has one row per image, in input order:
+
+- ``source``: the INPUT argument the image came from (a picture, folder, CSV or IDX file);
+- ``id``: the picture's path, the CSV's 1-based row number or the IDX file's 0-based index;
+- ``predicted``: the class name; ``probability``: its probability;
+- ``top3``: the three likeliest classes with their probabilities, most likely first, as text
+  such as ``7:0.981 1:0.012 9:0.003`` (readable as is, the same in CSV and Parquet);
+- ``label``: the true class name, only when some input had labels (empty for those without).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from digitpipe.atomic import atomic_path, write_text
+from digitpipe.errors import DigitpipeError
+from digitpipe.predict.inputs import Batch
+
+FORMATS = (".csv", ".parquet")
+TOP_K = 3
+SUBMISSION_HEADER = "ImageId,Label"
+
+
+def check_format(path: Path) -> None:
+    """Refuse an output path whose extension is not a known format (before any work)."""
+    if path.suffix.lower() not in FORMATS:
+        raise DigitpipeError(
+            f"{path}: unknown output format '{path.suffix}'; use one of {', '.join(FORMATS)}."
+        )
+
+
+def predictions_frame(
+    batches: list[Batch], probabilities: np.ndarray, class_names: list[str]
+) -> pd.DataFrame:
+    """The predictions table (see the module docstring) of ``batches``, in order."""
+    names = np.asarray(class_names, dtype=object)
+    order = np.argsort(-probabilities, axis=1, kind="stable")[:, :TOP_K]
+    top = np.take_along_axis(probabilities, order, axis=1)
+    frame = pd.DataFrame(
+        {
+            "source": np.repeat([str(b.source) for b in batches], [len(b.ids) for b in batches]),
+            "id": np.concatenate([b.ids for b in batches]),
+            "predicted": names[order[:, 0]],
+            "probability": top[:, 0],
+            "top3": [
+                " ".join(f"{names[k]}:{p:.3f}" for k, p in zip(ks, ps, strict=True))
+                for ks, ps in zip(order, top, strict=True)
+            ],
+        }
+    )
+    if any(b.labels is not None for b in batches):
+        labels = np.concatenate(
+            [np.full(len(b.ids), -1) if b.labels is None else b.labels for b in batches]
+        )
+        frame["label"] = np.where(labels >= 0, names[labels], None)
+    return frame
+
+
+def write_predictions(frame: pd.DataFrame, path: Path) -> None:
+    """Write the table as CSV or Parquet, by the extension of ``path``, atomically."""
+    check_format(path)
+    with atomic_path(path) as tmp:
+        if path.suffix.lower() == ".csv":
+            frame.to_csv(tmp, index=False)
+        else:
+            frame.to_parquet(tmp, index=False, compression="zstd")
+
+
+def write_submission(path: Path, predicted: Iterable[str]) -> None:
+    """A Kaggle digit-recognizer submission: ``ImageId,Label``, ImageId counting from 1."""
+    rows = (f"{image_id},{label}" for image_id, label in enumerate(predicted, start=1))
+    write_text(path, "\n".join([SUBMISSION_HEADER, *rows]) + "\n")

@@ -1,0 +1,72 @@
+"""A trained model ready to predict: loaded without unpickling, checked against its inputs.
+
+A model comes from a train-stage folder (:meth:`Predictor.from_dir`) or from the MLflow model
+registry (:meth:`Predictor.from_uri`), which serves the same safetensors weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from torch import nn
+
+from digitpipe.config import TrackParams, load_params
+from digitpipe.errors import DigitpipeError
+from digitpipe.evaluate.predictions import predict_probabilities
+from digitpipe.predict.inputs import Batch
+from digitpipe.track.registry import download_weights
+from digitpipe.track.store import tracking_uri
+from digitpipe.train.export import ModelSpec, load_model
+
+BATCH_SIZE = 1000
+
+
+@dataclass(frozen=True)
+class Predictor:
+    """A network in eval mode and the spec it was trained with (image size, class names)."""
+
+    net: nn.Module
+    spec: ModelSpec
+
+    @classmethod
+    def from_dir(cls, model_dir: Path) -> Predictor:
+        """The model saved by the train stage in ``model_dir`` (safetensors + JSON)."""
+        return cls(*load_model(model_dir))
+
+    @classmethod
+    def from_uri(cls, uri: str, params_file: Path) -> Predictor:
+        """A registered model (``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``) from the
+        tracking store that ``params_file``'s track section (or $MLFLOW_TRACKING_URI) names."""
+        track = load_params(params_file).track if params_file.exists() else TrackParams()
+        return cls.from_dir(download_weights(uri, tracking_uri(track, params_file.parent)))
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return self.spec.height, self.spec.width
+
+    def check(self, batch: Batch) -> None:
+        """Refuse a batch whose image size or labels do not fit this model."""
+        height, width = batch.images.shape[1:]
+        if (height, width) != self.image_size:
+            raise DigitpipeError(
+                f"{batch.source}: images are {height}x{width} ({height * width} pixels) but the "
+                f"model takes {self.spec.height}x{self.spec.width} "
+                f"({self.spec.height * self.spec.width} pixels); use a model trained on "
+                f"{height}x{width} images, or give the digits as pictures (PNG, JPEG), "
+                "which are resized to fit."
+            )
+        classes = len(self.spec.class_names)
+        if batch.labels is not None:
+            bad = np.flatnonzero((batch.labels < 0) | (batch.labels >= classes))
+            if bad.size:
+                raise DigitpipeError(
+                    f"{batch.source}: label {batch.labels[bad[0]]} at image {batch.ids[bad[0]]} "
+                    f"is out of range: the model has {classes} classes, so labels must be "
+                    f"0..{classes - 1}."
+                )
+
+    def probabilities(self, images: np.ndarray) -> np.ndarray:
+        """Class probabilities (N, classes) of uint8 images (N, H, W) of the model's size."""
+        return predict_probabilities(self.net, images, BATCH_SIZE)

@@ -1,0 +1,297 @@
+"""`digitpipe predict` with a bncnn trained briefly on real MNIST digits: pictures, CSV, IDX."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import MNIST, REPO, edit_params, write_csv
+from PIL import Image
+
+from digitpipe.cli import main
+from digitpipe.config import load_params
+from digitpipe.data.idx import read_idx, write_idx
+from digitpipe.data.ingest import run as ingest
+from digitpipe.predict.images import load_digit
+from digitpipe.predict.output import write_submission
+from digitpipe.predict.predictor import Predictor
+from digitpipe.train.run import MODEL_DIR
+from digitpipe.train.run import run as train
+
+TRAIN_IMAGES = 3000
+PICTURES = 1000  # MNIST test images written as PNG for the accuracy parity test
+
+
+@pytest.fixture(scope="module")
+def mnist_test() -> tuple[np.ndarray, np.ndarray]:
+    return (
+        read_idx(MNIST / "t10k-images-idx3-ubyte.gz"),
+        read_idx(MNIST / "t10k-labels-idx1-ubyte.gz"),
+    )
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, mnist_train):
+    """A bncnn trained for 2 epochs on 3000 MNIST training digits by the train stage."""
+    project = tmp_path_factory.mktemp("project")
+    images, labels = mnist_train
+    write_idx(images[:TRAIN_IMAGES], project / "train-images", compress=True)
+    write_idx(labels[:TRAIN_IMAGES], project / "train-labels", compress=True)
+    shutil.copy(REPO / "params.yaml", project / "params.yaml")
+    edit_params(
+        project,
+        "data",
+        train={"images": "train-images", "labels": "train-labels"},
+        test=None,
+        test_fraction=0.05,
+        checksums={},
+    )
+    edit_params(project, "model", arch="bncnn")
+    edit_params(project, "train", max_epochs=2, progress="none")
+    edit_params(project, "track", enabled=False)
+    params = load_params(project / "params.yaml")
+    ingest(params, project)
+    train(params, project)
+    return project / MODEL_DIR
+
+
+@pytest.fixture(scope="module")
+def tensor_predictions(model_dir, mnist_test) -> np.ndarray:
+    """The model's predicted classes for the first PICTURES test images, straight from arrays."""
+    return Predictor.from_dir(model_dir).probabilities(mnist_test[0][:PICTURES]).argmax(axis=1)
+
+
+def predict(inputs, model_dir, out, submission=None, strict=False) -> int:
+    """`digitpipe predict` as a user types it."""
+    argv = ["predict", *map(str, inputs), "--model", str(model_dir), "--out", str(out)]
+    argv += ["--submission", str(submission)] if submission else []
+    return main([*argv, "--strict"] if strict else argv)
+
+
+def test_pictures_are_predicted_as_accurately_as_the_tensor_path(
+    tmp_path, model_dir, mnist_test, tensor_predictions, capsys
+):
+    images, labels = mnist_test[0][:PICTURES], mnist_test[1][:PICTURES]
+    for i, image in enumerate(images):
+        folder = tmp_path / "digits" / str(i % 3)  # nested: folders are read recursively
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(folder / f"{i:04d}.png")
+    assert predict([tmp_path / "digits"], model_dir, tmp_path / "out.csv") == 0
+    assert f"predicted {PICTURES} images -> {tmp_path / 'out.csv'}" in capsys.readouterr().out
+    frame = pd.read_csv(tmp_path / "out.csv")
+    assert list(frame.columns) == ["source", "id", "predicted", "probability", "top3"]
+    index = frame["id"].str.extract(r"(\d+)\.png$")[0].astype(int).to_numpy()
+    assert sorted(index) == list(range(PICTURES))
+    tensor_accuracy = np.mean(tensor_predictions == labels)
+    picture_accuracy = np.mean(frame["predicted"].to_numpy() == labels[index])
+    assert tensor_accuracy > 0.9, "the fixture model should be usable"
+    assert abs(picture_accuracy - tensor_accuracy) <= 0.005
+    assert np.mean(frame["predicted"].to_numpy() == tensor_predictions[index]) > 0.98
+
+
+def light_offcentre_rgb(image: np.ndarray) -> Image.Image:
+    """A 28x28 MNIST digit as dark blue ink on cream paper, 3x larger, off-centre in 140x100."""
+    ink = np.asarray(Image.fromarray(image).resize((84, 84), Image.Resampling.BILINEAR)) / 255
+    paper, pen = np.array([240, 235, 220]), np.array([20, 30, 110])
+    canvas = np.tile(paper, (100, 140, 1)).astype(float)
+    canvas[4:88, 50:134] = paper + ink[..., None] * (pen - paper)
+    return Image.fromarray(canvas.round().astype(np.uint8))
+
+
+def test_light_background_larger_offcentre_colour_digits_are_read(
+    tmp_path, model_dir, mnist_test, tensor_predictions
+):
+    images, labels = mnist_test
+    right = np.flatnonzero(tensor_predictions == labels[:PICTURES])[:30]
+    paths = []
+    for i in right:
+        paths.append(tmp_path / f"{i}.{'jpg' if i % 2 else 'png'}")
+        light_offcentre_rgb(images[i]).save(paths[-1])
+    assert predict(paths, model_dir, tmp_path / "out.csv") == 0
+    predicted = pd.read_csv(tmp_path / "out.csv")["predicted"].to_numpy()
+    assert np.mean(predicted == labels[right]) >= 0.9
+
+
+def as_mode(image: np.ndarray, mode: str) -> Image.Image:
+    """A white-on-black MNIST digit in another Pillow mode (dark ink on light where it fits)."""
+    dark = 255 - image
+    if mode == "RGBA":  # black ink on a transparent background
+        return Image.fromarray(np.dstack([np.zeros((28, 28, 3), np.uint8), image]), "RGBA")
+    if mode == "I;16":  # 16-bit grayscale, white on black
+        return Image.fromarray(image.astype(np.uint16) * 257)
+    if mode == "P":
+        return Image.fromarray(np.dstack([dark] * 3)).convert("P", palette=Image.Palette.ADAPTIVE)
+    return Image.fromarray(dark).convert(mode)
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "I;16", "P", "LA", "1", "CMYK"])
+def test_any_picture_mode_gives_the_mnist_image(tmp_path, mnist_test, mode):
+    image = mnist_test[0][0]
+    picture = as_mode(image, mode)
+    path = tmp_path / ("digit.jpg" if mode == "CMYK" else "digit.png")
+    picture.save(path)
+    digit = load_digit(path, (28, 28))
+    assert digit.dtype == np.uint8 and digit.shape == (28, 28) and digit.max() == 255
+    correlation = np.corrcoef(digit.ravel(), image.ravel())[0, 1]
+    assert correlation > (0.8 if mode == "1" else 0.95)
+
+
+def test_other_model_sizes_keep_mnist_proportions(tmp_path, mnist_test):
+    Image.fromarray(mnist_test[0][0]).save(tmp_path / "digit.png")
+    digit = load_digit(tmp_path / "digit.png", (56, 42))
+    rows, cols = np.flatnonzero(digit.any(axis=1)), np.flatnonzero(digit.any(axis=0))
+    assert digit.shape == (56, 42) and max(rows[-1] - rows[0], cols[-1] - cols[0]) + 1 <= 40
+    mass = digit.astype(float) / digit.sum()
+    centre = (mass.sum(axis=1) @ np.arange(56), mass.sum(axis=0) @ np.arange(42))
+    np.testing.assert_allclose(centre, (28, 21), atol=0.5)
+
+
+def test_kaggle_test_csv_gives_a_submission(tmp_path, model_dir, mnist_test, capsys):
+    images = np.resize(mnist_test[0], (28000, 28, 28))
+    write_csv(tmp_path / "test.csv", images, None)
+    out, submission = tmp_path / "predictions.csv", tmp_path / "submission.csv"
+    assert predict([tmp_path / "test.csv"], model_dir, out, submission) == 0
+    assert capsys.readouterr().out.strip() == f"predicted 28000 images -> {out} and {submission}"
+    lines = submission.read_text().splitlines()
+    assert lines[0] == "ImageId,Label" and len(lines) == 28001
+    frame = pd.read_csv(submission)
+    assert frame["ImageId"].tolist() == list(range(1, 28001))
+    predictions = pd.read_csv(out)
+    assert "label" not in predictions and predictions["id"].tolist() == list(range(1, 28001))
+    assert frame["Label"].tolist() == predictions["predicted"].tolist()
+    tensor = Predictor.from_dir(model_dir).probabilities(images[:500]).argmax(axis=1)
+    np.testing.assert_array_equal(frame["Label"][:500], tensor)
+
+
+def test_labelled_csv_reports_accuracy_and_keeps_labels(tmp_path, model_dir, mnist_test, capsys):
+    images, labels = mnist_test[0][:300], mnist_test[1][:300]
+    write_csv(tmp_path / "labelled.csv", images, labels)
+    assert predict([tmp_path / "labelled.csv"], model_dir, tmp_path / "out.csv") == 0
+    frame = pd.read_csv(tmp_path / "out.csv")
+    assert frame["label"].tolist() == labels.tolist()
+    accuracy = np.mean(frame["predicted"] == frame["label"])
+    assert f"(accuracy {accuracy:.4f} on 300 labelled)" in capsys.readouterr().out
+
+
+def test_idx_input_matches_the_tensor_path(tmp_path, model_dir, mnist_test, tensor_predictions):
+    write_idx(mnist_test[0][:200], tmp_path / "images.idx3.gz", compress=True)
+    assert predict([tmp_path / "images.idx3.gz"], model_dir, tmp_path / "out.parquet") == 0
+    frame = pd.read_parquet(tmp_path / "out.parquet")
+    assert frame["id"].tolist() == [str(i) for i in range(200)]
+    np.testing.assert_array_equal(frame["predicted"].astype(int), tensor_predictions[:200])
+
+
+def test_csv_and_parquet_outputs_hold_the_same_table(tmp_path, model_dir, mnist_test):
+    write_csv(tmp_path / "few.csv", mnist_test[0][:20], mnist_test[1][:20])
+    for name in ("out.csv", "out.parquet"):
+        assert predict([tmp_path / "few.csv"], model_dir, tmp_path / name) == 0
+    from_csv = pd.read_csv(tmp_path / "out.csv", dtype=str)
+    from_parquet = pd.read_parquet(tmp_path / "out.parquet")
+    pd.testing.assert_frame_equal(
+        from_csv.drop(columns="probability"), from_parquet.drop(columns="probability")
+    )
+    np.testing.assert_allclose(
+        from_csv["probability"].astype(float), from_parquet["probability"], rtol=1e-6
+    )
+    top3 = from_parquet["top3"][0].split()
+    assert len(top3) == 3 and top3[0].split(":")[0] == from_parquet["predicted"][0]
+    probabilities = [float(item.split(":")[1]) for item in top3]
+    assert probabilities == sorted(probabilities, reverse=True)
+
+
+def test_size_mismatch_is_refused_clearly(tmp_path, model_dir, mnist_test, capsys):
+    small = mnist_test[0][:10, 4:24, 4:24]
+    write_csv(tmp_path / "small.csv", small, None)
+    assert predict([tmp_path / "small.csv"], model_dir, tmp_path / "out.csv") == 2
+    message = capsys.readouterr().err
+    assert message.startswith("digitpipe: error: ")
+    for words in ("small.csv", "images are 20x20", "model takes 28x28"):
+        assert words in message
+    assert not (tmp_path / "out.csv").exists()
+
+
+def test_label_beyond_the_model_classes_is_refused(tmp_path, model_dir, mnist_test, capsys):
+    labels = mnist_test[1][:10].astype(np.int64)
+    labels[3] = 12
+    write_csv(tmp_path / "labels.csv", mnist_test[0][:10], labels)
+    assert predict([tmp_path / "labels.csv"], model_dir, tmp_path / "out.csv") == 2
+    message = capsys.readouterr().err
+    assert "labels.csv: label 12 at image 4" in message and "0..9" in message
+
+
+def bad_files(folder, mnist_test):
+    """A good picture, a truncated PNG, a text file, a blank picture and a missing path."""
+    Image.fromarray(mnist_test[0][0]).save(folder / "good.png")
+    (folder / "corrupt.png").write_bytes((folder / "good.png").read_bytes()[:60])
+    (folder / "notes.txt").write_text("not a digit\n")
+    Image.new("RGB", (40, 40), "white").save(folder / "blank.png")
+    return [folder / name for name in ("good.png", "corrupt.png", "notes.txt", "blank.png", "nope")]
+
+
+def test_bad_files_are_reported_by_name_and_skipped(tmp_path, model_dir, mnist_test, capsys):
+    inputs = bad_files(tmp_path, mnist_test)
+    assert predict(inputs, model_dir, tmp_path / "out.csv") == 0
+    captured = capsys.readouterr()
+    assert "4 unreadable files skipped" in captured.out
+    for name, words in {
+        "corrupt.png": "not a readable picture",
+        "notes.txt": "not a picture",
+        "blank.png": "no digit found",
+        "nope": "no such file",
+    }.items():
+        assert f"digitpipe: warning: skipped {tmp_path / name}: {words}" in captured.err
+    assert "Traceback" not in captured.err
+    assert pd.read_csv(tmp_path / "out.csv")["id"].tolist() == [str(tmp_path / "good.png")]
+
+
+def test_bad_pictures_in_a_folder_are_skipped_and_strict_fails(
+    tmp_path, model_dir, mnist_test, capsys
+):
+    bad_files(tmp_path, mnist_test)
+    assert predict([tmp_path], model_dir, tmp_path / "out.csv") == 0
+    assert "2 unreadable files skipped" in capsys.readouterr().out  # the .txt is not a picture
+    assert predict([tmp_path], model_dir, tmp_path / "strict.csv", strict=True) == 2
+    message = capsys.readouterr().err
+    assert message.startswith(f"digitpipe: error: {tmp_path / 'blank.png'}: no digit found")
+    assert not (tmp_path / "strict.csv").exists()
+
+
+def test_strict_fails_on_the_first_bad_file(tmp_path, model_dir, mnist_test, capsys):
+    inputs = bad_files(tmp_path, mnist_test)
+    assert predict(inputs, model_dir, tmp_path / "out.csv", strict=True) == 2
+    message = capsys.readouterr().err
+    assert f"{tmp_path / 'corrupt.png'}: not a readable picture" in message
+    assert not (tmp_path / "out.csv").exists()
+
+
+@pytest.mark.parametrize(
+    ("case", "words"),
+    [
+        ("out.xlsx", "unknown output format '.xlsx'"),
+        ("submission from pictures", "needs exactly one input, a pixel CSV"),
+        ("nothing readable", "nothing to predict"),
+        ("no model", "cannot load the model"),
+    ],
+)
+def test_command_errors_are_one_clear_line(tmp_path, model_dir, mnist_test, capsys, case, words):
+    Image.fromarray(mnist_test[0][0]).save(tmp_path / "good.png")
+    inputs, out, submission = [tmp_path / "good.png"], tmp_path / "out.csv", None
+    if case == "out.xlsx":
+        out = tmp_path / "out.xlsx"
+    elif case == "submission from pictures":
+        submission = tmp_path / "submission.csv"
+    elif case == "nothing readable":
+        inputs = [tmp_path / "missing.png"]
+    else:
+        model_dir = tmp_path / "no-model"
+    assert predict(inputs, model_dir, out, submission) == 2
+    last_line = capsys.readouterr().err.splitlines()[-1]
+    assert last_line.startswith("digitpipe: error: ") and words in last_line
+    assert not out.exists()
+
+
+def test_write_submission_counts_from_one(tmp_path):
+    write_submission(tmp_path / "s.csv", ["7", "2", "1"])
+    assert (tmp_path / "s.csv").read_text() == "ImageId,Label\n1,7\n2,2\n3,1\n"
