@@ -10,15 +10,13 @@ Run: `.venv/bin/python bench/evaluate.py`.
 from __future__ import annotations
 
 import copy
-import statistics
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
+from timing import REPEATS, median_time
 
 from digitpipe.config import load_params
 from digitpipe.data.ingest import PROCESSED_DIR
@@ -28,19 +26,7 @@ from digitpipe.evaluate.run import write_reports
 from digitpipe.train.models import build_model
 
 REPO = Path(__file__).resolve().parents[1]
-REPEATS = 3
 TARGET_S = 5.0
-
-
-def median_time(action: Callable[[], object]) -> float:
-    """Median wall time of ``REPEATS`` runs, after one warm-up."""
-    action()
-    times = []
-    for _ in range(REPEATS):
-        start = time.perf_counter()
-        action()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> int:

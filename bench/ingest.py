@@ -7,15 +7,13 @@ pandas.read_csv for the CSV). Run: `.venv/bin/python bench/ingest.py` (or `make 
 from __future__ import annotations
 
 import gzip
-import statistics
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from timing import median_time
 
 from digitpipe.config import load_params
 from digitpipe.data.idx import read_idx
@@ -23,18 +21,6 @@ from digitpipe.data.ingest import build_splits, write_splits
 
 REPO = Path(__file__).resolve().parents[1]
 MNIST = REPO / "data" / "raw" / "mnist"
-REPEATS = 5
-
-
-def best_of(action: Callable[[], object]) -> float:
-    """Median wall time of ``REPEATS`` runs, after one warm-up."""
-    action()
-    times = []
-    for _ in range(REPEATS):
-        start = time.perf_counter()
-        action()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def bare_idx_read() -> None:
@@ -68,8 +54,8 @@ def main() -> int:
     data = load_params(REPO / "params.yaml").data
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
-        idx_time = best_of(lambda: write_splits(build_splits(data, REPO), out / "idx"))
-        report("IDX ingest (70000 images)", idx_time, best_of(bare_idx_read), "bare read", 1.5)
+        idx_time = median_time(lambda: write_splits(build_splits(data, REPO), out / "idx"))
+        report("IDX ingest (70000 images)", idx_time, median_time(bare_idx_read), "bare read", 1.5)
         write_kaggle_csv(out / "train.csv", 42000)
         csv_data = data.model_copy(
             update={
@@ -79,11 +65,11 @@ def main() -> int:
                 "checksums": {},
             }
         )
-        csv_time = best_of(lambda: write_splits(build_splits(csv_data, REPO), out / "csv"))
+        csv_time = median_time(lambda: write_splits(build_splits(csv_data, REPO), out / "csv"))
         report(
             "CSV ingest (42000 rows)",
             csv_time,
-            best_of(lambda: pd.read_csv(out / "train.csv")),
+            median_time(lambda: pd.read_csv(out / "train.csv")),
             "pandas.read_csv",
             2.5,
         )

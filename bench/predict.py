@@ -9,16 +9,14 @@ the weights are random (the work is the same). Run: `.venv/bin/python bench/pred
 
 from __future__ import annotations
 
-import statistics
 import sys
 import tempfile
-import timeit
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
+from timing import REPEATS, median_time
 
 from digitpipe.data.idx import read_idx
 from digitpipe.predict.command import predict
@@ -27,14 +25,7 @@ from digitpipe.train.export import ModelSpec, save_model
 
 REPO = Path(__file__).resolve().parents[1]
 ROWS = 28000
-REPEATS = 3
 TARGET_S = 10.0
-
-
-def median_time(action: Callable[[], object]) -> float:
-    """Median wall time of ``REPEATS`` runs, after one warm-up."""
-    action()
-    return statistics.median(timeit.repeat(action, number=1, repeat=REPEATS))
 
 
 def write_test_csv(path: Path) -> None:

@@ -21,13 +21,17 @@ from typing import Any
 import mlflow
 from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.meta_dataset import MetaDataset
+from mlflow.tracking import MlflowClient
 
 from digitpipe.atomic import write_json
 from digitpipe.config import Params
 from digitpipe.track.store import ensure_reachable, repo_root, tracking_uri
 
 RUN_FILE = Path("models/mlflow_run.json")
+# The params.yaml sections that change the model or its metrics (the rest only shape reports).
+MODEL_SECTIONS = {"data", "model", "train"}
 ARTIFACT_DIR = "mlartifacts"
+EXPERIMENT_KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 VERSIONED_PACKAGES = ("digitpipe", "torch", "lightning", "torchmetrics", "mlflow", "dvc")
 
 
@@ -105,12 +109,17 @@ def log_datasets(files: dict[str, Path]) -> None:
 
 def experiment_in(name: str, uri: str, root: Path) -> str:
     """The experiment's id, creating it if needed; a local store keeps artifacts beside it in
-    the repository (never in the temporary copy a queued DVC experiment runs in)."""
+    the repository (never in the temporary copy a queued DVC experiment runs in). The experiment
+    is marked as model training, so the MLflow UI opens on its runs, not the GenAI overview."""
     experiment = mlflow.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    location = (repo_root(root) / ARTIFACT_DIR).as_uri() if uri.startswith("sqlite:") else None
-    return mlflow.create_experiment(name, artifact_location=location)
+    if experiment is None:
+        location = (repo_root(root) / ARTIFACT_DIR).as_uri() if uri.startswith("sqlite:") else None
+        experiment_id = mlflow.create_experiment(name, artifact_location=location)
+    else:
+        experiment_id = experiment.experiment_id
+    if experiment is None or EXPERIMENT_KIND_TAG not in experiment.tags:
+        MlflowClient(uri).set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
+    return experiment_id
 
 
 def start_pipeline_run(params: Params, root: Path, extra: dict[str, Any]) -> RunRef:
@@ -122,11 +131,20 @@ def start_pipeline_run(params: Params, root: Path, extra: dict[str, Any]) -> Run
     with mlflow.start_run(
         experiment_id=experiment_id, run_name=run_name(params), tags=run_tags(root)
     ) as run:
-        values = flatten(params.model_dump(mode="json", exclude={"data": {"checksums"}})) | extra
+        model_inputs = params.model_dump(
+            mode="json", include=MODEL_SECTIONS, exclude={"data": {"checksums"}}
+        )
+        values = flatten(model_inputs) | extra
         mlflow.log_params({key: str(value) for key, value in values.items()})
     ref = RunRef(uri, experiment_id, run.info.run_id)
+    mark(ref, "RUNNING")  # until the stages that follow have logged into it
     write_run(root, ref)
     return ref
+
+
+def mark(ref: RunRef, status: str) -> None:
+    """Set the pipeline run's status (RUNNING between stages, FAILED when training fails)."""
+    MlflowClient(ref.tracking_uri).update_run(ref.run_id, status=status)
 
 
 def read_run(root: Path) -> RunRef | None:

@@ -30,6 +30,7 @@ from digitpipe.track.runs import (
     RunRef,
     flatten,
     log_datasets,
+    mark,
     pipeline_run,
     start_pipeline_run,
     write_run,
@@ -177,7 +178,12 @@ def run(params: Params, root: Path = Path(".")) -> dict | None:
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
         warnings.filterwarnings("ignore", ".*treespec, LeafSpec.*")
         data = DigitData(train, val, recipe.batch_size, train_params.seed, recipe.augment)
-        trainer.fit(module, datamodule=data, ckpt_path=resume_from)
+        try:
+            trainer.fit(module, datamodule=data, ckpt_path=resume_from)
+        except BaseException:
+            if tracking is not None:
+                mark(tracking, "FAILED")
+            raise
     if not trainer.is_global_zero:
         return None
     metrics, net = finish(
