@@ -23,7 +23,7 @@ from digitpipe.data.ingest import PROCESSED_DIR
 from digitpipe.data.parquet import read_split
 from digitpipe.train.callbacks import History
 from digitpipe.train.data import DigitData, as_tensors
-from digitpipe.train.module import DigitClassifier
+from digitpipe.train.module import DigitClassifier, build_optimizer
 from digitpipe.train.recipes import resolve_recipe
 from digitpipe.train.run import pixel_stats
 
@@ -44,7 +44,7 @@ def lenet_module(params: Params, train) -> tuple[DigitClassifier, object]:
 def plain_loop(module: DigitClassifier, tensors, batch_size: int) -> float:
     """Images/s of a hand-written loop: index, float, channels-last, forward, backward, step."""
     images, labels = tensors
-    optimizer = module.configure_optimizers()["optimizer"]
+    optimizer = build_optimizer(module.parameters(), module.recipe)
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))
     module.train()
     start = time.perf_counter()

@@ -20,6 +20,13 @@ def _table(header: list[str], rows: list[list[object]]) -> str:
     return "\n".join(lines)
 
 
+def _setting(value: object) -> str:
+    """A recipe value as text; a nested setting (augment) as "(rotation 5.0, ...)"."""
+    if isinstance(value, dict):
+        return "(" + ", ".join(f"{key} {item}" for key, item in value.items()) + ")"
+    return str(value)
+
+
 def _image(path: str, alt: str) -> str:
     return f"![{alt}]({path})"
 
@@ -43,7 +50,7 @@ def data_section(reports: Path) -> str:
 def model_section(reports: Path, params: Params) -> str:
     train = _json(reports / "train/metrics.json")
     recipe = ", ".join(
-        f"{key} {value}"
+        f"{key} {_setting(value)}"
         for key, value in train["recipe"].items()
         if value not in (None, {}, 0.0, False)
     )

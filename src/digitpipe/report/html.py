@@ -13,7 +13,8 @@ STYLE = """
 body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2rem auto; padding: 0 1rem;
        color: #1f2328; line-height: 1.5; }
 img { max-width: 100%; display: block; margin: 1rem 0; }
-table { border-collapse: collapse; margin: 1rem 0; font-size: 0.9rem; }
+table { border-collapse: collapse; margin: 1rem 0; font-size: 0.9rem; display: block;
+        overflow-x: auto; }
 th, td { border: 1px solid #d0d7de; padding: 0.25rem 0.6rem; text-align: left; }
 tr:nth-child(even) { background: #f6f8fa; }
 h1, h2 { border-bottom: 1px solid #d0d7de; padding-bottom: 0.3rem; }

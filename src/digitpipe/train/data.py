@@ -102,6 +102,13 @@ class DigitData(L.LightningDataModule):
     def val_dataloader(self) -> IndexBatches:
         return self._batches(self.val_tensors, shuffle=False)
 
+    def transfer_batch_to_device(
+        self, batch: Batch, device: torch.device, dataloader_idx: int
+    ) -> Batch:
+        """Two tensors, moved directly (no-op when they already live there)."""
+        images, labels = batch
+        return images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+
     def on_after_batch_transfer(self, batch: Batch, dataloader_idx: int) -> Batch:
         """uint8 -> float on the device, channels-last; augmented only while training."""
         images, labels = batch

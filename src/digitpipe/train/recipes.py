@@ -35,13 +35,13 @@ RECIPES: dict[str, Recipe] = {
         augment=Augment(rotation=5, translation=0.05, scale=0.05),
     ),
     "best": Recipe(
-        max_epochs=20,
+        max_epochs=14,
         batch_size=128,
         optimizer="adamw",
         lr=0.01,
         weight_decay=5e-4,
         scheduler="onecycle",
-        augment=Augment(rotation=10, translation=0.1, scale=0.1),
+        augment=Augment(rotation=5, translation=0.05, scale=0.05),
     ),
 }
 
