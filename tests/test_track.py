@@ -19,6 +19,9 @@ from digitpipe.cli import main
 from digitpipe.config import TrackParams, load_params
 from digitpipe.data.ingest import PROCESSED_DIR
 from digitpipe.data.parquet import read_split
+from digitpipe.evaluate.run import run as evaluate
+from digitpipe.explain.run import run as activations
+from digitpipe.report.run import run as report
 from digitpipe.track.runs import read_run
 from digitpipe.track.store import tracking_uri
 from digitpipe.train.export import load_model
@@ -104,7 +107,9 @@ def test_one_run_holds_the_pipeline_run(ingested, mlflow_server, monkeypatch):
         ingested, "track", enabled=True, tracking_uri=mlflow_server, experiment="tracking-test"
     )
     edit_params(ingested, "train", max_epochs=2)
-    train(load_params(ingested / "params.yaml"), ingested)
+    params = load_params(ingested / "params.yaml")
+    for stage in (train, evaluate, activations, report):
+        stage(params, ingested)
     ref = read_run(ingested)
     client = MlflowClient(mlflow_server)
     run = client.get_run(ref.run_id)
@@ -116,9 +121,27 @@ def test_one_run_holds_the_pipeline_run(ingested, mlflow_server, monkeypatch):
     tags = run.data.tags
     assert tags["train.accelerator"] == "cpu" and tags["version.torch"].startswith("2.13")
     inputs = {i.tags[0].value: i.dataset for i in run.inputs.dataset_inputs}
-    assert set(inputs) == {"train", "val"} and len(inputs["train"].digest) == 16
+    assert set(inputs) == {"train", "val", "test"} and len(inputs["train"].digest) == 16
     artifacts = {a.path for a in client.list_artifacts(ref.run_id, "train")}
     assert artifacts == {"train/history.csv", "train/learning_curves.png"}
+    assert run.data.metrics["test.accuracy"] > 0 and "test.mcnemar_p_value" in run.data.metrics
+    assert inputs["test"].digest and run.info.status == "FINISHED"
+    later = {
+        a.path
+        for folder in ("evaluate", "activations", "report")
+        for a in client.list_artifacts(ref.run_id, folder)
+    }
+    assert {
+        "evaluate/confusion.png",
+        "evaluate/stats.md",
+        "activations/manifest.json",
+        "activations/feature_maps.png",
+        "report/report.html",
+    } <= later
+    assert {a.path for a in client.list_artifacts(ref.run_id, "weights")} == {
+        "weights/model.safetensors",
+        "weights/model.json",
+    }
     served = mlflow.pyfunc.load_model(ref.model_uri)
     test = read_split(ingested / PROCESSED_DIR / "test.parquet")
     example = test.images[:32, None].astype(np.float32)
