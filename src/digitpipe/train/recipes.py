@@ -6,6 +6,17 @@ from digitpipe.config import Augment, Recipe, TrainParams
 
 NO_AUGMENT = Augment()
 
+# The default: one-cycle AdamW with light augmentation; 99.47% on MNIST in 71 s on 2 CPU cores.
+BNCNN = Recipe(
+    max_epochs=9,
+    batch_size=128,
+    optimizer="adamw",
+    lr=0.01,
+    weight_decay=5e-4,
+    scheduler="onecycle",
+    augment=Augment(rotation=5, translation=0.05, scale=0.05),
+)
+
 # The reference recipes (see the README's model zoo table for their sources and results).
 RECIPES: dict[str, Recipe] = {
     "softmax": Recipe(max_epochs=10, batch_size=128, optimizer="rmsprop", lr=1e-3),
@@ -25,24 +36,8 @@ RECIPES: dict[str, Recipe] = {
         weight_decay=1e-4,
         augment=Augment(rotation=10, translation=0.1),
     ),
-    "bncnn": Recipe(
-        max_epochs=9,
-        batch_size=128,
-        optimizer="adamw",
-        lr=0.01,
-        weight_decay=5e-4,
-        scheduler="onecycle",
-        augment=Augment(rotation=5, translation=0.05, scale=0.05),
-    ),
-    "best": Recipe(
-        max_epochs=14,
-        batch_size=128,
-        optimizer="adamw",
-        lr=0.01,
-        weight_decay=5e-4,
-        scheduler="onecycle",
-        augment=Augment(rotation=5, translation=0.05, scale=0.05),
-    ),
+    "bncnn": BNCNN,
+    "best": BNCNN.model_copy(update={"max_epochs": 14}),  # the wider network, trained longer
 }
 
 # What a recipe leaves unset.
