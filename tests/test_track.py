@@ -150,3 +150,23 @@ def test_one_run_holds_the_pipeline_run(ingested, mlflow_server, monkeypatch):
         expected = torch.softmax(net(torch.from_numpy(example)), dim=1).numpy()
     np.testing.assert_allclose(np.asarray(served.predict(example)), expected, atol=1e-6)
     assert ref.tracking_uri == mlflow_server
+
+
+@pytest.mark.slow
+def test_predict_from_the_registry_loads_the_logged_safetensors(ingested, mlflow_server,
+                                                                 monkeypatch, capsys):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    edit_params(ingested, "track", enabled=True, tracking_uri=mlflow_server,
+                experiment="registry-test")
+    train(load_params(ingested / "params.yaml"), ingested)
+    ref = read_run(ingested)
+    version = mlflow.register_model(ref.model_uri, "predict-test").version
+    MlflowClient(mlflow_server).set_registered_model_alias("predict-test", "champion", version)
+    images = ingested / "data/raw/test-images"
+    monkeypatch.chdir(ingested)
+    assert main(["predict", str(images), "--out", "local.csv"]) == 0
+    assert main(["predict", str(images), "--model-uri", "models:/predict-test@champion",
+                 "--out", "registry.csv"]) == 0
+    assert (ingested / "local.csv").read_text() == (ingested / "registry.csv").read_text()
+    assert main(["predict", str(images), "--model-uri", "models:/predict-test@nobody"]) == 2
+    assert "models:/predict-test@nobody" in capsys.readouterr().err
