@@ -153,11 +153,13 @@ def test_one_run_holds_the_pipeline_run(ingested, mlflow_server, monkeypatch):
 
 
 @pytest.mark.slow
-def test_predict_from_the_registry_loads_the_logged_safetensors(ingested, mlflow_server,
-                                                                 monkeypatch, capsys):
+def test_predict_from_the_registry_loads_the_logged_safetensors(
+    ingested, mlflow_server, monkeypatch, capsys
+):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    edit_params(ingested, "track", enabled=True, tracking_uri=mlflow_server,
-                experiment="registry-test")
+    edit_params(
+        ingested, "track", enabled=True, tracking_uri=mlflow_server, experiment="registry-test"
+    )
     train(load_params(ingested / "params.yaml"), ingested)
     ref = read_run(ingested)
     version = mlflow.register_model(ref.model_uri, "predict-test").version
@@ -165,8 +167,19 @@ def test_predict_from_the_registry_loads_the_logged_safetensors(ingested, mlflow
     images = ingested / "data/raw/test-images"
     monkeypatch.chdir(ingested)
     assert main(["predict", str(images), "--out", "local.csv"]) == 0
-    assert main(["predict", str(images), "--model-uri", "models:/predict-test@champion",
-                 "--out", "registry.csv"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(images),
+                "--model-uri",
+                "models:/predict-test@champion",
+                "--out",
+                "registry.csv",
+            ]
+        )
+        == 0
+    )
     assert (ingested / "local.csv").read_text() == (ingested / "registry.csv").read_text()
     assert main(["predict", str(images), "--model-uri", "models:/predict-test@nobody"]) == 2
     assert "models:/predict-test@nobody" in capsys.readouterr().err
