@@ -28,6 +28,7 @@ from digitpipe.track.registry import WEIGHTS_ARTIFACTS
 from digitpipe.track.runs import (
     RUN_FILE,
     RunRef,
+    file_digest,
     flatten,
     log_datasets,
     mark,
@@ -96,20 +97,13 @@ def pixel_stats(images: ImageSet) -> tuple[float, float]:
 
 def run_key(params: Params, recipe: Recipe, data_files: list[Path]) -> str:
     """Names the checkpoint folder: resume only ever continues the very same run."""
-    digest = hashlib.sha256()
-    digest.update(
-        json.dumps(
-            [
-                params.model.model_dump(),
-                params.train.model_dump(exclude={"resume", "progress"}),
-                recipe.model_dump(),
-            ],
-            sort_keys=True,
-        ).encode()
-    )
-    for path in data_files:
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
+    identity = [
+        params.model.model_dump(),
+        params.train.model_dump(exclude={"resume", "progress"}),
+        recipe.model_dump(),
+        [file_digest(path) for path in data_files],
+    ]
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def build_trainer(
