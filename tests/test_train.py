@@ -9,15 +9,19 @@ import subprocess
 import sys
 import time
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
 from conftest import REPO, edit_params
+from safetensors.torch import load_file
+from torch.utils.data import DataLoader, TensorDataset
 
 from digitpipe.cli import main
 from digitpipe.config import ARCHITECTURES, load_params
 from digitpipe.data.ingest import PROCESSED_DIR
 from digitpipe.data.parquet import read_split
+from digitpipe.train.callbacks import weight_average
 from digitpipe.train.data import IndexBatches, augment
 from digitpipe.train.export import load_model
 from digitpipe.train.models import BUILDERS
@@ -79,6 +83,67 @@ def test_same_params_give_identical_weights_and_metrics(ingested):
     assert changed["epochs"] == 2
 
 
+class LinearProbe(L.LightningModule):
+    """One linear layer fit by plain SGD; remembers its raw weights after every step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(3, 1)
+        self.raw: list[torch.Tensor] = []
+
+    def training_step(self, batch, batch_idx):
+        inputs, targets = batch
+        return torch.nn.functional.mse_loss(self.layer(inputs), targets)
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        self.raw.append(self.layer.weight.detach().clone())
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_weight_average_is_an_ema_with_warm_up():
+    generator = torch.Generator().manual_seed(0)
+    inputs = torch.randn(6, 3, generator=generator)
+    batches = DataLoader(TensorDataset(inputs, inputs.sum(1, keepdim=True)), batch_size=1)
+    probe = LinearProbe()
+    trainer = L.Trainer(
+        max_epochs=1,
+        callbacks=[weight_average(0.8)],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(probe, train_dataloaders=batches)
+    expected = probe.raw[0]
+    for count, raw in enumerate(probe.raw[1:], start=1):
+        rate = min(0.8, (1 + count) / (10 + count))  # 0.18, 0.25, 0.31, ... capped at 0.8
+        expected = rate * expected + (1 - rate) * raw
+    assert not torch.allclose(probe.layer.weight, probe.raw[-1])  # the average, not the last step
+    torch.testing.assert_close(probe.layer.weight.detach(), expected)
+
+
+def test_exported_model_is_the_weight_average(ingested):
+    train_in(ingested, train={"ema": 0.9, "max_epochs": 1})
+    checkpoint = torch.load(ingested / MODEL_DIR / "model.ckpt", weights_only=True)
+    exported = load_file(ingested / MODEL_DIR / "model.safetensors")
+    for name, value in exported.items():
+        assert torch.equal(value, checkpoint["state_dict"][f"net.{name}"])
+    raw = checkpoint["current_model_state"]
+    assert not torch.equal(exported["conv1.weight"], raw["net.conv1.weight"])
+
+
+def test_one_cycle_ends_at_the_final_lr_fraction(ingested):
+    train_in(
+        ingested,
+        train={"max_epochs": 2, "limit_batches": 6, "lr": 0.01, "final_lr_fraction": 0.3},
+    )
+    history = np.genfromtxt(ingested / REPORT_DIR / "history.csv", delimiter=",", names=True)
+    assert history["lr"][0] > 0.005  # epoch 1 ends on the way down from the peak
+    assert history["lr"][-1] == pytest.approx(0.003, rel=0.1)  # one step short of the end
+
+
 def test_index_batches_cover_each_row_once_and_shard_by_rank():
     tensors = (torch.arange(103).view(103, 1, 1, 1), torch.arange(103))
     epoch = [0]
@@ -109,13 +174,16 @@ def test_index_batches_cover_each_row_once_and_shard_by_rank():
     )
 
 
-def test_augment_moves_ink_but_keeps_the_digit(mnist_train):
+@pytest.mark.parametrize(
+    "settings",
+    [{"rotation": 15, "translation": 0.1, "scale": 0.1}, {"elastic": 1.5}],
+    ids=["affine", "elastic"],
+)
+def test_augment_moves_ink_but_keeps_the_digit(mnist_train, settings):
     from digitpipe.config import Augment
 
     images = torch.from_numpy(mnist_train[0][:64].copy()).unsqueeze(1).float()
-    moved = augment(
-        images, Augment(rotation=15, translation=0.1, scale=0.1), torch.Generator().manual_seed(0)
-    )
+    moved = augment(images, Augment(**settings), torch.Generator().manual_seed(0))
     assert moved.shape == images.shape
     assert (moved - images).abs().mean() > 10
     ink_ratio = moved.sum(dim=(1, 2, 3)) / images.sum(dim=(1, 2, 3))

@@ -85,6 +85,7 @@ class Augment(Section):
     rotation: Annotated[float, Field(ge=0, le=180)] = 0.0  # degrees, +/-
     translation: Annotated[float, Field(ge=0, lt=1)] = 0.0  # fraction of the image size, +/-
     scale: Annotated[float, Field(ge=0, lt=1)] = 0.0  # fraction, +/-
+    elastic: Annotated[float, Field(ge=0, le=5)] = 0.0  # pixels: smooth random displacement
 
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
@@ -103,7 +104,9 @@ class Recipe(Section):
     weight_decay: Annotated[float, Field(ge=0)] | None = None
     eps: Annotated[float, Field(gt=0)] | None = None
     scheduler: Literal[SCHEDULERS] | None = None
+    final_lr_fraction: Annotated[float, Field(gt=0, le=1)] | None = None  # one-cycle's last lr / lr
     label_smoothing: Annotated[float, Field(ge=0, lt=1)] | None = None
+    ema: Annotated[float, Field(ge=0, lt=1)] | None = None  # weight-average decay; 0: off
     augment: Augment | None = None
 
 

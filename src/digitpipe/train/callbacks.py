@@ -1,4 +1,4 @@
-"""Training callbacks: per-epoch history (CSV + plain progress lines) and throughput."""
+"""Training callbacks: per-epoch history (CSV + plain progress lines), throughput, weight EMA."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
+from lightning.pytorch.callbacks import WeightAveraging
 
 from digitpipe.atomic import write_text
 
@@ -94,3 +96,22 @@ def _rounded(value: float) -> float:
 def wants_bar(progress: str) -> bool:
     """A live bar only in a terminal (or when asked); plain lines in logs and CI."""
     return progress == "bar" or (progress == "auto" and sys.stdout.isatty())
+
+
+def weight_average(decay: float) -> WeightAveraging:
+    """Exponential moving average of the weights and batch-norm statistics, used for validation,
+    checkpoints and the exported model.
+
+    The decay warms up as min(decay, (1 + n) / (10 + n)) after n updates, so a short run averages
+    its recent steps rather than its first ones. One fused update per step for all tensors.
+    """
+
+    def average(averaged: list[torch.Tensor], current: list[torch.Tensor], count: torch.Tensor):
+        updates = float(count)
+        weight = 1 - min(decay, (1 + updates) / (10 + updates))
+        if averaged[0].is_floating_point():
+            torch._foreach_lerp_(averaged, current, weight)
+        else:  # integer buffers (batch-norm step counters) follow the model
+            torch._foreach_copy_(averaged, current)
+
+    return WeightAveraging(multi_avg_fn=average, use_buffers=True)

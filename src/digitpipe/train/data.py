@@ -121,7 +121,8 @@ class DigitData(L.LightningDataModule):
 def augment(
     images: torch.Tensor, settings: Augment, generator: torch.Generator | None = None
 ) -> torch.Tensor:
-    """Random rotation, translation and scaling of a float batch (N, C, H, W), per image."""
+    """Random rotation, translation, scaling and elastic distortion of a float batch (N, C, H, W),
+    per image."""
     count, device = images.shape[0], images.device
 
     def uniform(*shape: int) -> torch.Tensor:
@@ -139,4 +140,18 @@ def augment(
         dim=1,
     )
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    if settings.elastic:
+        grid = grid + _smooth_displacement(images.shape, settings.elastic, generator, device)
     return F.grid_sample(images, grid, align_corners=False, padding_mode="zeros")
+
+
+def _smooth_displacement(
+    shape: torch.Size, pixels: float, generator: torch.Generator | None, device: torch.device
+) -> torch.Tensor:
+    """Elastic distortion (Simard et al., 2003): a smooth random displacement field in grid units,
+    ``pixels`` standard deviation, made by upsampling a random 4x4 field bicubically."""
+    count, _, height, width = shape
+    coarse = torch.randn(count, 2, 4, 4, generator=generator, device=device) * pixels
+    field = F.interpolate(coarse, size=(height, width), mode="bicubic", align_corners=True)
+    to_grid = torch.tensor([2 / width, 2 / height], device=device)  # the image spans 2
+    return field.permute(0, 2, 3, 1) * to_grid

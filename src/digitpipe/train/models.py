@@ -91,39 +91,50 @@ def tinycnn(height: int, width: int, classes: int) -> Layers:
     )
 
 
-def _bn_cnn(widths: tuple[int, ...], height: int, width: int, classes: int) -> Layers:
-    """Blocks of conv3x3 (no bias), maxpool, batch norm and ReLU; flatten; dense.
+def _bn_cnn(blocks: tuple[tuple[int, bool], ...], height: int, width: int, classes: int) -> Layers:
+    """A batch-normalised CNN: blocks of conv (no bias), optional maxpool, batch norm, ReLU; dense.
 
-    Pooling before normalising computes batch norm and ReLU on a quarter of the pixels: about
-    twice the throughput on a CPU for the same accuracy.
+    ``blocks`` are (channels, pool) pairs. The first conv is a 6x6 stride-2 stem, which halves the
+    image before anything else runs: the same receptive field as a space-to-depth step followed by
+    a 3x3 conv, at about twice the CPU throughput of a full-resolution first block. The others
+    are 3x3 "same" convs. Pooling before normalising runs batch norm and ReLU on a quarter of the
+    pixels.
     """
     layers: Layers = OrderedDict()
     channels = 1
-    for block, out in enumerate(widths, start=1):
-        layers[f"conv{block}"] = nn.Conv2d(channels, out, 3, padding=1, bias=False)
-        layers[f"pool{block}"] = nn.MaxPool2d(2)
+    for block, (out, pool) in enumerate(blocks, start=1):
+        kernel, stride = (6, 2) if block == 1 else (3, 1)
+        layers[f"conv{block}"] = nn.Conv2d(
+            channels, out, kernel, stride=stride, padding=(kernel - stride) // 2, bias=False
+        )
+        if pool:
+            layers[f"pool{block}"] = nn.MaxPool2d(2)
         layers[f"bn{block}"] = nn.BatchNorm2d(out)
         layers[f"relu{block}"] = nn.ReLU()
         channels = out
     layers["flatten"] = nn.Flatten()
-    shrink = 2 ** len(widths)  # each block halves the image
-    layers["dense"] = nn.Linear(channels * (height // shrink) * (width // shrink), classes)
+    layers["dense"] = nn.Linear(_flat_size(layers, height, width), classes)
     return layers
 
 
 def bncnn(height: int, width: int, classes: int) -> Layers:
-    """The default: a small batch-normalised CNN, fast on a CPU."""
-    return _bn_cnn((16, 32, 64), height, width, classes)
+    """The default: a small batch-normalised CNN (62k parameters), fast on a CPU."""
+    return _bn_cnn(((32, True), (64, False), (64, True)), height, width, classes)
 
 
 def best(height: int, width: int, classes: int) -> Layers:
-    """Accuracy first: a wider batch-normalised CNN (trained longer, with augmentation)."""
-    return _bn_cnn((32, 64, 128), height, width, classes)
+    """Accuracy first: a deeper, wider batch-normalised CNN (105k parameters)."""
+    return _bn_cnn(((32, True), (64, False), (128, True)), height, width, classes)
 
 
 def _flat_size(features: Layers, height: int, width: int) -> int:
+    """Values per image after ``features``: one blank image through them in eval mode, so batch
+    norm statistics stay untouched."""
+    probe = nn.Sequential(features).eval()
     with torch.no_grad():
-        return int(nn.Sequential(features)(torch.zeros(1, 1, height, width)).numel())
+        size = probe(torch.zeros(1, 1, height, width)).numel()
+    probe.train()
+    return int(size)
 
 
 BUILDERS: dict[str, Callable[[int, int, int], Layers]] = {

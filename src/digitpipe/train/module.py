@@ -15,6 +15,7 @@ from digitpipe.train.data import Batch
 from digitpipe.train.models import build_model
 
 MIN_ONE_CYCLE_STEPS = 8  # shorter runs (smoke tests) keep a constant learning rate
+START_DIV = 25.0  # one-cycle warms up from lr / START_DIV
 
 
 def build_optimizer(params: Iterable[torch.nn.Parameter], recipe: Recipe) -> torch.optim.Optimizer:
@@ -90,6 +91,11 @@ class DigitClassifier(L.LightningModule):
             return {"optimizer": optimizer}
         # Warm up for a quarter of the run (at least 2 steps, which OneCycleLR needs).
         schedule = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=recipe.lr, total_steps=steps, pct_start=max(0.25, 2 / steps)
+            optimizer,
+            max_lr=recipe.lr,
+            total_steps=steps,
+            pct_start=max(0.25, 2 / steps),
+            div_factor=START_DIV,
+            final_div_factor=1 / (START_DIV * recipe.final_lr_fraction),
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

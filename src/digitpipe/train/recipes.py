@@ -6,14 +6,16 @@ from digitpipe.config import Augment, Recipe, TrainParams
 
 NO_AUGMENT = Augment()
 
-# The default: one-cycle AdamW with light augmentation; 99.47% on MNIST in 71 s on 2 CPU cores.
+# The default: one-cycle AdamW, light augmentation, validated and exported as a weight average.
 BNCNN = Recipe(
-    max_epochs=9,
+    max_epochs=5,
     batch_size=128,
     optimizer="adamw",
     lr=0.01,
     weight_decay=5e-4,
     scheduler="onecycle",
+    final_lr_fraction=0.1,  # the average of a still-moving model generalises better
+    ema=0.995,
     augment=Augment(rotation=5, translation=0.05, scale=0.05),
 )
 
@@ -47,7 +49,9 @@ FALLBACK = Recipe(
     weight_decay=0.0,
     eps=1e-8,
     scheduler="none",
+    final_lr_fraction=1e-4,
     label_smoothing=0.0,
+    ema=0.0,
     augment=NO_AUGMENT,
 )
 

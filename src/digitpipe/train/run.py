@@ -37,7 +37,7 @@ from digitpipe.track.runs import (
     write_run,
 )
 from digitpipe.track.training import EpochMetrics, log_model
-from digitpipe.train.callbacks import History, wants_bar
+from digitpipe.train.callbacks import History, wants_bar, weight_average
 from digitpipe.train.data import DigitData
 from digitpipe.train.export import (
     MODEL_DIR,
@@ -114,6 +114,7 @@ def build_trainer(
     )
     bar = wants_bar(train.progress)
     callbacks = [checkpoint, history] + ([EpochMetrics(history, tracking)] if tracking else [])
+    callbacks += [weight_average(recipe.ema)] if recipe.ema else []
     callbacks += [TQDMProgressBar()] if bar else []
     try:
         trainer = L.Trainer(
