@@ -52,6 +52,8 @@ def test_each_zoo_model_trains_and_exports(ingested, arch):
     assert logits.shape == (16, 10) and torch.isfinite(logits).all()
     history = (ingested / REPORT_DIR / "history.csv").read_text().splitlines()
     assert history[0].startswith("epoch,train_loss") and len(history) == 2
+    row = dict(zip(history[0].split(","), map(float, history[1].split(",")), strict=True))
+    assert row["train_loss"] > 0 and 0 <= row["train_acc"] <= 1
     assert not (ingested / CHECKPOINT_ROOT).exists() or not any(
         (ingested / CHECKPOINT_ROOT).iterdir()
     )
