@@ -30,7 +30,7 @@ from digitpipe.train.recipes import resolve_recipe
 from digitpipe.train.run import build_trainer, pixel_stats
 
 REPO = Path(__file__).resolve().parents[1]
-BATCHES = 120
+BATCHES = 300
 ROUNDS = 3
 
 
