@@ -27,20 +27,16 @@ from digitpipe.train.callbacks import History
 from digitpipe.train.data import DigitData, as_tensors
 from digitpipe.train.module import DigitClassifier, build_optimizer
 from digitpipe.train.recipes import resolve_recipe
-from digitpipe.train.run import build_trainer, pixel_stats
+from digitpipe.train.run import build_module, build_trainer
 
 REPO = Path(__file__).resolve().parents[1]
 BATCHES = 300
 ROUNDS = 3
 
 
-def lenet_module(params: Params, train) -> tuple[DigitClassifier, object]:
+def lenet_module(params: Params, train) -> DigitClassifier:
     recipe = resolve_recipe("lenet", params.train).model_copy(update={"scheduler": "none"})
-    mean, std = pixel_stats(train)
-    module = DigitClassifier(
-        "lenet", 28, 28, list(train.class_names), mean, std, recipe.model_dump()
-    )
-    return module, recipe
+    return build_module("lenet", recipe, train)
 
 
 def plain_loop(module: DigitClassifier, tensors, batch_size: int) -> float:
@@ -84,10 +80,7 @@ def lightning_loop(module: DigitClassifier, train, val, batch_size: int, seed: i
 def recipe_to_99(params: Params, train, test) -> None:
     """Train the default recipe with the pipeline's own Trainer, validating on the test set."""
     recipe = resolve_recipe(params.model.arch, params.train)
-    mean, std = pixel_stats(train)
-    module = DigitClassifier(
-        params.model.arch, 28, 28, list(train.class_names), mean, std, recipe.model_dump()
-    )
+    module = build_module(params.model.arch, recipe, train)
     quiet = params.train.model_copy(update={"progress": "none"})
     with tempfile.TemporaryDirectory() as scratch:
         history = History(Path(scratch) / "history.csv", print_lines=False)
@@ -122,9 +115,9 @@ def main() -> int:
     plain, lightning = [], []
     for _ in range(ROUNDS):  # alternate, best of each: robust to a noisy neighbour
         L.seed_everything(0, verbose=False)
-        plain.append(plain_loop(lenet_module(params, train)[0], as_tensors(train), batch))
+        plain.append(plain_loop(lenet_module(params, train), as_tensors(train), batch))
         L.seed_everything(0, verbose=False)
-        lightning.append(lightning_loop(lenet_module(params, train)[0], train, val, batch, 0))
+        lightning.append(lightning_loop(lenet_module(params, train), train, val, batch, 0))
     ratio = max(lightning) / max(plain)
     print(
         f"LeNet, batch {batch}, {BATCHES} batches: plain loop {max(plain):.0f} img/s, "

@@ -95,6 +95,16 @@ def pixel_stats(images: ImageSet) -> tuple[float, float]:
     return float(pixels.mean()), float(pixels.std())
 
 
+def build_module(arch: str, recipe: Recipe, train: ImageSet) -> DigitClassifier:
+    """A fresh ``arch`` network for ``train``'s image size and classes, normalising with its
+    pixel statistics, to be trained with ``recipe``."""
+    mean, std = pixel_stats(train)
+    height, width = train.image_size
+    return DigitClassifier(
+        arch, height, width, list(train.class_names), mean, std, recipe.model_dump()
+    )
+
+
 def run_key(params: Params, recipe: Recipe, data_files: list[Path]) -> str:
     """Names the checkpoint folder: resume only ever continues the very same run."""
     identity = [
@@ -147,11 +157,7 @@ def run(params: Params, root: Path = Path(".")) -> dict | None:
     data_files = {split: root / PROCESSED_DIR / f"{split}.parquet" for split in ("train", "val")}
     train, val = (read_split(path) for path in data_files.values())
     L.seed_everything(train_params.seed, workers=True, verbose=False)
-    mean, std = pixel_stats(train)
-    height, width = train.image_size
-    module = DigitClassifier(
-        params.model.arch, height, width, list(train.class_names), mean, std, recipe.model_dump()
-    )
+    module = build_module(params.model.arch, recipe, train)
     run_dir = root / CHECKPOINT_ROOT / run_key(params, recipe, list(data_files.values()))
     history = History(
         root / REPORT_DIR / "history.csv", print_lines=not wants_bar(train_params.progress)
