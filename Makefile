@@ -19,11 +19,14 @@ $(STAMP): pyproject.toml requirements.lock
 repro: $(STAMP)
 	$(BIN)/dvc repro
 
+# One pytest worker per core: the slow tests wait on subprocesses (dvc, mlflow) as much as on torch.
+PYTEST := $(BIN)/python -m pytest -n auto --dist worksteal
+
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(PYTEST)
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow"
+	$(PYTEST) -m "not slow"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
