@@ -2,10 +2,11 @@
 recipe's seconds to 99% test accuracy.
 
 Both LeNet loops train on the same in-memory tensors with the same batch size, optimiser and
-per-batch preprocessing, in the same run, in back-to-back pairs; the median of the pairs' ratios is
-the figure (single runs on a shared VM vary by +-5%, as much as Lightning's overhead). The default recipe trains with the pipeline's own Trainer
-(validating on the test set after each epoch); only the training seconds count. Needs
-`data/processed` (run `make repro` or `dvc repro ingest` first).
+per-batch preprocessing, in the same run, in back-to-back pairs; the figure is the median of the
+pairs' ratios (single runs on a shared VM vary by +-5%, as much as Lightning's overhead). The
+default recipe trains with the pipeline's own Trainer (validating on the test set after each
+epoch); only the training seconds count. Needs `data/processed` (run `make repro` or
+`dvc repro ingest` first).
 Run: `.venv/bin/python bench/train.py [--skip-recipe]`.
 """
 
@@ -120,7 +121,7 @@ def main() -> int:
         plain.append(plain_loop(lenet_module(params, train), as_tensors(train), batch))
         L.seed_everything(0, verbose=False)
         lightning.append(lightning_loop(lenet_module(params, train), train, val, batch, 0))
-    ratios = sorted(light / hand for light, hand in zip(lightning, plain))
+    ratios = sorted(light / hand for light, hand in zip(lightning, plain, strict=True))
     print(
         f"LeNet, batch {batch}, {BATCHES} batches x {ROUNDS} pairs: plain loop "
         f"{statistics.median(plain):.0f} img/s, Lightning {statistics.median(lightning):.0f} img/s "

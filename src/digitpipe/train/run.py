@@ -146,6 +146,9 @@ def build_trainer(
         )
     except (MisconfigurationException, ValueError, RuntimeError) as exc:
         raise DigitpipeError(f"train: the Trainer rejected these settings: {exc}") from exc
+    # Deterministic mode also fills each new tensor with NaN to expose reads of uninitialised
+    # memory: a debugging aid that costs ~5% of a CPU step. Runs stay bit-identical without it.
+    torch.utils.deterministic.fill_uninitialized_memory = False
     return trainer, checkpoint
 
 
