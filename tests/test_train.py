@@ -85,6 +85,19 @@ def test_same_params_give_identical_weights_and_metrics(ingested):
     assert changed["epochs"] == 2
 
 
+def test_the_exported_epoch_has_the_lowest_validation_loss(ingested):
+    metrics = train_in(ingested, train={"max_epochs": 4})
+    history = np.genfromtxt(ingested / REPORT_DIR / "history.csv", delimiter=",", names=True)
+    assert metrics["best_epoch"] == history["epoch"][np.argmin(history["val_loss"])]
+    net, _ = load_model(ingested / MODEL_DIR)
+    val = read_split(ingested / PROCESSED_DIR / "val.parquet")
+    seen = 3 * 32  # QUICK_TRAIN validates on 3 batches of 32
+    with torch.no_grad():
+        logits = net(torch.from_numpy(val.images[:seen, None].astype(np.float32)))
+    loss = torch.nn.functional.cross_entropy(logits, torch.from_numpy(val.labels[:seen]))
+    assert loss.item() == pytest.approx(metrics["val_loss"], abs=1e-5)
+
+
 class LinearProbe(L.LightningModule):
     """One linear layer fit by plain SGD; remembers its raw weights after every step."""
 
@@ -147,7 +160,7 @@ def test_one_cycle_ends_at_the_final_lr_fraction(ingested):
 
 
 def test_index_batches_cover_each_row_once_and_shard_by_rank():
-    tensors = (torch.arange(103).view(103, 1, 1, 1), torch.arange(103))
+    tensors = (torch.arange(105).view(105, 1, 1, 1), torch.arange(105))
     epoch = [0]
     seen = []
     for rank in (0, 1):
@@ -155,9 +168,9 @@ def test_index_batches_cover_each_row_once_and_shard_by_rank():
             tensors, 10, shuffle=True, seed=5, epoch_of=lambda: epoch[0], rank=rank, world_size=2
         )
         labels = torch.cat([y for _, y in batches])
-        assert len(labels) == 51 and len(batches) == 6
+        assert len(labels) == 52 and len(batches) == 6
         seen.append(labels)
-    assert len(set(torch.cat(seen).tolist())) == 102
+    assert len(set(torch.cat(seen).tolist())) == 104
     again = torch.cat([y for _, y in IndexBatches(tensors, 10, shuffle=True, seed=5)])
     assert torch.equal(
         again, torch.cat([y for _, y in IndexBatches(tensors, 10, shuffle=True, seed=5)])
@@ -174,6 +187,13 @@ def test_index_batches_cover_each_row_once_and_shard_by_rank():
             ]
         ),
     )
+
+
+def test_training_batches_never_end_with_a_lone_image():
+    tensors = (torch.zeros(21, 1, 2, 2), torch.arange(21))
+    train_batches = IndexBatches(tensors, 10, shuffle=True)
+    assert [len(y) for _, y in train_batches] == [10, 10] and len(train_batches) == 2
+    assert [len(y) for _, y in IndexBatches(tensors, 10, shuffle=False)] == [10, 10, 1]
 
 
 @pytest.mark.parametrize(

@@ -16,6 +16,7 @@ def layer_kind(module: nn.Module) -> str:
         nn.Conv2d: "conv",
         nn.Linear: "dense",
         nn.Flatten: "flatten",
+        nn.BatchNorm1d: "batchnorm",
         nn.BatchNorm2d: "batchnorm",
         nn.MaxPool2d: "pool",
         nn.AdaptiveAvgPool2d: "pool",

@@ -57,8 +57,11 @@ def model_section(reports: Path, params: Params) -> str:
     facts = [
         ["architecture", f"`{train['arch']}` ({train['parameters']:,} parameters)"],
         ["recipe", recipe],
-        ["epochs (best)", f"{train['epochs']} ({train['best_epoch']})"],
-        ["best validation accuracy", f"{train['val_acc']:.4f}"],
+        ["epochs (exported)", f"{train['epochs']} ({train['best_epoch']})"],
+        [
+            "validation loss, accuracy (exported epoch)",
+            f"{train['val_loss']:.4f}, {train['val_acc']:.4f}",
+        ],
         [
             "training time",
             f"{train['train_seconds']:.1f} s, {train['images_per_s']:,.0f} images/s "

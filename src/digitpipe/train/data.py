@@ -49,6 +49,8 @@ class IndexBatches:
         self.rows_per_rank = (
             len(self.labels) // world_size if shuffle else math.ceil(len(self.labels) / world_size)
         )
+        if shuffle and self.rows_per_rank % batch_size == 1:
+            self.rows_per_rank -= 1  # batch norm cannot normalise a batch of one image
 
     def __len__(self) -> int:
         return math.ceil(self.rows_per_rank / self.batch_size)

@@ -71,12 +71,14 @@ def load_model(model_dir: str | os.PathLike) -> tuple[nn.Sequential, ModelSpec]:
     return net.eval(), spec
 
 
-def state_from_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """The network weights inside a Lightning checkpoint, loaded with ``weights_only=True``."""
+def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], int]:
+    """The network weights inside a Lightning checkpoint and the epoch (from 1) it was saved at,
+    loaded with ``weights_only=True``."""
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     prefix = "net."
-    return {
+    state = {
         key[len(prefix) :]: value
         for key, value in checkpoint["state_dict"].items()
         if key.startswith(prefix)
     }
+    return state, checkpoint["epoch"] + 1

@@ -6,8 +6,9 @@ import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
 
-def learning_curves_figure(rows: list[dict[str, float]]) -> Figure:
-    """Two panels, loss and accuracy, each with the train and validation curve."""
+def learning_curves_figure(rows: list[dict[str, float]], best_epoch: int) -> Figure:
+    """Two panels, loss and accuracy, each with the train and validation curve; the exported
+    ``best_epoch`` marked."""
     epochs = [row["epoch"] for row in rows]
     figure, axes = plt.subplots(1, 2, figsize=(10, 3.6), layout="constrained")
     for ax, metric, title in zip(axes, ("loss", "acc"), ("Loss", "Accuracy"), strict=True):
@@ -24,12 +25,12 @@ def learning_curves_figure(rows: list[dict[str, float]]) -> Figure:
         ax.grid(alpha=0.3)
         ax.spines[["top", "right"]].set_visible(False)
         ax.legend(frameon=False)
-    best = max(rows, key=lambda row: row["val_acc"])
-    axes[1].annotate(
-        f"best val {best['val_acc']:.4f}",
-        (best["epoch"], best["val_acc"]),
+    best = rows[best_epoch - 1]
+    axes[0].annotate(
+        f"exported: val loss {best['val_loss']:.4f}, acc {best['val_acc']:.4f}",
+        (best["epoch"], best["val_loss"]),
         textcoords="offset points",
-        xytext=(-10, -25),
+        xytext=(-10, 25),
         ha="right",
         arrowprops={"arrowstyle": "->", "alpha": 0.6},
     )

@@ -39,7 +39,7 @@ RECIPES: dict[str, Recipe] = {
         augment=Augment(rotation=10, translation=0.1),
     ),
     "bncnn": BNCNN,
-    # The 14x14 network, longer, with elastic distortion, a slower average and a real weight decay.
+    # The wider network, longer, with elastic distortion, a slower average and a real weight decay.
     "best": BNCNN.model_copy(
         update={
             "max_epochs": 12,
