@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # Stage commands in dvc.yaml call `python`: make it the virtual environment's.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install repro test test-fast lint bench lock clean
+.PHONY: install repro test test-fast lint bench lock clean remote push pull
 
 install: $(STAMP)
 
@@ -18,6 +18,21 @@ $(STAMP): pyproject.toml requirements.lock
 
 repro: $(STAMP)
 	$(BIN)/dvc repro
+
+# Share data, models, reports and the run-cache through the DVC remote (.dvc/config: a folder
+# beside this clone). DVC_REMOTE=s3://bucket/path (or any dvc remote URL) points this clone
+# elsewhere, e.g. in a scheduled CI job; the run-cache lets a teammate's `dvc repro` skip
+# every stage that already ran anywhere.
+remote: $(STAMP)
+ifdef DVC_REMOTE
+	$(BIN)/dvc remote add --local --force --default env "$(DVC_REMOTE)"
+endif
+
+push: remote
+	$(BIN)/dvc push --run-cache
+
+pull: remote
+	$(BIN)/dvc pull --run-cache
 
 # One pytest worker per core: the slow tests wait on subprocesses (dvc, mlflow) as much as on torch.
 PYTEST := $(BIN)/python -m pytest -n auto --dist worksteal
@@ -31,8 +46,12 @@ test-fast: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
+# Every benchmark; the evaluate, predict and train ones need data/processed (make repro first).
 bench: $(STAMP)
 	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/evaluate.py
+	$(BIN)/python bench/predict.py
+	$(BIN)/python bench/train.py
 
 lock: $(STAMP)
 	{ echo "# Exact versions of the whole stack: make installs with -c requirements.lock."; \

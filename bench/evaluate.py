@@ -18,12 +18,12 @@ import numpy as np
 import torch
 from timing import REPEATS, median_time
 
-from digitpipe.config import load_params
-from digitpipe.data.ingest import PROCESSED_DIR
-from digitpipe.data.parquet import read_split
-from digitpipe.evaluate.predictions import predict_probabilities
+from digitpipe.core.config import load_params
+from digitpipe.core.paths import PROCESSED_DIR
+from digitpipe.dataset.parquet import read_split
 from digitpipe.evaluate.run import write_reports
-from digitpipe.train.models import build_model
+from digitpipe.model.inference import predict_probabilities
+from digitpipe.model.zoo import build_model
 
 REPO = Path(__file__).resolve().parents[1]
 TARGET_S = 5.0

@@ -15,9 +15,9 @@ import numpy as np
 import pandas as pd
 from timing import median_time
 
-from digitpipe.config import load_params
-from digitpipe.data.idx import read_idx
-from digitpipe.data.ingest import build_splits, write_splits
+from digitpipe.core.config import load_params
+from digitpipe.dataset.idx import read_idx
+from digitpipe.ingest.run import build_splits, write_splits
 
 REPO = Path(__file__).resolve().parents[1]
 MNIST = REPO / "data" / "raw" / "mnist"

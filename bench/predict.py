@@ -18,10 +18,10 @@ import pandas as pd
 import torch
 from timing import REPEATS, median_time
 
-from digitpipe.data.idx import read_idx
+from digitpipe.dataset.idx import read_idx
+from digitpipe.model.export import ModelSpec, save_model
 from digitpipe.predict.command import predict
 from digitpipe.predict.predictor import BATCH_SIZE, Predictor
-from digitpipe.train.export import ModelSpec, save_model
 
 REPO = Path(__file__).resolve().parents[1]
 ROWS = 28000

@@ -23,9 +23,9 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
-from digitpipe.config import Augment, Params, load_params
-from digitpipe.data.ingest import PROCESSED_DIR
-from digitpipe.data.parquet import read_split
+from digitpipe.core.config import Augment, Params, RuntimeParams, load_params
+from digitpipe.core.paths import PROCESSED_DIR
+from digitpipe.dataset.parquet import read_split
 from digitpipe.train.callbacks import History
 from digitpipe.train.data import DigitData, as_tensors
 from digitpipe.train.module import DigitClassifier, build_optimizer
@@ -84,10 +84,10 @@ def recipe_to_99(params: Params, train, test) -> None:
     """Train the default recipe with the pipeline's own Trainer, validating on the test set."""
     recipe = resolve_recipe(params.model.arch, params.train)
     module = build_module(params.model.arch, recipe, train)
-    quiet = params.train.model_copy(update={"progress": "none"})
+    quiet = RuntimeParams(progress="none", resume=False)
     with tempfile.TemporaryDirectory() as scratch:
         history = History(Path(scratch) / "history.csv", print_lines=False)
-        trainer, _ = build_trainer(quiet, recipe, Path(scratch), history, tracking=None)
+        trainer, _ = build_trainer(params.train, quiet, recipe, Path(scratch), [history])
         L.seed_everything(params.train.seed, verbose=False)
         data = DigitData(train, test, recipe.batch_size, params.train.seed, recipe.augment)
         trainer.fit(module, datamodule=data)

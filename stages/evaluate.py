@@ -2,7 +2,7 @@
 
 import sys
 
-from digitpipe.cli import run_stage
+from digitpipe.core.stage import run_stage
 from digitpipe.evaluate.run import run
 
 if __name__ == "__main__":

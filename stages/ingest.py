@@ -2,8 +2,8 @@
 
 import sys
 
-from digitpipe.cli import run_stage
-from digitpipe.data.ingest import run
+from digitpipe.core.stage import run_stage
+from digitpipe.ingest.run import run
 
 if __name__ == "__main__":
     sys.exit(run_stage(run))

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import yaml
 
-from digitpipe.data.idx import read_idx, write_idx
+from digitpipe.core.config import Params
+from digitpipe.dataset.idx import read_idx, write_idx
 
 REPO = Path(__file__).resolve().parents[1]
 MNIST = REPO / "data" / "raw" / "mnist"
@@ -47,25 +48,33 @@ def tiny_project(tmp_path: Path, mnist_train) -> Path:
     write_idx(labels[:600], raw / "train-labels.gz", compress=True)
     write_idx(images[600:800], raw / "test-images", compress=False)
     write_idx(labels[600:800], raw / "test-labels", compress=False)
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["data"].update(
-        train={"images": "data/raw/train-images.gz", "labels": "data/raw/train-labels.gz"},
-        test={"images": "data/raw/test-images", "labels": "data/raw/test-labels"},
-        checksums={},
-    )
-    params["track"]["enabled"] = False  # tracking tests turn it on
+    # Every section written out from the package's defaults (DVC needs each one), never from
+    # the working copy's params.yaml, so the tests hold whatever a user has set there.
+    params = Params.model_validate(
+        {
+            "data": {
+                "train": {
+                    "images": "data/raw/train-images.gz",
+                    "labels": "data/raw/train-labels.gz",
+                },
+                "test": {"images": "data/raw/test-images", "labels": "data/raw/test-labels"},
+            },
+            "track": {"enabled": False},  # tracking tests turn it on
+            "runtime": {"progress": "none"},
+        }
+    ).model_dump(mode="json")
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return tmp_path
 
 
-QUICK_TRAIN = {"max_epochs": 1, "batch_size": 32, "limit_batches": 3, "progress": "none"}
+QUICK_TRAIN = {"max_epochs": 1, "batch_size": 32, "limit_batches": 3}
 
 
 @pytest.fixture()
 def ingested(tiny_project: Path) -> Path:
     """The tiny project, ingested, with training settings that take a second or two."""
-    from digitpipe.config import load_params
-    from digitpipe.data.ingest import run as ingest
+    from digitpipe.core.config import load_params
+    from digitpipe.ingest.run import run as ingest
 
     ingest(load_params(tiny_project / "params.yaml"), tiny_project)
     edit_params(tiny_project, "train", **QUICK_TRAIN)
@@ -76,7 +85,7 @@ def edit_params(project: Path, section: str, **changes) -> None:
     """Update keys of one params.yaml section in a test project."""
     path = project / "params.yaml"
     params = yaml.safe_load(path.read_text())
-    params[section].update(changes)
+    params.setdefault(section, {}).update(changes)
     path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
@@ -87,9 +96,15 @@ def init_pipeline_repo(project: Path) -> dict[str, str]:
         shutil.copytree(
             REPO / folder, project / folder, ignore=shutil.ignore_patterns("__pycache__")
         )
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "PYTHONPATH": str(project / "src"),  # the stages run the project's copy of the code
+    }
     for command in (["git", "init", "-q"], ["dvc", "init", "-q"]):
         subprocess.run(command, cwd=project, env=env, check=True)
+    for name in (".gitignore", ".dvcignore"):
+        shutil.copy(REPO / name, project / name)
     return env
 
 

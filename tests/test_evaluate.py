@@ -20,16 +20,16 @@ from sklearn.metrics import (
     recall_score,
 )
 
-from digitpipe.config import EvaluateParams, load_params
-from digitpipe.data.images import ImageSet
-from digitpipe.data.ingest import PROCESSED_DIR
-from digitpipe.data.parquet import read_split
-from digitpipe.errors import DigitpipeError
-from digitpipe.evaluate.run import MODEL_DIR, REPORT_DIR, write_reports
+from digitpipe.cli import stats_command
+from digitpipe.core.config import EvaluateParams, load_params
+from digitpipe.core.errors import DigitpipeError
+from digitpipe.core.paths import EVALUATE_REPORTS, MODEL_DIR, PROCESSED_DIR
+from digitpipe.dataset.images import ImageSet
+from digitpipe.dataset.parquet import read_split
 from digitpipe.evaluate.run import run as evaluate
+from digitpipe.evaluate.run import write_reports
 from digitpipe.evaluate.stats import confusion_stats, read_confusion_csv, to_markdown
-from digitpipe.evaluate.stats_cli import stats_command
-from digitpipe.train.export import load_model
+from digitpipe.model.export import load_model
 from digitpipe.train.run import run as train
 
 PICTURES = {
@@ -49,7 +49,7 @@ def evaluated(ingested):
 
 
 def predictions_of(project) -> tuple[pd.DataFrame, np.ndarray]:
-    frame = pd.read_parquet(project / REPORT_DIR / "predictions.parquet")
+    frame = pd.read_parquet(project / EVALUATE_REPORTS / "predictions.parquet")
     return frame, frame[[f"prob_{k}" for k in range(10)]].to_numpy()
 
 
@@ -82,25 +82,25 @@ def test_predictions_and_metrics_agree_with_sklearn(evaluated):
         assert metrics["per_class"][str(k)]["support"] == np.sum(labels == k)
     assert 0 <= metrics["ece"] <= 1 and metrics["n"] == 200
     assert metrics["val"]["n"] == 60 and 0 <= metrics["val"]["accuracy"] <= 1
-    assert json.loads((project / REPORT_DIR / "metrics.json").read_text()) == metrics
+    assert json.loads((project / EVALUATE_REPORTS / "metrics.json").read_text()) == metrics
 
 
 def test_confusion_files_and_statistics(evaluated):
     project, _ = evaluated
     frame, _ = predictions_of(project)
     labels, predicted = frame["label"].to_numpy(), frame["predicted"].to_numpy()
-    matrix, names = read_confusion_csv(project / REPORT_DIR / "confusion.csv")
+    matrix, names = read_confusion_csv(project / EVALUATE_REPORTS / "confusion.csv")
     assert names == [str(k) for k in range(10)]
     np.testing.assert_array_equal(matrix, confusion_matrix(labels, predicted, labels=range(10)))
-    with (project / REPORT_DIR / "confusion_pairs.csv").open() as handle:
+    with (project / EVALUATE_REPORTS / "confusion_pairs.csv").open() as handle:
         pairs = list(csv.reader(handle))
     assert pairs[0] == ["actual", "predicted"]
     assert pairs[1:] == [[str(a), str(p)] for a, p in zip(labels, predicted, strict=True)]
     stats = confusion_stats(matrix, names)
-    saved = json.loads((project / REPORT_DIR / "stats.json").read_text())
+    saved = json.loads((project / EVALUATE_REPORTS / "stats.json").read_text())
     assert json.dumps(saved, sort_keys=True) == json.dumps(stats.to_dict(), sort_keys=True)
-    assert (project / REPORT_DIR / "stats.md").read_text() == to_markdown(stats)
-    csv_path = project / REPORT_DIR / "confusion.csv"
+    assert (project / EVALUATE_REPORTS / "stats.md").read_text() == to_markdown(stats)
+    csv_path = project / EVALUATE_REPORTS / "confusion.csv"
     assert stats_command(csv_path, as_json=False) == to_markdown(stats).rstrip("\n")
     printed = json.loads(stats_command(csv_path, as_json=True))
     for key in ("accuracy", "accuracy_lower", "accuracy_upper", "no_information_rate"):
@@ -114,7 +114,7 @@ def test_worst_cases_and_pictures(evaluated):
     project, _ = evaluated
     frame, probabilities = predictions_of(project)
     labels, predicted = frame["label"].to_numpy(), frame["predicted"].to_numpy()
-    report = json.loads((project / REPORT_DIR / "worst_cases.json").read_text())
+    report = json.loads((project / EVALUATE_REPORTS / "worst_cases.json").read_text())
     errors = confusion_matrix(labels, predicted, labels=range(10))
     np.fill_diagonal(errors, 0)
     pair = report["most_confused_pair"]
@@ -139,7 +139,7 @@ def test_worst_cases_and_pictures(evaluated):
         assert labels[row] == int(name) and probabilities[row, int(name)] >= own.max() - TOL
 
     for name, (min_height, min_width) in PICTURES.items():
-        picture = np.asarray(Image.open(project / REPORT_DIR / name).convert("L"))
+        picture = np.asarray(Image.open(project / EVALUATE_REPORTS / name).convert("L"))
         assert picture.shape[0] > min_height and picture.shape[1] > min_width, name
         assert picture.std() > 20, f"{name} looks blank"
 

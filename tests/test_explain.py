@@ -12,15 +12,14 @@ from PIL import Image
 from safetensors.numpy import load_file
 
 from digitpipe.cli import main
-from digitpipe.config import ARCHITECTURES, load_params
-from digitpipe.data.ingest import PROCESSED_DIR
-from digitpipe.data.parquet import read_split
+from digitpipe.core.config import ARCHITECTURES, load_params
+from digitpipe.core.paths import ACTIVATIONS_REPORTS, MODEL_DIR, PROCESSED_DIR
+from digitpipe.dataset.parquet import read_split
 from digitpipe.evaluate.run import run as evaluate
-from digitpipe.explain.run import REPORT_DIR, TENSORS_FILE
+from digitpipe.explain.run import TENSORS_FILE
 from digitpipe.explain.run import run as activations
+from digitpipe.model.export import load_model
 from digitpipe.report.run import run as report
-from digitpipe.train.export import load_model
-from digitpipe.train.run import MODEL_DIR
 from digitpipe.train.run import run as train
 
 
@@ -44,7 +43,7 @@ def test_activations_match_a_fresh_forward_pass(ingested, arch):
     net, _ = load_model(ingested / MODEL_DIR)
     names = [name for name, _ in net.named_children()] + ["softmax"]
     assert [layer["name"] for layer in manifest["layers"]] == names
-    tensors = load_file(str(ingested / REPORT_DIR / TENSORS_FILE))
+    tensors = load_file(str(ingested / ACTIVATIONS_REPORTS / TENSORS_FILE))
     assert list(tensors) == sorted(names) or set(tensors) == set(names)
     test = read_split(ingested / PROCESSED_DIR / "test.parquet")
     row_of = {image_id: row for row, image_id in enumerate(test.ids)}
@@ -61,7 +60,7 @@ def test_activations_match_a_fresh_forward_pass(ingested, arch):
     reasons = [why for image in manifest["images"] for why in image["reasons"]]
     assert sum(why.startswith("typical") for why in reasons) == 10
     for picture in ("feature_maps.png", "filters.png", "barcodes.png"):
-        assert not_blank(ingested / REPORT_DIR / picture), picture
+        assert not_blank(ingested / ACTIVATIONS_REPORTS / picture), picture
 
 
 def test_explicit_ids_come_first_and_unknown_ids_are_refused(ingested, monkeypatch, capsys):

@@ -1,14 +1,19 @@
-"""IDX reading and writing: shapes, dtypes, gzip, and every malformed-file error."""
+"""IDX reading and writing (shapes, dtypes, gzip, malformed files), and the shared pixel and
+label checks that turn IDX and CSV arrays into images."""
 
 from __future__ import annotations
 
 import gzip
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from digitpipe.data.idx import read_idx, write_idx
-from digitpipe.errors import DigitpipeError
+from digitpipe.core.errors import DigitpipeError
+from digitpipe.dataset.checks import check_labels
+from digitpipe.dataset.idx import read_idx, write_idx
+from digitpipe.dataset.shapes import as_images
 
 
 @pytest.mark.parametrize("dtype", ["u1", "i1", "i2", "i4", "f4", "f8"])
@@ -63,3 +68,70 @@ def test_corrupt_gzip_is_reported(tmp_path):
 def test_missing_file_is_reported(tmp_path):
     with pytest.raises(DigitpipeError, match="cannot read the file"):
         read_idx(tmp_path / "nope.gz")
+
+
+@pytest.mark.parametrize(
+    ("shape", "size", "exact", "images"),
+    [
+        ((2, 3, 4), (9, 9), True, (2, 3, 4)),  # size is only for flat rows
+        ((2, 3, 4, 1), None, True, (2, 3, 4)),
+        ((2, 16), None, True, (2, 4, 4)),
+        ((2, 24), (4, 6), True, (2, 4, 6)),
+        ((2, 24), (4, 6), False, (2, 4, 6)),
+        ((2, 16), (4, 6), False, (2, 4, 4)),  # not the preferred size, but a square
+    ],
+)
+def test_arrays_become_uint8_images(shape, size, exact, images):
+    array = (np.arange(np.prod(shape)) % 256).astype("f4").reshape(shape)
+    result = as_images(Path("x.idx"), array, size, exact=exact)
+    assert result.dtype == np.uint8 and result.shape == images
+    np.testing.assert_array_equal(result.reshape(-1), array.reshape(-1))
+
+
+@pytest.mark.parametrize(
+    ("array", "size", "exact", "message"),
+    [
+        (np.zeros((2, 3)), None, True, "3 pixel columns is not a square number; set data.image_"),
+        (
+            np.zeros((2, 16)),
+            (4, 6),
+            True,
+            "wrong pixel count: 16 pixels per image, but data.image_",
+        ),
+        (np.zeros((2, 3)), (28, 28), False, "3 pixel columns is neither 28x28 (784) nor a square"),
+        (np.zeros((2, 3, 4, 2)), None, True, "this file has shape (2, 3, 4, 2)"),
+        (np.zeros(5), None, True, "this file has shape (5,)"),
+        (np.zeros((0, 4, 4)), None, True, "holds no images"),
+        (np.full((2, 2, 2), 2.5), None, True, "pixel value 2.5 in image 0 is not a whole number"),
+        (np.array([[[0, 1]], [[0, 256]]], "i2"), None, True, "pixel value 256 in image 1"),
+        (np.array([[[0.0, np.nan]]]), None, True, "pixel value nan in image 0"),
+        (
+            np.array([[[0, -1]]], "i1"),
+            None,
+            True,
+            "pixel value -1 in image 0 is not a whole number",
+        ),
+    ],
+)
+def test_arrays_that_are_not_images_are_refused(array, size, exact, message):
+    with pytest.raises(DigitpipeError, match=re.escape(message)) as caught:
+        as_images(Path("x.idx"), array, size, exact=exact)
+    assert str(caught.value).startswith("x.idx: ")
+
+
+@pytest.mark.parametrize(
+    ("labels", "ids", "message"),
+    [
+        (np.array([0, 9, 10]), None, "label 10 at position 2 is out of range"),
+        (np.array([0, -1]), ["1", "2"], "label -1 at image 2 is out of range"),
+        (np.array([0.0, 1.5]), None, "label 1.5 at position 1 is out of range"),
+        (np.array([np.nan]), None, "label nan at position 0 is out of range"),
+    ],
+)
+def test_labels_must_be_class_indexes(labels, ids, message):
+    with pytest.raises(DigitpipeError, match=re.escape(message)) as caught:
+        check_labels(Path("y.csv"), labels, 10, "the model", ids)
+    assert str(caught.value).startswith("y.csv: ") and "the model has 10 classes" in str(
+        caught.value
+    )
+    check_labels(Path("y.csv"), np.array([0, 9.0]), 10, "the model")

@@ -12,10 +12,11 @@ from conftest import MNIST, edit_params, write_csv
 from PIL import Image
 
 from digitpipe.cli import main
-from digitpipe.config import load_params
-from digitpipe.data.idx import read_idx, write_idx
-from digitpipe.data.ingest import PROCESSED_DIR, REPORT_DIR, build_splits, run
-from digitpipe.data.parquet import read_split
+from digitpipe.core.config import load_params
+from digitpipe.core.paths import INGEST_REPORTS, PROCESSED_DIR
+from digitpipe.dataset.idx import read_idx, write_idx
+from digitpipe.dataset.parquet import read_split
+from digitpipe.ingest.run import build_splits, run
 
 
 def ingest(project):
@@ -63,10 +64,10 @@ def test_same_params_give_byte_identical_files_and_seed_changes_split(tiny_proje
 
 def test_reports_summary_and_pictures(tiny_project):
     ingest(tiny_project)
-    summary = json.loads((tiny_project / REPORT_DIR / "summary.json").read_text())
+    summary = json.loads((tiny_project / INGEST_REPORTS / "summary.json").read_text())
     assert sum(summary["splits"]["test"]["per_class"].values()) == 200
     for name in ("class_distribution.png", "sample_digits.png"):
-        picture = np.asarray(Image.open(tiny_project / REPORT_DIR / name).convert("L"))
+        picture = np.asarray(Image.open(tiny_project / INGEST_REPORTS / name).convert("L"))
         assert picture.shape[0] > 200 and picture.shape[1] > 400
         assert picture.std() > 20, f"{name} looks blank"
 
@@ -191,6 +192,18 @@ def _label_out_of_range(project):
     write_idx(labels, project / "data/raw/test-labels")
 
 
+def _fractional_pixel(project):
+    images = read_idx(project / "data/raw/test-images").astype(np.float32)
+    images[3, 5, 7] = 0.5
+    write_idx(images, project / "data/raw/test-images")
+
+
+def _fractional_label(project):
+    labels = read_idx(project / "data/raw/test-labels").astype(np.float64)
+    labels[4] = 1.5
+    write_idx(labels, project / "data/raw/test-labels")
+
+
 def _empty(project):
     (project / "data/raw/test-images").write_bytes(b"")
 
@@ -211,6 +224,16 @@ BAD_INPUTS = {
     "dims disagree": (_dims_disagree, ["test-images", "longer than its header says"]),
     "count mismatch": (_counts_differ, ["test-labels", "150 labels for 200 images"]),
     "label range": (_label_out_of_range, ["test-labels", "label 12", "out of range"]),
+    "idx fractional pixel": (_fractional_pixel, ["test-images", "0.5 in image 3", "0..255"]),
+    "idx fractional label": (_fractional_label, ["test-labels", "label 1.5", "out of range"]),
+    "idx shape": (
+        lambda p: write_idx(np.zeros((5, 4, 4, 3), np.uint8), p / "data/raw/test-images"),
+        ["test-images", "N x H x W", "(5, 4, 4, 3)"],
+    ),
+    "idx no images": (
+        lambda p: write_idx(np.zeros((0, 28, 28), np.uint8), p / "data/raw/test-images"),
+        ["test-images", "holds no images"],
+    ),
     "empty file": (_empty, ["test-images", "empty"]),
     "checksum": (_checksum, ["train-labels.gz", "checksum mismatch"]),
     "corrupt gzip": (
@@ -224,13 +247,20 @@ BAD_INPUTS = {
         lambda p: _csv_train(p, "label,p0,p1,p2\n1,2,3,4\n"),
         ["train.csv", "3 pixel columns is not a square"],
     ),
+    "csv image_size": (
+        lambda p: (
+            _csv_train(p, f"{CSV_HEADER}\n1,2,3,4,5\n"),
+            edit_params(p, "data", image_size=[1, 3]),
+        ),
+        ["train.csv", "wrong pixel count: 4 pixels per image", "data.image_size 1x3 needs 3"],
+    ),
     "csv non-numeric": (
         lambda p: _csv_train(p, f"{CSV_HEADER}\n1,2,x,4,5\n"),
         ["train.csv", "'pixel1' is not numeric"],
     ),
     "csv negative": (
         lambda p: _csv_train(p, f"{CSV_HEADER}\n1,2,3,-4,5\n"),
-        ["train.csv", "'pixel2'", "-4", "0..255"],
+        ["train.csv", "'pixel2'", "-4", "not a whole number in 0..255"],
     ),
     "csv too bright": (
         lambda p: _csv_train(p, f"{CSV_HEADER}\n1,2,3,4,256\n"),
@@ -264,7 +294,7 @@ def test_bad_input_fails_clearly_with_no_output(case, tiny_project, monkeypatch,
         assert word in message
     assert "Traceback" not in message
     assert not (tiny_project / PROCESSED_DIR).exists()
-    assert not (tiny_project / REPORT_DIR).exists()
+    assert not (tiny_project / INGEST_REPORTS).exists()
     assert not list((tiny_project / "data").glob(".processed*"))
 
 

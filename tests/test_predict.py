@@ -11,13 +11,13 @@ from conftest import MNIST, REPO, edit_params, write_csv
 from PIL import Image
 
 from digitpipe.cli import main
-from digitpipe.config import load_params
-from digitpipe.data.idx import read_idx, write_idx
-from digitpipe.data.ingest import run as ingest
+from digitpipe.core.config import load_params
+from digitpipe.core.paths import MODEL_DIR
+from digitpipe.dataset.idx import read_idx, write_idx
+from digitpipe.ingest.run import run as ingest
 from digitpipe.predict.images import load_digit
 from digitpipe.predict.output import write_submission
 from digitpipe.predict.predictor import Predictor
-from digitpipe.train.run import MODEL_DIR
 from digitpipe.train.run import run as train
 
 TRAIN_IMAGES = 3000
@@ -49,7 +49,7 @@ def model_dir(tmp_path_factory, mnist_train):
         checksums={},
     )
     edit_params(project, "model", arch="bncnn")
-    edit_params(project, "train", max_epochs=2, progress="none")
+    edit_params(project, "train", max_epochs=2)
     edit_params(project, "track", enabled=False)
     params = load_params(project / "params.yaml")
     ingest(params, project)
@@ -175,8 +175,11 @@ def test_labelled_csv_reports_accuracy_and_keeps_labels(tmp_path, model_dir, mni
     assert f"(accuracy {accuracy:.4f} on 300 labelled)" in capsys.readouterr().out
 
 
-def test_idx_input_matches_the_tensor_path(tmp_path, model_dir, mnist_test, tensor_predictions):
-    write_idx(mnist_test[0][:200], tmp_path / "images.idx3.gz", compress=True)
+@pytest.mark.parametrize("shape", [(200, 28, 28), (200, 784), (200, 28, 28, 1)])
+def test_idx_input_matches_the_tensor_path(
+    tmp_path, model_dir, mnist_test, tensor_predictions, shape
+):
+    write_idx(mnist_test[0][:200].reshape(shape), tmp_path / "images.idx3.gz", compress=True)
     assert predict([tmp_path / "images.idx3.gz"], model_dir, tmp_path / "out.parquet") == 0
     frame = pd.read_parquet(tmp_path / "out.parquet")
     assert frame["id"].tolist() == [str(i) for i in range(200)]
@@ -209,6 +212,14 @@ def test_size_mismatch_is_refused_clearly(tmp_path, model_dir, mnist_test, capsy
     assert message.startswith("digitpipe: error: ")
     for words in ("small.csv", "images are 20x20", "model takes 28x28"):
         assert words in message
+    assert not (tmp_path / "out.csv").exists()
+
+
+def test_flat_rows_of_no_known_size_are_refused(tmp_path, model_dir, capsys):
+    write_idx(np.zeros((3, 300), np.uint8), tmp_path / "flat.idx")
+    assert predict([tmp_path / "flat.idx"], model_dir, tmp_path / "out.csv") == 2
+    message = capsys.readouterr().err
+    assert f"skipped {tmp_path / 'flat.idx'}: 300 pixel columns is neither 28x28 (784)" in message
     assert not (tmp_path / "out.csv").exists()
 
 

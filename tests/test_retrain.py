@@ -11,7 +11,8 @@ import pytest
 from conftest import QUICK_TRAIN, edit_params, init_pipeline_repo
 from mlflow.tracking import MlflowClient
 
-from digitpipe.track.runs import read_run
+from digitpipe.core.config import load_params
+from digitpipe.tracking.runs import find_training_run
 
 pytestmark = pytest.mark.slow
 DIGITPIPE = str(Path(sys.executable).parent / "digitpipe")
@@ -37,7 +38,8 @@ def test_retrain_promotes_then_keeps_and_never_overlaps(tiny_project):
     output = first.communicate(timeout=600)[0]
     assert first.returncode == 0, output
     assert "version 1 promoted to champion: first model" in output
-    client = MlflowClient(read_run(tiny_project).tracking_uri)
+    ref = find_training_run(load_params(tiny_project / "params.yaml").track, tiny_project)
+    client = MlflowClient(ref.tracking_uri)
     champion = client.get_model_version_by_alias("tiny-digits", "champion")
     assert str(champion.version) == "1" and champion.tags["decision"] == "promoted"
 

@@ -13,7 +13,7 @@ from scipy.stats import binomtest, chi2
 from sklearn.metrics import cohen_kappa_score, precision_recall_fscore_support
 from statsmodels.stats.contingency_tables import SquareTable, mcnemar
 
-from digitpipe.errors import DigitpipeError
+from digitpipe.core.errors import DigitpipeError
 from digitpipe.evaluate.stats import (
     ClassStats,
     ConfusionStats,

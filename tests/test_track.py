@@ -16,16 +16,15 @@ from conftest import edit_params
 from mlflow.tracking import MlflowClient
 
 from digitpipe.cli import main
-from digitpipe.config import TrackParams, load_params
-from digitpipe.data.ingest import PROCESSED_DIR
-from digitpipe.data.parquet import read_split
+from digitpipe.core.config import TrackParams, load_params
+from digitpipe.core.paths import MODEL_DIR, PROCESSED_DIR
+from digitpipe.dataset.parquet import read_split
 from digitpipe.evaluate.run import run as evaluate
 from digitpipe.explain.run import run as activations
+from digitpipe.model.export import load_model
 from digitpipe.report.run import run as report
-from digitpipe.track.runs import read_run
-from digitpipe.track.store import tracking_uri
-from digitpipe.train.export import load_model
-from digitpipe.train.run import MODEL_DIR
+from digitpipe.tracking.runs import find_training_run
+from digitpipe.tracking.store import tracking_uri
 from digitpipe.train.run import run as train
 
 
@@ -110,14 +109,14 @@ def test_one_run_holds_the_pipeline_run(ingested, mlflow_server, monkeypatch):
     params = load_params(ingested / "params.yaml")
     for stage in (train, evaluate, activations, report):
         stage(params, ingested)
-    ref = read_run(ingested)
+    ref = find_training_run(load_params(ingested / "params.yaml").track, ingested)
     client = MlflowClient(mlflow_server)
     run = client.get_run(ref.run_id)
     assert run.data.params["model.arch"] == "bncnn" and run.data.params["recipe.lr"] == "0.01"
     assert run.data.params["train.max_epochs"] == "2"
     history = client.get_metric_history(ref.run_id, "val_acc")
     assert [m.step for m in history] == [1, 2]
-    assert "train.val_acc" in run.data.metrics
+    assert "train.val_accuracy" in run.data.metrics
     tags = run.data.tags
     assert tags["train.accelerator"] == "cpu" and tags["version.torch"].startswith("2.13")
     inputs = {i.tags[0].value: i.dataset for i in run.inputs.dataset_inputs}
@@ -161,7 +160,7 @@ def test_predict_from_the_registry_loads_the_logged_safetensors(
         ingested, "track", enabled=True, tracking_uri=mlflow_server, experiment="registry-test"
     )
     train(load_params(ingested / "params.yaml"), ingested)
-    ref = read_run(ingested)
+    ref = find_training_run(load_params(ingested / "params.yaml").track, ingested)
     version = mlflow.register_model(ref.model_uri, "predict-test").version
     MlflowClient(mlflow_server).set_registered_model_alias("predict-test", "champion", version)
     images = ingested / "data/raw/test-images"

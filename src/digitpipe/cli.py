@@ -1,39 +1,28 @@
-"""The `digitpipe` command line, and the runner that DVC stage scripts share."""
+"""The `digitpipe` command line: the pipeline stages, predict, stats and retrain."""
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import json
+import math
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from digitpipe.config import PARAMS_FILE, Params, load_params
-from digitpipe.errors import DigitpipeError
+from digitpipe.core.config import load_params
+from digitpipe.core.errors import DigitpipeError
+from digitpipe.core.paths import PARAMS_FILE
+from digitpipe.core.stage import fail, run_stage
 
 # Pipeline stages: `digitpipe NAME` runs the stage's `run(params)` like `dvc repro` would.
 STAGES = {
-    "ingest": ("digitpipe.data.ingest", "raw IDX/CSV data into Parquet splits"),
+    "ingest": ("digitpipe.ingest.run", "raw IDX/CSV data into Parquet splits"),
     "train": ("digitpipe.train.run", "train the configured model (Lightning)"),
     "evaluate": ("digitpipe.evaluate.run", "metrics, confusion matrix and worst cases on test"),
     "activations": ("digitpipe.explain.run", "export and draw layer outputs of chosen images"),
     "report": ("digitpipe.report.run", "assemble reports/report.md and report.html"),
 }
-
-
-def fail(message: str) -> int:
-    """Print a user-facing error and return the exit status for it."""
-    print(f"digitpipe: error: {message}", file=sys.stderr)
-    return 2
-
-
-def run_stage(stage: Callable[[Params], object], params_file: Path = PARAMS_FILE) -> int:
-    """Load params and run one stage, turning user errors into a message and exit status 2."""
-    try:
-        stage(load_params(params_file))
-    except DigitpipeError as exc:
-        return fail(str(exc))
-    return 0
 
 
 def _stage(module: str) -> Callable[[argparse.Namespace], int]:
@@ -44,7 +33,7 @@ def _stage(module: str) -> Callable[[argparse.Namespace], int]:
 
 
 def _retrain(args: argparse.Namespace) -> int:
-    from digitpipe.track.retrain import Busy, retrain
+    from digitpipe.tracking.retrain import Busy, retrain
 
     try:
         decision = retrain(load_params(args.params), wait_s=args.wait)
@@ -58,9 +47,27 @@ def _retrain(args: argparse.Namespace) -> int:
     return 0
 
 
-def _stats(args: argparse.Namespace) -> int:
-    from digitpipe.evaluate.stats_cli import stats_command
+def nan_to_null(value: object) -> object:
+    """``value`` with every NaN replaced by None, so it serialises as standard JSON (null)."""
+    if isinstance(value, dict):
+        return {key: nan_to_null(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [nan_to_null(item) for item in value]
+    return None if isinstance(value, float) and math.isnan(value) else value
 
+
+def stats_command(path: Path, as_json: bool) -> str:
+    """What `digitpipe stats` prints: Markdown tables, or one standard JSON object (null where a
+    statistic is undefined)."""
+    from digitpipe.evaluate.stats import confusion_stats, read_confusion_csv, to_markdown
+
+    stats = confusion_stats(*read_confusion_csv(path))
+    if as_json:
+        return json.dumps(nan_to_null(stats.to_dict()), indent=2, allow_nan=False)
+    return to_markdown(stats).rstrip("\n")
+
+
+def _stats(args: argparse.Namespace) -> int:
     try:
         print(stats_command(args.confusion, args.json))
     except DigitpipeError as exc:

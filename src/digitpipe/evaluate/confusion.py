@@ -11,7 +11,7 @@ import numpy as np
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 
-from digitpipe.atomic import atomic_path
+from digitpipe.core.atomic import atomic_path
 
 CORNER = "actual\\predicted"
 ZERO = "#c8c8c8"  # zero counts in light grey, so the eye skips them

@@ -9,7 +9,7 @@ import numpy as np
 from matplotlib.collections import PolyCollection
 from matplotlib.figure import Figure
 
-from digitpipe.plots import mosaic
+from digitpipe.plotting import mosaic
 
 ACTUAL = "#1a9850"  # green: the true class
 PREDICTED = "#d73027"  # red: the predicted class, where it is wrong

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import numpy as np
 
-from digitpipe.atomic import atomic_dir, write_json, write_text
-from digitpipe.config import EvaluateParams, Params
-from digitpipe.data.images import ImageSet
-from digitpipe.data.ingest import PROCESSED_DIR
-from digitpipe.data.parquet import read_split
-from digitpipe.errors import DigitpipeError
+from digitpipe.core.atomic import atomic_dir, write_json, write_text
+from digitpipe.core.config import EvaluateParams, Params
+from digitpipe.core.errors import DigitpipeError
+from digitpipe.core.paths import EVALUATE_REPORTS, MODEL_DIR, split_file
+from digitpipe.dataset.images import ImageSet
+from digitpipe.dataset.parquet import read_split
 from digitpipe.evaluate.confusion import (
     confusion_counts,
     confusion_figure,
@@ -21,14 +21,13 @@ from digitpipe.evaluate.confusion import (
     write_confusion_pairs,
 )
 from digitpipe.evaluate.metrics import classification_metrics
-from digitpipe.evaluate.predictions import predict_probabilities, write_predictions
+from digitpipe.evaluate.predictions import write_predictions
 from digitpipe.evaluate.stats import confusion_stats, to_markdown
 from digitpipe.evaluate.worst_cases import write_worst_cases
-from digitpipe.plots import save_figure
-from digitpipe.track.runs import log_stage
-from digitpipe.train.export import MODEL_DIR, ModelSpec, load_model
+from digitpipe.model.export import ModelSpec, load_model
+from digitpipe.model.inference import predict_probabilities
+from digitpipe.plotting import save_figure
 
-REPORT_DIR = Path("reports/evaluate")
 REPORT_FILES = ("metrics.json", "stats.json", "stats.md", "worst_cases.json", "confusion.csv")
 
 
@@ -69,27 +68,27 @@ def write_reports(
     return classification_metrics(probabilities, split.labels, names, settings.calibration_bins)
 
 
-def log_evaluation(root: Path, metrics: dict, test_file: Path) -> None:
+def log_evaluation(params: Params, root: Path, metrics: dict, test_file: Path) -> None:
     """Test metrics (``test.*``), statistics and every picture into the pipeline's MLflow run."""
-    stats = json.loads((root / REPORT_DIR / "stats.json").read_text())
+    from digitpipe.tracking.runs import log_stage
+
+    stats = json.loads((root / EVALUATE_REPORTS / "stats.json").read_text())
     scalars = {
         f"test.{key}": value
         for key, value in (metrics | stats).items()
         if isinstance(value, int | float) and not math.isnan(value)
     }
     scalars["val.accuracy"] = metrics["val"]["accuracy"]
-    out = root / REPORT_DIR
+    out = root / EVALUATE_REPORTS
     files = [*sorted(out.glob("*.png")), *(out / name for name in REPORT_FILES)]
-    log_stage(root, "evaluate", files, scalars, {"test": test_file})
+    log_stage(params.track, root, "evaluate", files, scalars, {"test": test_file})
 
 
 def run(params: Params, root: Path = Path(".")) -> dict:
     """Evaluate ``models/`` on the test split (all reports) and the validation split (metrics)."""
     net, spec = load_model(root / MODEL_DIR)
     settings = params.evaluate
-    test, val = (
-        load_labelled(root / PROCESSED_DIR / f"{s}.parquet", spec) for s in ("test", "val")
-    )
+    test, val = (load_labelled(root / split_file(s), spec) for s in ("test", "val"))
     val_metrics = classification_metrics(
         predict_probabilities(net, val.images, settings.batch_size),
         val.labels,
@@ -97,14 +96,16 @@ def run(params: Params, root: Path = Path(".")) -> dict:
         settings.calibration_bins,
     )
     probabilities = predict_probabilities(net, test.images, settings.batch_size)
-    with atomic_dir(root / REPORT_DIR) as out_dir:
+    with atomic_dir(root / EVALUATE_REPORTS) as out_dir:
         metrics = write_reports(test, probabilities, settings, out_dir)
         metrics["val"] = {key: val_metrics[key] for key in ("accuracy", "log_loss", "n")}
         write_json(out_dir / "metrics.json", metrics)
-    log_evaluation(root, metrics, root / PROCESSED_DIR / "test.parquet")
+    if params.track.enabled:
+        log_evaluation(params, root, metrics, root / split_file("test"))
     print(
         f"evaluate: test accuracy {metrics['accuracy']:.4f}, macro F1 {metrics['macro_f1']:.4f}, "
-        f"log loss {metrics['log_loss']:.4f} ({metrics['n']} images); reports in {REPORT_DIR}",
+        f"log loss {metrics['log_loss']:.4f} ({metrics['n']} images); "
+        f"reports in {EVALUATE_REPORTS}",
         flush=True,
     )
     return metrics

@@ -1,8 +1,8 @@
 """Confusion-matrix statistics following the conventions of R's ``caret::confusionMatrix``.
 
-The matrix has rows = actual class and columns = predicted class. Only numpy and the
-standard library are used: the beta and gamma functions needed for the exact
-(Clopper-Pearson) interval, the binomial tail and the chi-square tail are implemented here.
+The matrix has rows = actual class and columns = predicted class. The exact
+(Clopper-Pearson) interval, the binomial tail and the chi-square tail come from
+:mod:`scipy.stats`.
 
 Undefined ratios (zero denominators) are ``nan``; :class:`ClassStats` documents ``f1``.
 """
@@ -16,9 +16,9 @@ from dataclasses import dataclass, fields
 from os import PathLike
 
 import numpy as np
+from scipy.stats import beta, binom, chi2
 
-from digitpipe.errors import DigitpipeError
-from digitpipe.evaluate.special import binom_sf_at_least, chi2_sf, clopper_pearson
+from digitpipe.core.errors import DigitpipeError
 
 
 @dataclass(frozen=True)
@@ -146,7 +146,7 @@ def _mcnemar_p_value(counts: list[list[int]]) -> float:
         if b + c == 0:
             return math.nan
         diff = abs(b - c) - 1 if b != c else 0
-        return chi2_sf(diff * diff / (b + c), 1)
+        return float(chi2.sf(diff * diff / (b + c), 1))
     statistic, df = 0.0, 0
     for i in range(k):
         for j in range(i + 1, k):
@@ -154,7 +154,7 @@ def _mcnemar_p_value(counts: list[list[int]]) -> float:
             if total:
                 statistic += (counts[i][j] - counts[j][i]) ** 2 / total
                 df += 1
-    return chi2_sf(statistic, df) if df else math.nan
+    return float(chi2.sf(statistic, df)) if df else math.nan
 
 
 def _class_stats(name: str, tp: int, fn: int, fp: int, tn: int) -> ClassStats:
@@ -198,7 +198,10 @@ def confusion_stats(
     n = sum(rows)
     correct = sum(counts[i][i] for i in range(k))
     nir = max(rows) / n
-    lower, upper = clopper_pearson(correct, n, confidence)
+    alpha = 1.0 - confidence
+    # Clopper-Pearson: beta quantiles, with the bound fixed at 0 (1) when correct is 0 (n).
+    lower = float(beta.ppf(alpha / 2, correct, n - correct + 1)) if correct else 0.0
+    upper = float(beta.ppf(1 - alpha / 2, correct + 1, n - correct)) if correct < n else 1.0
     per_class = tuple(
         _class_stats(
             str(name),
@@ -214,7 +217,7 @@ def confusion_stats(
         accuracy_lower=lower,
         accuracy_upper=upper,
         no_information_rate=nir,
-        accuracy_p_value=binom_sf_at_least(correct, n, nir),
+        accuracy_p_value=float(binom.sf(correct - 1, n, nir)),  # P(X >= correct)
         kappa=_kappa(correct, rows, cols, n),
         mcnemar_p_value=_mcnemar_p_value(counts),
         n=n,

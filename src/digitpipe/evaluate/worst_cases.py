@@ -6,11 +6,11 @@ from pathlib import Path
 
 import numpy as np
 
-from digitpipe.atomic import write_json
-from digitpipe.config import EvaluateParams
-from digitpipe.data.images import ImageSet
+from digitpipe.core.atomic import write_json
+from digitpipe.core.config import EvaluateParams
+from digitpipe.dataset.images import ImageSet
 from digitpipe.evaluate.figures import notice_figure, probability_gallery
-from digitpipe.plots import save_figure
+from digitpipe.plotting import save_figure
 
 PAIR_FILE = "most_confused_pair.png"
 MISTAKES_FILE = "confident_mistakes.png"

@@ -7,7 +7,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from digitpipe.explain.hooks import SOFTMAX
-from digitpipe.plots import mosaic
+from digitpipe.plotting import mosaic
 
 MAP_KINDS = ("conv", "activation", "pool", "batchnorm")
 

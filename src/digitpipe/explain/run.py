@@ -9,20 +9,17 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from digitpipe.atomic import atomic_dir, write_json
-from digitpipe.config import Params
-from digitpipe.data.images import ImageSet
-from digitpipe.data.ingest import PROCESSED_DIR
-from digitpipe.data.parquet import read_split
-from digitpipe.evaluate.run import REPORT_DIR as EVALUATE_DIR
+from digitpipe.core.atomic import atomic_dir, write_json
+from digitpipe.core.config import Params
+from digitpipe.core.paths import ACTIVATIONS_REPORTS, EVALUATE_REPORTS, MODEL_DIR, split_file
+from digitpipe.dataset.images import ImageSet
+from digitpipe.dataset.parquet import read_split
 from digitpipe.explain.figures import barcodes_figure, feature_maps_figure, filters_figure
 from digitpipe.explain.hooks import SOFTMAX, layer_kinds, record_activations
 from digitpipe.explain.selection import choose_images
-from digitpipe.plots import save_figure
-from digitpipe.track.runs import log_stage
-from digitpipe.train.export import MODEL_DIR, load_model
+from digitpipe.model.export import load_model
+from digitpipe.plotting import save_figure
 
-REPORT_DIR = Path("reports/activations")
 TENSORS_FILE = "activations.safetensors"
 
 
@@ -67,8 +64,8 @@ def run(params: Params, root: Path = Path(".")) -> dict:
     """Write the activations, their manifest and pictures under reports/activations/."""
     settings = params.activations
     net, spec = load_model(root / MODEL_DIR)
-    test = read_split(root / PROCESSED_DIR / "test.parquet")
-    reasons = choose_images(settings, root / EVALUATE_DIR / "worst_cases.json", test)
+    test = read_split(root / split_file("test"))
+    reasons = choose_images(settings, root / EVALUATE_REPORTS / "worst_cases.json", test)
     row_of = {image_id: row for row, image_id in enumerate(test.ids)}
     rows = np.array([row_of[image_id] for image_id in reasons], dtype=np.int64)
     activations = record_activations(net, as_input(test.images[rows]))
@@ -96,7 +93,7 @@ def run(params: Params, root: Path = Path(".")) -> dict:
     layer = barcode_layer(kinds, sample_activations)
     panel = list(reasons).index(settings.panel_image or next(iter(reasons)))
     filter_layer, weights = first_weights(net, spec.height, spec.width)
-    with atomic_dir(root / REPORT_DIR) as out:
+    with atomic_dir(root / ACTIVATIONS_REPORTS) as out:
         save_file(
             {name: values.contiguous() for name, values in activations.items()},
             str(out / TENSORS_FILE),
@@ -122,6 +119,10 @@ def run(params: Params, root: Path = Path(".")) -> dict:
             ),
             out / "barcodes.png",
         )
-    out_dir = root / REPORT_DIR
-    log_stage(root, "activations", [*sorted(out_dir.glob("*.png")), out_dir / "manifest.json"])
+    if params.track.enabled:
+        from digitpipe.tracking.runs import log_stage
+
+        out_dir = root / ACTIVATIONS_REPORTS
+        files = [*sorted(out_dir.glob("*.png")), out_dir / "manifest.json"]
+        log_stage(params.track, root, "activations", files)
     return manifest

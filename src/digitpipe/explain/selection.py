@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from digitpipe.config import ActivationsParams
-from digitpipe.data.images import ImageSet
-from digitpipe.errors import DigitpipeError
+from digitpipe.core.config import ActivationsParams
+from digitpipe.core.errors import DigitpipeError
+from digitpipe.dataset.images import ImageSet
 
 
 def choose_images(

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from digitpipe.errors import DigitpipeError
+from digitpipe.core.errors import DigitpipeError
 from digitpipe.predict.inputs import read_inputs
 from digitpipe.predict.output import (
     check_format,

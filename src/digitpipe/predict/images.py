@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from digitpipe.errors import DigitpipeError
+from digitpipe.core.errors import DigitpipeError
 
 BOX_FRACTION = 20 / 28  # MNIST: the digit fits a 20x20 box inside the 28x28 image
 INK_FRACTION = 0.05  # ink: brighter than this fraction of the brightest pixel (for the crop)

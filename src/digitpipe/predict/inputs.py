@@ -12,12 +12,12 @@ Each argument is one of:
   are not read; id: the 0-based index of the image in the file.
 
 Flat pixel rows take the model's height x width when the count matches, else a square if they
-make one; the predictor refuses images whose size is not the model's.
+make one, else the file is refused (:func:`digitpipe.dataset.shapes.as_images`); the predictor
+refuses images whose size is not the model's.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -26,10 +26,10 @@ from typing import Literal, TypeVar
 
 import numpy as np
 
-from digitpipe.data.csv import read_pixel_csv
-from digitpipe.data.idx import parse_idx, read_bytes
-from digitpipe.data.sources import as_pixels
-from digitpipe.errors import DigitpipeError
+from digitpipe.core.errors import DigitpipeError
+from digitpipe.dataset.idx import parse_idx, read_bytes
+from digitpipe.dataset.pixel_csv import read_pixel_csv
+from digitpipe.dataset.shapes import as_images
 from digitpipe.predict.images import load_digit
 
 PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
@@ -117,7 +117,8 @@ def read_csv(path: Path, size: tuple[int, int]) -> Batch:
     """A Kaggle-layout pixel CSV; ids are 1-based row numbers."""
     table = read_pixel_csv(path, LABEL_COLUMN)
     ids = [str(row) for row in range(1, len(table.pixels) + 1)]
-    return Batch(path, "csv", ids, shape_rows(table.pixels, size), table.labels)
+    images = as_images(path, table.pixels, size, exact=False)
+    return Batch(path, "csv", ids, images, table.labels)
 
 
 def read_idx_images(path: Path, size: tuple[int, int]) -> Batch:
@@ -128,25 +129,5 @@ def read_idx_images(path: Path, size: tuple[int, int]) -> Batch:
             f"{path}: not a picture ({', '.join(PICTURE_SUFFIXES)}), a pixel CSV (.csv) "
             "or an IDX file."
         )
-    array = as_pixels(path, parse_idx(raw))
-    if array.ndim == 4 and array.shape[3] == 1:
-        array = array[..., 0]
-    elif array.ndim == 2:
-        array = shape_rows(array, size)
-    elif array.ndim != 3:
-        raise DigitpipeError(
-            f"{path}: IDX images must be N x H x W (or N x H x W x 1, or N x pixels); this "
-            f"file has shape {array.shape}."
-        )
-    if not len(array):
-        raise DigitpipeError(f"{path}: the IDX file holds no images.")
-    return Batch(path, "idx", [str(index) for index in range(len(array))], array)
-
-
-def shape_rows(flat: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Flat pixel rows (N, P) as (N, H, W): ``size`` if P fits it, else square, else (N, 1, P)."""
-    count = flat.shape[1]
-    side = math.isqrt(count)
-    if size[0] * size[1] != count:
-        size = (side, side) if side * side == count else (1, count)
-    return flat.reshape(len(flat), *size)
+    images = as_images(path, parse_idx(raw), size, exact=False)
+    return Batch(path, "idx", [str(index) for index in range(len(images))], images)

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from digitpipe.atomic import atomic_path, write_text
-from digitpipe.errors import DigitpipeError
+from digitpipe.core.atomic import atomic_path, write_text
+from digitpipe.core.errors import DigitpipeError
 from digitpipe.predict.inputs import Batch
 
 FORMATS = (".csv", ".parquet")

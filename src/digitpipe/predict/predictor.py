@@ -12,13 +12,14 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
-from digitpipe.config import TrackParams, load_params
-from digitpipe.errors import DigitpipeError
-from digitpipe.evaluate.predictions import predict_probabilities
+from digitpipe.core.config import TrackParams, load_params
+from digitpipe.core.errors import DigitpipeError
+from digitpipe.dataset.checks import check_labels
+from digitpipe.model.export import ModelSpec, load_model
+from digitpipe.model.inference import predict_probabilities
 from digitpipe.predict.inputs import Batch
-from digitpipe.track.registry import download_weights
-from digitpipe.track.store import tracking_uri
-from digitpipe.train.export import ModelSpec, load_model
+from digitpipe.tracking.registry import download_weights
+from digitpipe.tracking.store import tracking_uri
 
 BATCH_SIZE = 1000
 
@@ -57,15 +58,9 @@ class Predictor:
                 f"{height}x{width} images, or give the digits as pictures (PNG, JPEG), "
                 "which are resized to fit."
             )
-        classes = len(self.spec.class_names)
         if batch.labels is not None:
-            bad = np.flatnonzero((batch.labels < 0) | (batch.labels >= classes))
-            if bad.size:
-                raise DigitpipeError(
-                    f"{batch.source}: label {batch.labels[bad[0]]} at image {batch.ids[bad[0]]} "
-                    f"is out of range: the model has {classes} classes, so labels must be "
-                    f"0..{classes - 1}."
-                )
+            classes = len(self.spec.class_names)
+            check_labels(batch.source, batch.labels, classes, "the model", batch.ids)
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         """Class probabilities (N, classes) of uint8 images (N, H, W) of the model's size."""

@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from digitpipe.config import Params
-
-REPORTS = Path("reports")
+from digitpipe.core.config import Params
+from digitpipe.core.paths import MODEL_DIR, RECIPE_FILE, REPORTS, SPEC_FILE
 
 
 def _json(path: Path) -> dict:
@@ -47,27 +46,22 @@ def data_section(reports: Path) -> str:
     )
 
 
-def model_section(reports: Path, params: Params) -> str:
-    train = _json(reports / "train/metrics.json")
+def model_section(root: Path) -> str:
+    train = _json(root / REPORTS / "train/metrics.json")
+    arch = _json(root / MODEL_DIR / SPEC_FILE)["arch"]
     recipe = ", ".join(
         f"{key} {_setting(value)}"
-        for key, value in train["recipe"].items()
+        for key, value in _json(root / MODEL_DIR / RECIPE_FILE).items()
         if value not in (None, {}, 0.0, False)
     )
     facts = [
-        ["architecture", f"`{train['arch']}` ({train['parameters']:,} parameters)"],
+        ["architecture", f"`{arch}` ({train['parameters']:,} parameters)"],
         ["recipe", recipe],
         ["epochs (exported)", f"{train['epochs']} ({train['best_epoch']})"],
         [
             "validation loss, accuracy (exported epoch)",
-            f"{train['val_loss']:.4f}, {train['val_acc']:.4f}",
+            f"{train['val_loss']:.4f}, {train['val_accuracy']:.4f}",
         ],
-        [
-            "training time",
-            f"{train['train_seconds']:.1f} s, {train['images_per_s']:,.0f} images/s "
-            f"on {train['devices']} x {train['accelerator']} ({train['precision']})",
-        ],
-        ["seed", params.train.seed],
     ]
     return "\n\n".join(
         [
@@ -140,12 +134,13 @@ def activations_section(reports: Path) -> str:
     )
 
 
-def build_markdown(params: Params, reports: Path) -> str:
-    """The whole report; image links are relative to ``reports/``."""
+def build_markdown(params: Params, root: Path) -> str:
+    """The whole report of the project at ``root``; image links are relative to ``reports/``."""
+    reports = root / REPORTS
     sections = [
         f"# {params.report.title}",
         data_section(reports),
-        model_section(reports, params),
+        model_section(root),
         evaluation_section(reports),
         worst_cases_section(reports),
         activations_section(reports),

@@ -4,18 +4,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from digitpipe.atomic import write_text
-from digitpipe.config import Params
-from digitpipe.report.build import REPORTS, build_markdown
+from digitpipe.core.atomic import write_text
+from digitpipe.core.config import Params
+from digitpipe.core.paths import REPORTS
+from digitpipe.report.build import build_markdown
 from digitpipe.report.html import render_html
-from digitpipe.track.runs import log_stage
 
 
 def run(params: Params, root: Path = Path(".")) -> str:
     """Write both reports under ``root/reports``; return the Markdown."""
     reports = root / REPORTS
-    markdown = build_markdown(params, reports)
+    markdown = build_markdown(params, root)
     write_text(reports / "report.md", markdown)
     write_text(reports / "report.html", render_html(markdown, params.report.title, reports))
-    log_stage(root, "report", [reports / "report.html", reports / "report.md"])
+    if params.track.enabled:
+        from digitpipe.tracking.runs import log_stage
+
+        log_stage(params.track, root, "report", [reports / "report.html", reports / "report.md"])
     return markdown

@@ -13,7 +13,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import WeightAveraging
 
-from digitpipe.atomic import write_text
+from digitpipe.core.atomic import write_text
 
 HISTORY_FIELDS = [
     "epoch",

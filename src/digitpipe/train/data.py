@@ -13,8 +13,8 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
-from digitpipe.config import Augment
-from digitpipe.data.images import ImageSet
+from digitpipe.core.config import Augment
+from digitpipe.dataset.images import ImageSet
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 

@@ -11,9 +11,9 @@ import torch.nn.functional as F
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from digitpipe.config import Recipe
+from digitpipe.core.config import Recipe
+from digitpipe.model.zoo import build_model
 from digitpipe.train.data import Batch
-from digitpipe.train.models import build_model
 
 MIN_ONE_CYCLE_STEPS = 8  # shorter runs (smoke tests) keep a constant learning rate
 START_DIV = 25.0  # one-cycle warms up from lr / START_DIV

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from digitpipe.config import Augment, Recipe, TrainParams
+from digitpipe.core.config import Augment, Recipe, TrainParams
 
 NO_AUGMENT = Augment()
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import shutil
@@ -11,49 +10,35 @@ import warnings
 from pathlib import Path
 
 import lightning as L
-import mlflow
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 
-from digitpipe.atomic import atomic_path, write_json
-from digitpipe.config import ACCELERATORS, Params, Recipe, TrainParams
-from digitpipe.data.images import ImageSet
-from digitpipe.data.ingest import PROCESSED_DIR
-from digitpipe.data.parquet import read_split
-from digitpipe.errors import DigitpipeError
-from digitpipe.plots import save_figure
-from digitpipe.track.registry import WEIGHTS_ARTIFACTS
-from digitpipe.track.runs import (
-    RUN_FILE,
-    RunRef,
-    file_digest,
-    flatten,
-    log_datasets,
-    mark,
-    pipeline_run,
-    start_pipeline_run,
-    write_run,
-)
-from digitpipe.track.training import EpochMetrics, log_model
-from digitpipe.train.callbacks import History, wants_bar, weight_average
-from digitpipe.train.data import DigitData
-from digitpipe.train.export import (
+from digitpipe.core.atomic import write_json
+from digitpipe.core.config import ACCELERATORS, Params, Recipe, RuntimeParams, TrainParams
+from digitpipe.core.errors import DigitpipeError
+from digitpipe.core.paths import (
+    CHECKPOINT_FILE,
+    CHECKPOINT_ROOT,
     MODEL_DIR,
+    RECIPE_FILE,
     SPEC_FILE,
+    TRAIN_REPORTS,
     WEIGHTS_FILE,
-    ModelSpec,
-    load_checkpoint,
-    save_model,
+    split_file,
 )
+from digitpipe.dataset.images import ImageSet
+from digitpipe.dataset.parquet import read_split
+from digitpipe.model.export import ModelSpec, save_model
+from digitpipe.model.zoo import count_parameters
+from digitpipe.plotting import save_figure
+from digitpipe.train.callbacks import History, wants_bar, weight_average
+from digitpipe.train.checkpoint import network_weights, read_checkpoint, write_portable_checkpoint
+from digitpipe.train.data import DigitData
 from digitpipe.train.figures import learning_curves_figure
-from digitpipe.train.models import count_parameters
 from digitpipe.train.module import DigitClassifier
 from digitpipe.train.recipes import resolve_recipe
-
-REPORT_DIR = Path("reports/train")
-CHECKPOINT_ROOT = Path("checkpoints")  # resume state, outside DVC's outputs; removed on success
 
 
 def check_params(train: TrainParams, recipe: Recipe) -> None:
@@ -109,23 +94,32 @@ def run_key(params: Params, recipe: Recipe, data_files: list[Path]) -> str:
     """Names the checkpoint folder: resume only ever continues the very same run."""
     identity = [
         params.model.model_dump(),
-        params.train.model_dump(exclude={"resume", "progress"}),
+        params.train.model_dump(),
         recipe.model_dump(),
-        [file_digest(path) for path in data_files],
+        [_sha256(path) for path in data_files],
     ]
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def _sha256(path: Path) -> str:
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
 def build_trainer(
-    train: TrainParams, recipe: Recipe, run_dir: Path, history: History, tracking: RunRef | None
+    train: TrainParams,
+    runtime: RuntimeParams,
+    recipe: Recipe,
+    run_dir: Path,
+    callbacks: list[L.Callback],
 ) -> tuple[L.Trainer, ModelCheckpoint]:
     # The exported epoch has the lowest validation loss: near 99.5% accuracy on a few thousand
     # images, epochs differ in accuracy by a handful of images, which is noise.
     checkpoint = ModelCheckpoint(
         dirpath=run_dir, filename="best", monitor="val/loss", mode="min", save_last=True
     )
-    bar = wants_bar(train.progress)
-    callbacks = [checkpoint, history] + ([EpochMetrics(history, tracking)] if tracking else [])
+    bar = wants_bar(runtime.progress)
+    callbacks = [checkpoint, *callbacks]
     callbacks += [weight_average(recipe.ema)] if recipe.ema else []
     callbacks += [TQDMProgressBar()] if bar else []
     try:
@@ -156,127 +150,138 @@ def build_trainer(
 
 def run(params: Params, root: Path = Path(".")) -> dict | None:
     """Train the configured model; return the metrics it writes (None on non-zero ranks)."""
-    train_params = params.train
-    recipe = resolve_recipe(params.model.arch, train_params)
-    check_params(train_params, recipe)
-    data_files = {split: root / PROCESSED_DIR / f"{split}.parquet" for split in ("train", "val")}
+    recipe = resolve_recipe(params.model.arch, params.train)
+    check_params(params.train, recipe)
+    data_files = {split: root / split_file(split) for split in ("train", "val")}
     train, val = (read_split(path) for path in data_files.values())
-    L.seed_everything(train_params.seed, workers=True, verbose=False)
+    L.seed_everything(params.train.seed, workers=True, verbose=False)
     module = build_module(params.model.arch, recipe, train)
     run_dir = root / CHECKPOINT_ROOT / run_key(params, recipe, list(data_files.values()))
     history = History(
-        root / REPORT_DIR / "history.csv", print_lines=not wants_bar(train_params.progress)
+        root / TRAIN_REPORTS / "history.csv", print_lines=not wants_bar(params.runtime.progress)
     )
-    tracking = None
-    if rank_zero_only.rank == 0:  # under DDP only rank 0 talks to MLflow
-        (root / RUN_FILE).unlink(missing_ok=True)
-        if params.track.enabled:
-            tracking = start_pipeline_run(params, root, flatten({"recipe": recipe.model_dump()}))
-    trainer, checkpoint = build_trainer(train_params, recipe, run_dir, history, tracking)
+    trainer, checkpoint = build_trainer(params.train, params.runtime, recipe, run_dir, [history])
     check_sizes(recipe.batch_size, trainer.world_size, train)
-    resume_from = run_dir / "last.ckpt"
-    if train_params.resume and resume_from.exists():
-        print(f"Resuming from {resume_from}", flush=True)
-    else:
-        resume_from = None
+    on_rank_zero = rank_zero_only.rank == 0  # under DDP only rank 0 talks to MLflow
+    tracking = start_tracking(params, root, recipe, history) if on_rank_zero else None
+    if tracking is not None:
+        trainer.callbacks.append(tracking)
     started = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", ".*does not have many workers.*")
-        warnings.filterwarnings("ignore", ".*treespec, LeafSpec.*")
-        data = DigitData(train, val, recipe.batch_size, train_params.seed, recipe.augment)
-        try:
-            trainer.fit(module, datamodule=data, ckpt_path=resume_from)
-        except BaseException:
-            if tracking is not None:
-                mark(tracking, "FAILED")
-            raise
+    fit(
+        trainer,
+        module,
+        DigitData(train, val, recipe.batch_size, params.train.seed, recipe.augment),
+        resume_from(run_dir, params.runtime),
+    )
     if not trainer.is_global_zero:
         return None
-    metrics, net = finish(
-        params,
-        recipe,
-        module,
-        trainer,
-        history,
-        checkpoint.best_model_path,
-        time.perf_counter() - started,
-        root,
-    )
+    net, best_epoch = export(module, recipe, checkpoint.best_model_path, root / MODEL_DIR)
+    metrics = write_reports(net, history, best_epoch, root)
+    speed = write_speed(history, trainer, time.perf_counter() - started, root)
     if tracking is not None:
-        log_training(tracking, metrics, net, val, data_files, root)
+        log_results(tracking.ref, root, metrics, speed, net, val, data_files)
     shutil.rmtree(run_dir, ignore_errors=True)
     return metrics
 
 
-def finish(
-    params: Params,
-    recipe: Recipe,
-    module: DigitClassifier,
-    trainer: L.Trainer,
-    history: History,
-    best_checkpoint: str,
-    seconds: float,
-    root: Path,
-) -> tuple[dict, torch.nn.Module]:
-    """Export the best epoch's weights; write metrics and learning curves."""
+def start_tracking(params: Params, root: Path, recipe: Recipe, history: History):
+    """The MLflow run of this training (params logged), as a callback; None when tracking is off.
+    MLflow is imported only then."""
+    if not params.track.enabled:
+        return None
+    from digitpipe.tracking.runs import flatten, start_pipeline_run
+    from digitpipe.tracking.training import EpochMetrics
+
+    ref = start_pipeline_run(params, root, flatten({"recipe": recipe.model_dump()}))
+    return EpochMetrics(lambda: history.rows[-1], ref)
+
+
+def resume_from(run_dir: Path, runtime: RuntimeParams) -> Path | None:
+    """The interrupted run's last checkpoint, when resuming is on and there is one."""
+    last = run_dir / "last.ckpt"
+    if runtime.resume and last.exists():
+        print(f"Resuming from {last}", flush=True)
+        return last
+    return None
+
+
+def fit(trainer: L.Trainer, module: DigitClassifier, data: DigitData, ckpt: Path | None) -> None:
+    """``trainer.fit``, without the warnings that do not apply to in-memory batches."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", ".*does not have many workers.*")
+        warnings.filterwarnings("ignore", ".*treespec, LeafSpec.*")
+        trainer.fit(module, datamodule=data, ckpt_path=ckpt)
+
+
+def export(
+    module: DigitClassifier, recipe: Recipe, best_checkpoint: str, model_dir: Path
+) -> tuple[torch.nn.Module, int]:
+    """Write the best epoch's network (safetensors + spec), its recipe and a portable Lightning
+    checkpoint into ``model_dir``; every file is the same bytes for the same training."""
     hp = module.hparams
     spec = ModelSpec(hp.arch, hp.height, hp.width, list(hp.class_names), hp.mean, hp.std)
+    checkpoint = read_checkpoint(best_checkpoint)
     net = spec.build()
-    state, best_epoch = load_checkpoint(best_checkpoint)
-    net.load_state_dict(state)
-    model_dir = root / MODEL_DIR
+    net.load_state_dict(network_weights(checkpoint))
     save_model(net, spec, model_dir)
-    with atomic_path(model_dir / "model.ckpt") as tmp:
-        shutil.copyfile(best_checkpoint, tmp)
+    write_json(model_dir / RECIPE_FILE, recipe.model_dump())
+    write_portable_checkpoint(checkpoint, model_dir / CHECKPOINT_FILE)
+    return net, checkpoint["epoch"] + 1
+
+
+def write_reports(net: torch.nn.Module, history: History, best_epoch: int, root: Path) -> dict:
+    """reports/train/metrics.json (the exported epoch's validation figures: the same for the
+    same training) and the learning curves."""
     best = history.rows[best_epoch - 1]
+    metrics = {
+        "val_accuracy": best["val_acc"],
+        "val_loss": best["val_loss"],
+        "best_epoch": best["epoch"],
+        "epochs": len(history.rows),
+        "parameters": count_parameters(net),
+    }
+    write_json(root / TRAIN_REPORTS / "metrics.json", metrics)
+    save_figure(
+        learning_curves_figure(history.rows, best_epoch),
+        root / TRAIN_REPORTS / "learning_curves.png",
+    )
+    return metrics
+
+
+def write_speed(history: History, trainer: L.Trainer, wall_seconds: float, root: Path) -> dict:
+    """reports/train/speed.json: how long training took and on what (differs run to run, so no
+    stage depends on it)."""
     trained = sum(row["train_seconds"] for row in history.rows)
     images = sum(row["train_seconds"] * row["images_per_s"] for row in history.rows)
-    metrics = {
-        "arch": params.model.arch,
-        "parameters": count_parameters(net),
-        "epochs": len(history.rows),
-        "best_epoch": best["epoch"],
-        "val_acc": best["val_acc"],
-        "val_loss": best["val_loss"],
+    speed = {
         "train_seconds": round(trained, 2),
-        "wall_seconds": round(seconds, 2),
+        "wall_seconds": round(wall_seconds, 2),
         "images_per_s": round(images / trained, 1) if trained else None,
         "accelerator": trainer.strategy.root_device.type,
         "devices": trainer.world_size,
         "precision": str(trainer.precision),
-        "recipe": recipe.model_dump(),
     }
-    write_json(root / REPORT_DIR / "metrics.json", metrics)
-    save_figure(
-        learning_curves_figure(history.rows, best_epoch), root / REPORT_DIR / "learning_curves.png"
-    )
-    return metrics, net
+    write_json(root / TRAIN_REPORTS / "speed.json", speed)
+    return speed
 
 
-def log_training(
-    tracking: RunRef,
-    metrics: dict,
-    net: torch.nn.Module,
-    val: ImageSet,
-    data_files: dict[str, Path],
-    root: Path,
+def log_results(
+    ref, root: Path, metrics: dict, speed: dict, net: torch.nn.Module, val: ImageSet, data_files
 ) -> None:
-    """Log results, datasets, curves and the model into the pipeline run; record the model."""
-    with pipeline_run(tracking):
-        mlflow.log_metrics(
-            {
-                f"train.{key}": value
-                for key, value in metrics.items()
-                if isinstance(value, int | float) and key != "devices"
-            }
-        )
-        log_datasets(data_files)
-        mlflow.set_tags(
-            {f"train.{key}": metrics[key] for key in ("accelerator", "devices", "precision")}
-        )
-        for name in ("history.csv", "learning_curves.png"):
-            mlflow.log_artifact(str(root / REPORT_DIR / name), "train")
-        model_uri = log_model(net, val.images[:4, None].astype("float32"))
-        for name in (WEIGHTS_FILE, SPEC_FILE):
-            mlflow.log_artifact(str(root / MODEL_DIR / name), WEIGHTS_ARTIFACTS)
-    write_run(root, dataclasses.replace(tracking, model_uri=model_uri))
+    """The results, datasets, figures and model into the training's MLflow run."""
+    from digitpipe.tracking.runs import WEIGHTS_ARTIFACTS
+    from digitpipe.tracking.training import log_training
+
+    numbers = {
+        f"train.{key}": value
+        for key, value in (metrics | speed).items()
+        if isinstance(value, int | float) and key != "devices"
+    }
+    tags = {f"train.{key}": str(speed[key]) for key in ("accelerator", "devices", "precision")}
+    reports, model_dir = root / TRAIN_REPORTS, root / MODEL_DIR
+    artifacts = {
+        "train": [reports / "history.csv", reports / "learning_curves.png"],
+        WEIGHTS_ARTIFACTS: [model_dir / WEIGHTS_FILE, model_dir / SPEC_FILE],
+    }
+    example = val.images[:4, None].astype("float32")
+    log_training(ref, root, numbers, tags, net, example, data_files, artifacts)

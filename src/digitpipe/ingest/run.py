@@ -1,4 +1,4 @@
-"""The ingest stage: raw IDX/CSV sources into validated, split Parquet files plus a first look."""
+"""The ingest stage: read every source, split, write the Parquet splits and a first look."""
 
 from __future__ import annotations
 
@@ -6,17 +6,15 @@ from pathlib import Path
 
 import numpy as np
 
-from digitpipe.atomic import atomic_dir, write_json
-from digitpipe.config import DataParams, Params
-from digitpipe.data.figures import class_distribution_figure, sample_digits_figure
-from digitpipe.data.images import ImageSet
-from digitpipe.data.parquet import write_split
-from digitpipe.data.sources import load_source
-from digitpipe.data.split import split_off, stratified_sample
-from digitpipe.plots import save_figure
-
-PROCESSED_DIR = Path("data/processed")
-REPORT_DIR = Path("reports/ingest")
+from digitpipe.core.atomic import atomic_dir, write_json
+from digitpipe.core.config import DataParams, Params
+from digitpipe.core.paths import INGEST_REPORTS, PROCESSED_DIR
+from digitpipe.dataset.images import ImageSet
+from digitpipe.dataset.parquet import write_split
+from digitpipe.ingest.figures import class_distribution_figure, sample_digits_figure
+from digitpipe.ingest.sources import load_source
+from digitpipe.ingest.split import split_off, stratified_sample
+from digitpipe.plotting import save_figure
 
 
 def build_splits(data: DataParams, root: Path = Path(".")) -> dict[str, ImageSet]:
@@ -72,7 +70,7 @@ def run(params: Params, root: Path = Path(".")) -> dict:
     splits = build_splits(params.data, root)
     write_splits(splits, root / PROCESSED_DIR)
     summary = summarize(splits)
-    report_dir = root / REPORT_DIR
+    report_dir = root / INGEST_REPORTS
     write_json(report_dir / "summary.json", summary)
     save_figure(class_distribution_figure(summary), report_dir / "class_distribution.png")
     save_figure(

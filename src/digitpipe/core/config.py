@@ -9,9 +9,9 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from digitpipe.errors import DigitpipeError
+from digitpipe.core.errors import DigitpipeError
+from digitpipe.core.paths import PARAMS_FILE
 
-PARAMS_FILE = Path("params.yaml")
 Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
 Count = Annotated[int, Field(gt=0)]
 
@@ -116,7 +116,7 @@ PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "bf16-true", "64-true")
 
 
 class TrainParams(Recipe):
-    """The `train` section: recipe overrides, hardware, reproducibility, resume and output."""
+    """The `train` section: recipe overrides, hardware and reproducibility."""
 
     seed: int = 42
     deterministic: bool = True
@@ -125,8 +125,6 @@ class TrainParams(Recipe):
     num_nodes: Count = 1
     strategy: Literal[STRATEGIES] = "auto"
     precision: Literal[PRECISIONS] = "32-true"
-    resume: bool = True
-    progress: Literal["auto", "bar", "lines", "none"] = "auto"
     limit_batches: Count | None = None  # cap batches per epoch (quick runs, tests)
 
 
@@ -163,7 +161,6 @@ class ReportParams(Section):
     """The `report` section: what the assembled report shows."""
 
     title: str = "digitpipe run report"
-    gallery_columns: Annotated[int, Field(ge=1, le=20)] = 8
 
 
 class TrackParams(Section):
@@ -178,6 +175,14 @@ class TrackParams(Section):
     promotion_margin: Annotated[float, Field(ge=0, lt=1)] = 0.0  # accuracy the challenger must add
 
 
+class RuntimeParams(Section):
+    """The `runtime` section: how this machine runs the stages. It never changes a result, so no
+    stage lists it as a DVC dependency (a change reruns nothing)."""
+
+    resume: bool = True  # continue an interrupted training run from its last checkpoint
+    progress: Literal["auto", "bar", "lines", "none"] = "auto"
+
+
 class Params(Section):
     """All of params.yaml."""
 
@@ -188,6 +193,7 @@ class Params(Section):
     activations: ActivationsParams = ActivationsParams()
     report: ReportParams = ReportParams()
     track: TrackParams = TrackParams()
+    runtime: RuntimeParams = RuntimeParams()
 
 
 def _describe(error: ValidationError, source: str) -> str:

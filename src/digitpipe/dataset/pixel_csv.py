@@ -10,7 +10,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from digitpipe.errors import DigitpipeError
+from digitpipe.core.errors import DigitpipeError
+from digitpipe.dataset.checks import first_invalid
 
 
 @dataclass(frozen=True)
@@ -60,22 +61,12 @@ def _whole_numbers(path: Path, table: pa.Table, bounds: tuple[int, int] | None) 
                 "pixels and labels must be whole numbers."
             )
     matrix = np.column_stack([column.to_numpy() for column in table.columns])
-    if matrix.dtype.kind == "f":
-        _reject(
-            path, table, ~np.isfinite(matrix) | (matrix != np.round(matrix)), "not a whole number"
-        )
-    if bounds is not None:
-        low, high = bounds
-        _reject(path, table, (matrix < low) | (matrix > high), f"outside the range {low}..{high}")
-    return matrix.astype(np.int64, copy=False)
-
-
-def _reject(path: Path, table: pa.Table, bad: np.ndarray, fault: str) -> None:
-    """Raise for the first True cell of ``bad``, naming its column, row and value."""
-    if bad.any():
-        row, col = np.argwhere(bad)[0]
-        value = table.column(int(col))[int(row)].as_py()
+    index = first_invalid(matrix, bounds)
+    if index is not None:
+        row, col = index
+        fault = "" if bounds is None else f" in {bounds[0]}..{bounds[1]}"
         raise DigitpipeError(
-            f"{path}: column '{table.column_names[col]}' has value {value!r} at data row "
-            f"{row + 1}, {fault}."
+            f"{path}: column '{table.column_names[col]}' has value "
+            f"{table.column(col)[row].as_py()!r} at data row {row + 1}, not a whole number{fault}."
         )
+    return matrix.astype(np.int64, copy=False)

@@ -10,17 +10,13 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from digitpipe.atomic import atomic_path, write_json
-from digitpipe.errors import DigitpipeError
-from digitpipe.train.models import build_model
-
-MODEL_DIR = Path("models")  # where the train stage writes the model
-WEIGHTS_FILE = "model.safetensors"
-SPEC_FILE = "model.json"
+from digitpipe.core.atomic import atomic_path, write_json
+from digitpipe.core.errors import DigitpipeError
+from digitpipe.core.paths import SPEC_FILE, WEIGHTS_FILE
+from digitpipe.model.zoo import build_model
 
 
 @dataclass(frozen=True)
@@ -69,16 +65,3 @@ def load_model(model_dir: str | os.PathLike) -> tuple[nn.Sequential, ModelSpec]:
             "retrain the model (dvc repro train)."
         ) from exc
     return net.eval(), spec
-
-
-def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], int]:
-    """The network weights inside a Lightning checkpoint and the epoch (from 1) it was saved at,
-    loaded with ``weights_only=True``."""
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    prefix = "net."
-    state = {
-        key[len(prefix) :]: value
-        for key, value in checkpoint["state_dict"].items()
-        if key.startswith(prefix)
-    }
-    return state, checkpoint["epoch"] + 1

@@ -15,9 +15,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from digitpipe.atomic import atomic_path
-from digitpipe.data.images import ImageSet
-from digitpipe.errors import DigitpipeError
+from digitpipe.core.atomic import atomic_path
+from digitpipe.core.errors import DigitpipeError
+from digitpipe.dataset.images import ImageSet
 
 META_KEY = b"digitpipe"
 

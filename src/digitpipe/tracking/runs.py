@@ -1,20 +1,20 @@
-"""One pipeline run = one MLflow run: `train` starts it, later stages log into it by id.
+"""One pipeline run = one MLflow run: `train` starts it, later stages log into it.
 
-The run's id travels in ``models/mlflow_run.json``, a DVC output of `train`.
+Later stages find the run by the digest of the model it trained (a run tag), in the tracking
+store resolved where they run: no run id or store path is ever written into a DVC output.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib.metadata
-import json
 import os
 import subprocess
 import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,15 +23,18 @@ from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.meta_dataset import MetaDataset
 from mlflow.tracking import MlflowClient
 
-from digitpipe.atomic import write_json
-from digitpipe.config import Params
-from digitpipe.track.store import ensure_reachable, repo_root, tracking_uri
+from digitpipe.core.config import Params, TrackParams
+from digitpipe.core.paths import MODEL_DIR, WEIGHTS_FILE
+from digitpipe.tracking.store import ensure_reachable, repo_root, tracking_uri
 
-RUN_FILE = Path("models/mlflow_run.json")
+MODEL_DIGEST_TAG = "digitpipe.model_digest"  # SHA-256 of the run's model.safetensors
+MODEL_URI_TAG = "digitpipe.model_uri"
+WEIGHTS_ARTIFACTS = "weights"  # the run's model.safetensors + model.json, logged by `train`
 # The params.yaml sections that change the model or its metrics (the rest only shape reports).
 MODEL_SECTIONS = {"data", "model", "train"}
 ARTIFACT_DIR = "mlartifacts"
 EXPERIMENT_KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
+SOURCE_PATHS = (":(exclude)reports", ":(exclude)dvc.lock")
 VERSIONED_PACKAGES = ("digitpipe", "torch", "lightning", "torchmetrics", "mlflow", "dvc")
 
 
@@ -43,10 +46,6 @@ class RunRef:
     experiment_id: str
     run_id: str
     model_uri: str | None = None  # the logged model, once `train` has logged it
-
-
-def write_run(root: Path, ref: RunRef) -> None:
-    write_json(root / RUN_FILE, asdict(ref))
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -71,7 +70,9 @@ def git_tags(root: Path) -> dict[str, str]:
 
     try:
         commit = git("rev-parse", "HEAD")
-        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+        # DVC deletes a stage's outputs before running it, git-tracked metrics and plots
+        # included: only the source (code, params, raw data) counts as dirty.
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no", "--", *SOURCE_PATHS))
     except (OSError, subprocess.CalledProcessError):
         return {}
     return {"mlflow.source.git.commit": commit, "git.dirty": str(dirty).lower()}
@@ -93,8 +94,10 @@ def run_name(params: Params) -> str:
     )
 
 
-def file_digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+def file_digest(path: Path, length: int = 16) -> str:
+    """The first ``length`` hex digits of the file's SHA-256, read in chunks."""
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()[:length]
 
 
 def log_datasets(files: dict[str, Path]) -> None:
@@ -137,8 +140,7 @@ def start_pipeline_run(params: Params, root: Path, extra: dict[str, Any]) -> Run
         values = flatten(model_inputs) | extra
         mlflow.log_params({key: str(value) for key, value in values.items()})
     ref = RunRef(uri, experiment_id, run.info.run_id)
-    mark(ref, "RUNNING")  # until the stages that follow have logged into it
-    write_run(root, ref)
+    mark(ref, "RUNNING")  # until training has logged its model
     return ref
 
 
@@ -147,10 +149,32 @@ def mark(ref: RunRef, status: str) -> None:
     MlflowClient(ref.tracking_uri).update_run(ref.run_id, status=status)
 
 
-def read_run(root: Path) -> RunRef | None:
-    """The pipeline run recorded by `train`, or None when tracking was off."""
-    path = root / RUN_FILE
-    return RunRef(**json.loads(path.read_text())) if path.exists() else None
+def model_digest(root: Path) -> str:
+    """The SHA-256 of the trained weights: what ties a model to the run that trained it."""
+    return file_digest(root / MODEL_DIR / WEIGHTS_FILE, length=64)
+
+
+def find_training_run(track: TrackParams, root: Path) -> RunRef | None:
+    """The latest run that trained the model now in ``models/``, in the configured store; None
+    when tracking is off or the store holds no such run (the model was trained elsewhere)."""
+    if not track.enabled:
+        return None
+    uri = tracking_uri(track, root)
+    ensure_reachable(uri)
+    mlflow.set_tracking_uri(uri)
+    experiment = mlflow.get_experiment_by_name(track.experiment)
+    if experiment is None:
+        return None
+    runs = MlflowClient(uri).search_runs(
+        [experiment.experiment_id],
+        filter_string=f"tags.`{MODEL_DIGEST_TAG}` = '{model_digest(root)}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    if not runs:
+        return None
+    run = runs[0]
+    return RunRef(uri, experiment.experiment_id, run.info.run_id, run.data.tags.get(MODEL_URI_TAG))
 
 
 @contextmanager
@@ -163,16 +187,23 @@ def pipeline_run(ref: RunRef) -> Iterator[None]:
 
 
 def log_stage(
+    track: TrackParams,
     root: Path,
     folder: str,
     files: list[Path],
     metrics: dict[str, float] | None = None,
     datasets: dict[str, Path] | None = None,
 ) -> None:
-    """Log a later stage's files (under ``folder``), metrics and datasets into the pipeline run
-    that `train` recorded; nothing when tracking was off."""
-    ref = read_run(root)
+    """Log a later stage's files (under ``folder``), metrics and datasets into the run that
+    trained the model; nothing when tracking is off, a note when no run holds the model."""
+    ref = find_training_run(track, root)
     if ref is None:
+        if track.enabled:
+            print(
+                f"{folder}: no MLflow run in {tracking_uri(track, root)} trained this model "
+                "(it came from another store or a DVC cache); nothing logged.",
+                flush=True,
+            )
         return
     with pipeline_run(ref):
         if metrics:

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from digitpipe.atomic import atomic_path
-from digitpipe.errors import DigitpipeError
+from digitpipe.core.atomic import atomic_path
+from digitpipe.core.errors import DigitpipeError
 
 GZIP_MAGIC = b"\x1f\x8b"
 

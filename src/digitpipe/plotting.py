@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
-from digitpipe.atomic import atomic_path
+from digitpipe.core.atomic import atomic_path
 
 
 def save_figure(figure: Figure, path: str | os.PathLike, dpi: int = 100) -> None:

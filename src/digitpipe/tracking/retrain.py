@@ -6,26 +6,25 @@ stages skipped by DVC, new raw data under data/raw picked up, a clear exit statu
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from digitpipe.config import Params
-from digitpipe.data.ingest import PROCESSED_DIR
-from digitpipe.data.parquet import read_split
-from digitpipe.errors import DigitpipeError
-from digitpipe.track.registry import Decision, decide
-from digitpipe.track.runs import read_run
+from filelock import FileLock, Timeout
 
-LOCK_FILE = Path(".digitpipe/retrain.lock")
-TEST_METRICS = Path("reports/evaluate/metrics.json")
+from digitpipe.core.config import Params
+from digitpipe.core.errors import DigitpipeError
+from digitpipe.core.paths import EVALUATE_REPORTS, STATE_DIR, split_file
+from digitpipe.dataset.parquet import read_split
+from digitpipe.tracking.registry import Decision, decide
+from digitpipe.tracking.runs import find_training_run
+
+LOCK_FILE = STATE_DIR / "retrain.lock"
 
 
 class Busy(Exception):
@@ -36,27 +35,15 @@ class Busy(Exception):
 def exclusive(lock_path: Path, wait_s: float) -> Iterator[None]:
     """Hold an exclusive lock on ``lock_path``, waiting up to ``wait_s`` seconds for it."""
     lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with lock_path.open("a+") as handle:
-        deadline = time.monotonic() + wait_s
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    handle.seek(0)
-                    holder = handle.read().strip() or "unknown"
-                    raise Busy(f"another retrain is running ({holder})") from None
-                time.sleep(1)
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}")
-        handle.flush()
-        try:
-            yield
-        finally:
-            handle.truncate(0)
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    lock = FileLock(lock_path, timeout=wait_s)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise Busy(f"another retrain is running (it holds {lock_path})") from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def reproduce(root: Path) -> None:
@@ -75,14 +62,16 @@ def retrain(params: Params, root: Path = Path("."), wait_s: float = 0.0) -> Deci
         raise DigitpipeError("retrain needs MLflow tracking: set track.enabled: true.")
     with exclusive(root / LOCK_FILE, wait_s):
         reproduce(root)
-        ref = read_run(root)
+        ref = find_training_run(params.track, root)
         if ref is None:
             raise DigitpipeError(
-                f"no MLflow run recorded in {root / 'models'}; rerun the "
-                "pipeline with tracking on (dvc repro -f train)."
+                "no MLflow run in the tracking store trained the model in models/; retrain it "
+                "here with tracking on (dvc repro -f train)."
             )
-        accuracy = float(json.loads((root / TEST_METRICS).read_text())["accuracy"])
-        example = read_split(root / PROCESSED_DIR / "test.parquet").images[:2, None]
+        accuracy = float(
+            json.loads((root / EVALUATE_REPORTS / "metrics.json").read_text())["accuracy"]
+        )
+        example = read_split(root / split_file("test")).images[:2, None]
         return decide(
             ref,
             params.track.registered_model,

@@ -17,11 +17,10 @@ import numpy as np
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from digitpipe.errors import DigitpipeError
-from digitpipe.track.runs import RunRef
+from digitpipe.core.errors import DigitpipeError
+from digitpipe.tracking.runs import WEIGHTS_ARTIFACTS, RunRef
 
 CHAMPION = "champion"
-WEIGHTS_ARTIFACTS = "weights"  # the run's model.safetensors + model.json, logged by `train`
 ACCURACY_TAG = "test_accuracy"
 
 

@@ -7,8 +7,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from digitpipe.config import TrackParams
-from digitpipe.errors import DigitpipeError
+from digitpipe.core.config import TrackParams
+from digitpipe.core.errors import DigitpipeError
 
 DEFAULT_STORE = "mlflow.db"
 REACH_TIMEOUT_S = 5

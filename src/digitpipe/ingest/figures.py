@@ -6,8 +6,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
-from digitpipe.data.images import ImageSet
-from digitpipe.plots import digit_grid
+from digitpipe.dataset.images import ImageSet
+from digitpipe.plotting import digit_grid
 
 SAMPLES_PER_CLASS = 10
 

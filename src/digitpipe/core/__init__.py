@@ -1,0 +1,1 @@
+"""The core every stage imports: errors, atomic outputs, configuration, artifact paths."""

@@ -1,1 +1,0 @@
-"""Data: reading IDX and CSV inputs, validating them, and the Parquet splits."""

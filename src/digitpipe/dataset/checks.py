@@ -1,0 +1,36 @@
+"""Value checks shared by the readers, the ingest stage and the predict command."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from digitpipe.core.errors import DigitpipeError
+
+
+def first_invalid(values: np.ndarray, bounds: tuple[int, int] | None) -> tuple[int, ...] | None:
+    """The index of the first value that is not a finite whole number within ``bounds``
+    (inclusive; None: any whole number), or None when every value is."""
+    bad = np.zeros(values.shape, bool)
+    if values.dtype.kind == "f":
+        bad |= ~np.isfinite(values) | (values != np.round(values))
+    if bounds is not None:
+        bad |= (values < bounds[0]) | (values > bounds[1])
+    return tuple(int(i) for i in np.argwhere(bad)[0]) if bad.any() else None
+
+
+def check_labels(
+    path: Path, labels: np.ndarray, classes: int, owner: str, ids: Sequence[str] | None = None
+) -> None:
+    """Refuse a label that is not a class index 0..classes-1; ``owner`` says who sets the
+    classes (``data.class_names``, ``the model``), ``ids`` names the images (default: position)."""
+    index = first_invalid(labels, (0, classes - 1))
+    if index is not None:
+        row = index[0]
+        place = f"position {row}" if ids is None else f"image {ids[row]}"
+        raise DigitpipeError(
+            f"{path}: label {labels[row].item()} at {place} is out of range: {owner} has "
+            f"{classes} classes, so labels must be 0..{classes - 1}."
+        )

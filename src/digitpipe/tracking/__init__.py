@@ -1,0 +1,1 @@
+"""Tracking: pipeline runs in MLflow, the model registry, and scheduled retraining."""

@@ -1,0 +1,174 @@
+"""The package layout that keeps `dvc repro` truthful: each stage's deps in dvc.yaml are exactly
+the files of src/digitpipe its process imports, stage packages never import each other, and the
+artifact paths in digitpipe.core.paths are the ones dvc.yaml declares."""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import QUICK_TRAIN, REPO, edit_params
+
+from digitpipe.core import paths
+
+PACKAGE = REPO / "src" / "digitpipe"
+STAGE_PACKAGES = {"ingest", "train", "evaluate", "explain", "report"}
+DVC_STAGES = ["ingest", "train", "evaluate", "activations", "report"]
+
+# Runs a stage script as DVC would, then prints the digitpipe files the process imported.
+TRACE = """
+import atexit, json, runpy, sys
+def dump():
+    files = sorted(
+        module.__file__ for name, module in list(sys.modules.items())
+        if name.split(".")[0] == "digitpipe" and getattr(module, "__file__", None)
+    )
+    print("IMPORTED " + json.dumps(files))
+atexit.register(dump)
+sys.argv = [sys.argv[1]]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def stage_deps(stage: str) -> list[str]:
+    return yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"][stage]["deps"]
+
+
+def covered(path: str, deps: list[str]) -> bool:
+    return any(path == dep or path.startswith(dep.rstrip("/") + "/") for dep in deps)
+
+
+def source_files(deps: list[str]) -> set[str]:
+    """The .py files of src/digitpipe that ``deps`` name, directories expanded."""
+    files = set()
+    for dep in (d for d in deps if d.startswith("src/digitpipe")):
+        target = REPO / dep
+        found = target.rglob("*.py") if target.is_dir() else [target]
+        files |= {str(f.relative_to(REPO)) for f in found if "__pycache__" not in f.parts}
+    return files
+
+
+def imported_by(stage: str, project: Path) -> set[str]:
+    script = REPO / "stages" / f"{stage}.py"
+    result = subprocess.run(
+        [sys.executable, "-c", TRACE, str(script)],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    line = next(x for x in result.stdout.splitlines() if x.startswith("IMPORTED "))
+    return {str(Path(f).relative_to(REPO)) for f in json.loads(line[len("IMPORTED ") :])}
+
+
+@pytest.mark.slow
+def test_each_stage_depends_on_exactly_the_code_it_imports(tiny_project, tmp_path):
+    edit_params(tiny_project, "train", **QUICK_TRAIN)
+    # Tracking on, as by default: the MLflow modules are part of what the stages run.
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    edit_params(tiny_project, "track", enabled=True, tracking_uri=store)
+    problems = []
+    for stage in DVC_STAGES:
+        deps = stage_deps(stage)
+        imported = imported_by(stage, tiny_project)
+        missing = sorted(f for f in imported if not covered(f, deps))
+        unused = sorted(source_files(deps) - imported)
+        problems += [f"{stage}: imports {f}, not in its deps" for f in missing]
+        problems += [f"{stage}: lists {f} in its deps but never imports it" for f in unused]
+        assert f"stages/{stage}.py" in deps
+    assert not problems, "\n".join(problems)
+
+
+def imports_of(path: Path) -> set[str]:
+    """The digitpipe modules a source file imports (absolute imports only are used here)."""
+    tree = ast.parse(path.read_text())
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    return {name for name in names if name.split(".")[0] == "digitpipe"}
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def test_stage_packages_never_import_each_other():
+    offending = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        package = path.relative_to(PACKAGE).parts[0]
+        if package not in STAGE_PACKAGES:
+            continue
+        for name in imports_of(path):
+            other = name.split(".")[1] if "." in name else ""
+            if other in STAGE_PACKAGES and other != package:
+                offending.append(f"{path.relative_to(REPO)} imports {name}")
+    assert not offending, "\n".join(offending)
+
+
+def test_shared_layers_never_import_a_stage_package():
+    offending = [
+        f"{path.relative_to(REPO)} imports {name}"
+        for layer in ("core", "dataset", "model", "tracking")
+        for path in sorted((PACKAGE / layer).rglob("*.py"))
+        for name in imports_of(path)
+        if "." in name and name.split(".")[1] in STAGE_PACKAGES
+    ]
+    assert not offending, "\n".join(offending)
+
+
+def test_no_import_cycles():
+    graph = {module_name(p): imports_of(p) for p in PACKAGE.rglob("*.py")}
+    state: dict[str, str] = {}
+
+    def visit(module: str, trail: list[str]) -> None:
+        state[module] = "open"
+        for target in sorted(graph.get(module, ())):
+            if target not in graph:
+                continue
+            assert state.get(target) != "open", " -> ".join([*trail, module, target])
+            if target not in state:
+                visit(target, [*trail, module])
+        state[module] = "done"
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [])
+
+
+def declared_outputs() -> set[str]:
+    """Every output path dvc.yaml declares (outs, metrics, plots)."""
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    found = set()
+    for stage in stages.values():
+        for kind in ("outs", "metrics", "plots"):
+            for entry in stage.get(kind, []):
+                found.add(entry if isinstance(entry, str) else next(iter(entry)))
+    return found
+
+
+def test_artifact_paths_match_dvc_yaml():
+    outputs = declared_outputs()
+    for directory in (
+        paths.PROCESSED_DIR,
+        paths.INGEST_REPORTS,
+        paths.TRAIN_REPORTS,
+        paths.EVALUATE_REPORTS,
+        paths.ACTIVATIONS_REPORTS,
+    ):
+        assert any(Path(out).is_relative_to(directory) for out in outputs), directory
+    assert str(paths.MODEL_DIR) in outputs
+    for name in ("report.md", "report.html"):
+        assert str(paths.REPORTS / name) in outputs
+    # Nothing that varies run to run (checkpoints, local state) is an output.
+    for local in (paths.CHECKPOINT_ROOT, paths.STATE_DIR):
+        assert not any(Path(out).is_relative_to(local) for out in outputs)
