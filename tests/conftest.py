@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import yaml
 
-from digitpipe.core.config import Params
+from digitpipe.core.config import DataParams, Params
 from digitpipe.dataset.idx import read_idx, write_idx
 
 REPO = Path(__file__).resolve().parents[1]
@@ -25,6 +25,30 @@ def mnist_train() -> tuple[np.ndarray, np.ndarray]:
     return (
         read_idx(MNIST / "train-images-idx3-ubyte.gz"),
         read_idx(MNIST / "train-labels-idx1-ubyte.gz"),
+    )
+
+
+def default_params(data: dict, **sections: dict) -> dict:
+    """A whole params mapping from the package's defaults (DVC needs every section), never from
+    the working copy's params.yaml, so the tests hold whatever a user has set there."""
+    return Params.model_validate({"data": data, **sections}).model_dump(mode="json")
+
+
+def mnist_data() -> DataParams:
+    """The embedded MNIST files (paths relative to the repo) as the data section, with the
+    package's other data defaults."""
+    folder = MNIST.relative_to(REPO)
+    return DataParams.model_validate(
+        {
+            "train": {
+                "images": folder / "train-images-idx3-ubyte.gz",
+                "labels": folder / "train-labels-idx1-ubyte.gz",
+            },
+            "test": {
+                "images": folder / "t10k-images-idx3-ubyte.gz",
+                "labels": folder / "t10k-labels-idx1-ubyte.gz",
+            },
+        }
     )
 
 
@@ -48,21 +72,14 @@ def tiny_project(tmp_path: Path, mnist_train) -> Path:
     write_idx(labels[:600], raw / "train-labels.gz", compress=True)
     write_idx(images[600:800], raw / "test-images", compress=False)
     write_idx(labels[600:800], raw / "test-labels", compress=False)
-    # Every section written out from the package's defaults (DVC needs each one), never from
-    # the working copy's params.yaml, so the tests hold whatever a user has set there.
-    params = Params.model_validate(
+    params = default_params(
         {
-            "data": {
-                "train": {
-                    "images": "data/raw/train-images.gz",
-                    "labels": "data/raw/train-labels.gz",
-                },
-                "test": {"images": "data/raw/test-images", "labels": "data/raw/test-labels"},
-            },
-            "track": {"enabled": False},  # tracking tests turn it on
-            "runtime": {"progress": "none"},
-        }
-    ).model_dump(mode="json")
+            "train": {"images": "data/raw/train-images.gz", "labels": "data/raw/train-labels.gz"},
+            "test": {"images": "data/raw/test-images", "labels": "data/raw/test-labels"},
+        },
+        track={"enabled": False},  # tracking tests turn it on
+        runtime={"progress": "none"},
+    )
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return tmp_path
 

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import MNIST, edit_params, write_csv
+from conftest import MNIST, REPO, edit_params, mnist_data, write_csv
 from PIL import Image
 
 from digitpipe.cli import main
@@ -84,7 +84,7 @@ def test_kaggle_csv_matches_the_idx_path(tmp_path, mnist_train):
     write_idx(images, tmp_path / "images.gz", compress=True)
     write_idx(labels, tmp_path / "labels.gz", compress=True)
     write_csv(tmp_path / "train.csv", images, labels)
-    params = load_params(MNIST.parents[2] / "params.yaml").data
+    params = mnist_data()
     from_idx = build_splits(
         params.model_copy(
             update={
@@ -143,8 +143,7 @@ def test_non_square_csv_uses_image_size(tiny_project):
 
 
 def test_full_mnist_acceptance(tmp_path):
-    params = load_params(MNIST.parents[2] / "params.yaml").data
-    splits = build_splits(params, MNIST.parents[2])
+    splits = build_splits(mnist_data(), REPO)
     assert len(splits["train"]) + len(splits["val"]) == 60000 and len(splits["test"]) == 10000
     train_counts = np.bincount(np.concatenate([splits["train"].labels, splits["val"].labels]))
     assert train_counts.tolist() == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]

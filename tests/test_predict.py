@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import shutil
-
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import MNIST, REPO, edit_params, write_csv
+import yaml
+from conftest import MNIST, default_params, write_csv
 from PIL import Image
 
 from digitpipe.cli import main
@@ -39,18 +38,17 @@ def model_dir(tmp_path_factory, mnist_train):
     images, labels = mnist_train
     write_idx(images[:TRAIN_IMAGES], project / "train-images", compress=True)
     write_idx(labels[:TRAIN_IMAGES], project / "train-labels", compress=True)
-    shutil.copy(REPO / "params.yaml", project / "params.yaml")
-    edit_params(
-        project,
-        "data",
-        train={"images": "train-images", "labels": "train-labels"},
-        test=None,
-        test_fraction=0.05,
-        checksums={},
+    params = default_params(
+        {
+            "train": {"images": "train-images", "labels": "train-labels"},
+            "test": None,
+            "test_fraction": 0.05,
+        },
+        train={"max_epochs": 2},
+        track={"enabled": False},
+        runtime={"progress": "none"},
     )
-    edit_params(project, "model", arch="bncnn")
-    edit_params(project, "train", max_epochs=2)
-    edit_params(project, "track", enabled=False)
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     params = load_params(project / "params.yaml")
     ingest(params, project)
     train(params, project)
