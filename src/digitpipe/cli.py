@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from digitpipe import __version__
 from digitpipe.core.config import load_params
 from digitpipe.core.errors import DigitpipeError
 from digitpipe.core.paths import PARAMS_FILE
@@ -93,6 +94,7 @@ def _predict(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="digitpipe", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     for name, (module, help_text) in STAGES.items():
         stage = commands.add_parser(name, help=help_text)
