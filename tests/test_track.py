@@ -12,7 +12,7 @@ import mlflow
 import numpy as np
 import pytest
 import torch
-from conftest import edit_params
+from conftest import QUICK_TRAIN, dvc, edit_params, init_pipeline_repo
 from mlflow.tracking import MlflowClient
 
 from digitpipe.cli import main
@@ -26,6 +26,8 @@ from digitpipe.report.run import run as report
 from digitpipe.tracking.runs import find_training_run
 from digitpipe.tracking.store import tracking_uri
 from digitpipe.train.run import run as train
+
+STAGE_NAMES = ("train", "evaluate", "activations", "report")
 
 
 def free_port() -> int:
@@ -122,7 +124,9 @@ def test_one_run_holds_the_pipeline_run(ingested, mlflow_server, monkeypatch):
     inputs = {i.tags[0].value: i.dataset for i in run.inputs.dataset_inputs}
     assert set(inputs) == {"train", "val", "test"} and len(inputs["train"].digest) == 16
     artifacts = {a.path for a in client.list_artifacts(ref.run_id, "train")}
-    assert artifacts == {"train/history.csv", "train/learning_curves.png"}
+    assert artifacts == {"train/history.csv"}
+    root_files = {a.path for a in client.list_artifacts(ref.run_id)}
+    assert {"learning_curves.png", "confusion.png"} <= root_files
     assert run.data.metrics["test.accuracy"] > 0 and "test.mcnemar_p_value" in run.data.metrics
     assert inputs["test"].digest and run.info.status == "FINISHED"
     later = {
@@ -131,7 +135,7 @@ def test_one_run_holds_the_pipeline_run(ingested, mlflow_server, monkeypatch):
         for a in client.list_artifacts(ref.run_id, folder)
     }
     assert {
-        "evaluate/confusion.png",
+        "evaluate/most_confused_pair.png",
         "evaluate/stats.md",
         "activations/manifest.json",
         "activations/feature_maps.png",
@@ -182,3 +186,64 @@ def test_predict_from_the_registry_loads_the_logged_safetensors(
     assert (ingested / "local.csv").read_text() == (ingested / "registry.csv").read_text()
     assert main(["predict", str(images), "--model-uri", "models:/predict-test@nobody"]) == 2
     assert "models:/predict-test@nobody" in capsys.readouterr().err
+
+
+def experiment_runs(uri: str, name: str) -> list:
+    experiment = MlflowClient(uri).get_experiment_by_name(name)
+    return [] if experiment is None else MlflowClient(uri).search_runs([experiment.experiment_id])
+
+
+@pytest.mark.slow
+def test_one_run_per_pipeline_state(tiny_project, mlflow_server):
+    edit_params(tiny_project, "train", **QUICK_TRAIN)
+    edit_params(
+        tiny_project, "track", enabled=True, tracking_uri=mlflow_server, experiment="states"
+    )
+    env = init_pipeline_repo(tiny_project)
+    env.pop("MLFLOW_TRACKING_URI", None)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(["git", "add", "-A"], cwd=tiny_project, check=True)
+    subprocess.run([*git, "commit", "-qm", "clean"], cwd=tiny_project, check=True)
+    dvc(tiny_project, env, "repro")
+    (trained,) = experiment_runs(mlflow_server, "states")
+    tags = trained.data.tags
+    assert tags["git.dirty"] == "false"  # DVC deleting outputs does not make the source dirty
+    assert trained.info.run_name.startswith("bncnn-")
+    assert all(tags[f"digitpipe.stage.{s}"] == "done" for s in STAGE_NAMES)
+    assert trained.data.params["evaluate.calibration_bins"] == "15"
+    assert "test.accuracy" in trained.data.metrics and trained.info.status == "FINISHED"
+    assert tags["mlflow.note.content"].startswith("test accuracy ")
+    root_artifacts = {
+        a.path for a in MlflowClient(mlflow_server).list_artifacts(trained.info.run_id)
+    }
+    assert {"confusion.png", "learning_curves.png"} <= root_artifacts
+    assert not any(value == "None" for value in trained.data.params.values())
+    ece = trained.data.metrics["test.ece"]
+
+    # A downstream-only rerun with new params: a run of its own, linked to the training run.
+    edit_params(tiny_project, "evaluate", calibration_bins=5)
+    dvc(tiny_project, env, "repro")
+    runs = experiment_runs(mlflow_server, "states")
+    assert len(runs) == 2
+    (later,) = [r for r in runs if r.info.run_id != trained.info.run_id]
+    assert later.data.tags["digitpipe.training_run"] == trained.info.run_id
+    assert later.data.params["evaluate.calibration_bins"] == "5"
+    assert later.data.params["model.arch"] == "bncnn"  # the training run's params, for compare
+    assert "digitpipe.stage.train" not in later.data.tags
+    untouched = MlflowClient(mlflow_server).get_run(trained.info.run_id)
+    assert untouched.data.metrics["test.ece"] == ece
+    assert untouched.data.params["evaluate.calibration_bins"] == "15"
+
+    # Every stage from the run-cache: no new run.
+    edit_params(tiny_project, "evaluate", calibration_bins=15)
+    assert "is cached" in dvc(tiny_project, env, "repro")
+    assert len(experiment_runs(mlflow_server, "states")) == 2
+
+    # A run refused by its checks never starts a run.
+    edit_params(tiny_project, "train", batch_size=100_000)
+    failed = subprocess.run(
+        ["dvc", "repro"], cwd=tiny_project, env=env, capture_output=True, text=True
+    )
+    assert failed.returncode != 0 and "larger than the training set" in failed.stderr
+    runs = experiment_runs(mlflow_server, "states")
+    assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -65,23 +64,49 @@ def write_reports(
     write_json(out_dir / "stats.json", stats.to_dict())
     write_text(out_dir / "stats.md", to_markdown(stats))
     write_worst_cases(split, probabilities, matrix, settings, out_dir)
-    return classification_metrics(probabilities, split.labels, names, settings.calibration_bins)
+    metrics = classification_metrics(probabilities, split.labels, names, settings.calibration_bins)
+    return metrics | {
+        key: stats.to_dict()[key] for key in ("accuracy_lower", "accuracy_upper", "mcnemar_p_value")
+    }
+
+
+def headline(metrics: dict) -> str:
+    """One line a user reads first: the test figures that compare runs."""
+    return (
+        f"test accuracy {metrics['accuracy']:.2%} (95% CI {metrics['accuracy_lower']:.2%} to "
+        f"{metrics['accuracy_upper']:.2%}), macro F1 {metrics['macro_f1']:.4f}, "
+        f"log loss {metrics['log_loss']:.4f} on {metrics['n']:,} images"
+    )
 
 
 def log_evaluation(params: Params, root: Path, metrics: dict, test_file: Path) -> None:
-    """Test metrics (``test.*``), statistics and every picture into the pipeline's MLflow run."""
+    """Test metrics (``test.*``), the evaluate params and every report into the MLflow run of
+    this pipeline state; the confusion matrix at the artifact root, for the compare page."""
     from digitpipe.tracking.runs import log_stage
 
-    stats = json.loads((root / EVALUATE_REPORTS / "stats.json").read_text())
     scalars = {
         f"test.{key}": value
-        for key, value in (metrics | stats).items()
+        for key, value in metrics.items()
         if isinstance(value, int | float) and not math.isnan(value)
     }
     scalars["val.accuracy"] = metrics["val"]["accuracy"]
     out = root / EVALUATE_REPORTS
-    files = [*sorted(out.glob("*.png")), *(out / name for name in REPORT_FILES)]
-    log_stage(params.track, root, "evaluate", files, scalars, {"test": test_file})
+    pictures = sorted(out.glob("*.png"))
+    artifacts = {
+        "": [out / "confusion.png"],
+        "evaluate": [p for p in pictures if p.name != "confusion.png"]
+        + [out / name for name in REPORT_FILES],
+    }
+    log_stage(
+        params.track,
+        root,
+        "evaluate",
+        params.evaluate.model_dump(mode="json"),
+        artifacts,
+        scalars,
+        {"test": test_file},
+        note=headline(metrics),
+    )
 
 
 def run(params: Params, root: Path = Path(".")) -> dict:
@@ -102,10 +127,5 @@ def run(params: Params, root: Path = Path(".")) -> dict:
         write_json(out_dir / "metrics.json", metrics)
     if params.track.enabled:
         log_evaluation(params, root, metrics, root / split_file("test"))
-    print(
-        f"evaluate: test accuracy {metrics['accuracy']:.4f}, macro F1 {metrics['macro_f1']:.4f}, "
-        f"log loss {metrics['log_loss']:.4f} ({metrics['n']} images); "
-        f"reports in {EVALUATE_REPORTS}",
-        flush=True,
-    )
+    print(f"evaluate: {headline(metrics)}; reports in {EVALUATE_REPORTS}", flush=True)
     return metrics

@@ -10,14 +10,14 @@ from safetensors.torch import save_file
 from torch import nn
 
 from digitpipe.core.atomic import atomic_dir, write_json
-from digitpipe.core.config import Params
+from digitpipe.core.config import ActivationsParams, Params
 from digitpipe.core.paths import ACTIVATIONS_REPORTS, EVALUATE_REPORTS, MODEL_DIR, split_file
 from digitpipe.dataset.images import ImageSet
 from digitpipe.dataset.parquet import read_split
 from digitpipe.explain.figures import barcodes_figure, feature_maps_figure, filters_figure
 from digitpipe.explain.hooks import SOFTMAX, layer_kinds, record_activations
 from digitpipe.explain.selection import choose_images
-from digitpipe.model.export import load_model
+from digitpipe.model.export import ModelSpec, load_model
 from digitpipe.plotting import save_figure
 
 TENSORS_FILE = "activations.safetensors"
@@ -60,18 +60,17 @@ def barcode_sample(test: ImageSet, per_class: int) -> np.ndarray:
     )
 
 
-def run(params: Params, root: Path = Path(".")) -> dict:
-    """Write the activations, their manifest and pictures under reports/activations/."""
-    settings = params.activations
-    net, spec = load_model(root / MODEL_DIR)
-    test = read_split(root / split_file("test"))
-    reasons = choose_images(settings, root / EVALUATE_REPORTS / "worst_cases.json", test)
-    row_of = {image_id: row for row, image_id in enumerate(test.ids)}
-    rows = np.array([row_of[image_id] for image_id in reasons], dtype=np.int64)
-    activations = record_activations(net, as_input(test.images[rows]))
-    kinds = layer_kinds(net)
+def build_manifest(
+    spec: ModelSpec,
+    test: ImageSet,
+    reasons: dict[str, list[str]],
+    rows: np.ndarray,
+    activations: dict[str, torch.Tensor],
+    kinds: dict[str, str],
+) -> dict:
+    """What the tensors file holds: the chosen images (with why) and each layer's shape."""
     predicted = activations[SOFTMAX].argmax(dim=1).numpy()
-    manifest = {
+    return {
         "model": spec.arch,
         "tensors": TENSORS_FILE,
         "images": [
@@ -88,41 +87,71 @@ def run(params: Params, root: Path = Path(".")) -> dict:
             for name, values in activations.items()
         ],
     }
+
+
+def draw_pictures(
+    net: nn.Sequential,
+    spec: ModelSpec,
+    test: ImageSet,
+    reasons: dict[str, list[str]],
+    rows: np.ndarray,
+    activations: dict[str, torch.Tensor],
+    settings: ActivationsParams,
+    out: Path,
+) -> None:
+    """feature_maps.png (one chosen image), filters.png and barcodes.png into ``out``."""
+    kinds = layer_kinds(net)
+    panel = list(reasons).index(settings.panel_image or next(iter(reasons)))
+    image_id = list(reasons)[panel]
+    save_figure(
+        feature_maps_figure(
+            test.images[rows[panel]],
+            {n: v[panel].numpy() for n, v in activations.items()},
+            kinds,
+            spec.class_names,
+            f"What {spec.arch} sees: {image_id} ({'; '.join(reasons[image_id])})",
+            settings.max_channels,
+        ),
+        out / "feature_maps.png",
+    )
+    filter_layer, weights = first_weights(net, spec.height, spec.width)
+    save_figure(filters_figure(weights, filter_layer), out / "filters.png")
     sample = barcode_sample(test, settings.barcode_images)
     sample_activations = record_activations(net, as_input(test.images[sample]))
     layer = barcode_layer(kinds, sample_activations)
-    panel = list(reasons).index(settings.panel_image or next(iter(reasons)))
-    filter_layer, weights = first_weights(net, spec.height, spec.width)
-    with atomic_dir(root / ACTIVATIONS_REPORTS) as out:
-        save_file(
-            {name: values.contiguous() for name, values in activations.items()},
-            str(out / TENSORS_FILE),
-            metadata={"image_ids": ",".join(reasons)},
-        )
-        write_json(out / "manifest.json", manifest)
-        image_id = list(reasons)[panel]
-        save_figure(
-            feature_maps_figure(
-                test.images[rows[panel]],
-                {n: v[panel].numpy() for n, v in activations.items()},
-                kinds,
-                spec.class_names,
-                f"What {spec.arch} sees: {image_id} ({'; '.join(reasons[image_id])})",
-                settings.max_channels,
-            ),
-            out / "feature_maps.png",
-        )
-        save_figure(filters_figure(weights, filter_layer), out / "filters.png")
-        save_figure(
-            barcodes_figure(
-                pooled(sample_activations[layer]), test.labels[sample], spec.class_names, layer
-            ),
-            out / "barcodes.png",
-        )
-    if params.track.enabled:
-        from digitpipe.tracking.runs import log_stage
+    save_figure(
+        barcodes_figure(
+            pooled(sample_activations[layer]), test.labels[sample], spec.class_names, layer
+        ),
+        out / "barcodes.png",
+    )
 
-        out_dir = root / ACTIVATIONS_REPORTS
-        files = [*sorted(out_dir.glob("*.png")), out_dir / "manifest.json"]
-        log_stage(params.track, root, "activations", files)
+
+def run(params: Params, root: Path = Path(".")) -> dict:
+    """Write the activations, their manifest and pictures under reports/activations/."""
+    settings = params.activations
+    net, spec = load_model(root / MODEL_DIR)
+    test = read_split(root / split_file("test"))
+    reasons = choose_images(settings, root / EVALUATE_REPORTS / "worst_cases.json", test)
+    row_of = {image_id: row for row, image_id in enumerate(test.ids)}
+    rows = np.array([row_of[image_id] for image_id in reasons], dtype=np.int64)
+    activations = record_activations(net, as_input(test.images[rows]))
+    manifest = build_manifest(spec, test, reasons, rows, activations, layer_kinds(net))
+    with atomic_dir(root / ACTIVATIONS_REPORTS) as out:
+        tensors = {name: values.contiguous() for name, values in activations.items()}
+        save_file(tensors, str(out / TENSORS_FILE), metadata={"image_ids": ",".join(reasons)})
+        write_json(out / "manifest.json", manifest)
+        draw_pictures(net, spec, test, reasons, rows, activations, settings, out)
+    if params.track.enabled:
+        log_activations(params, root)
     return manifest
+
+
+def log_activations(params: Params, root: Path) -> None:
+    """The pictures and the manifest into the MLflow run of this pipeline state."""
+    from digitpipe.tracking.runs import log_stage
+
+    out = root / ACTIVATIONS_REPORTS
+    files = [*sorted(out.glob("*.png")), out / "manifest.json"]
+    settings = params.activations.model_dump(mode="json")
+    log_stage(params.track, root, "activations", settings, {"activations": files})

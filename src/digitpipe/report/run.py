@@ -20,5 +20,6 @@ def run(params: Params, root: Path = Path(".")) -> str:
     if params.track.enabled:
         from digitpipe.tracking.runs import log_stage
 
-        log_stage(params.track, root, "report", [reports / "report.html", reports / "report.md"])
+        files = [reports / "report.html", reports / "report.md"]
+        log_stage(params.track, root, "report", params.report.model_dump(), {"report": files})
     return markdown

@@ -1,13 +1,16 @@
-"""One pipeline run = one MLflow run: `train` starts it, later stages log into it.
+"""One MLflow run per pipeline state: `train` starts a run; each later stage logs into the latest
+run of the same model unless that run already holds the stage's results (it reran with other
+params or code), in which case the stage starts a run of its own, linked to the training run.
 
-Later stages find the run by the digest of the model it trained (a run tag), in the tracking
-store resolved where they run: no run id or store path is ever written into a DVC output.
+Runs are found by the digest of the model they used (a run tag), in the tracking store resolved
+where the stage runs: no run id or store path is ever written into a DVC output.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import json
 import os
 import subprocess
 import time
@@ -21,14 +24,18 @@ from typing import Any
 import mlflow
 from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.meta_dataset import MetaDataset
+from mlflow.entities import Param, Run
 from mlflow.tracking import MlflowClient
 
 from digitpipe.core.config import Params, TrackParams
-from digitpipe.core.paths import MODEL_DIR, WEIGHTS_FILE
+from digitpipe.core.paths import MODEL_DIR, SPEC_FILE, WEIGHTS_FILE
 from digitpipe.tracking.store import ensure_reachable, repo_root, tracking_uri
 
 MODEL_DIGEST_TAG = "digitpipe.model_digest"  # SHA-256 of the run's model.safetensors
 MODEL_URI_TAG = "digitpipe.model_uri"
+TRAINING_RUN_TAG = "digitpipe.training_run"  # the run that trained the model
+STAGE_TAG = "digitpipe.stage.{}"  # set once a stage has logged into the run
+NOTE_TAG = "mlflow.note.content"  # the run's description in the MLflow UI
 WEIGHTS_ARTIFACTS = "weights"  # the run's model.safetensors + model.json, logged by `train`
 # The params.yaml sections that change the model or its metrics (the rest only shape reports).
 MODEL_SECTIONS = {"data", "model", "train"}
@@ -87,11 +94,14 @@ def run_tags(root: Path) -> dict[str, str]:
     return tags
 
 
-def run_name(params: Params) -> str:
-    """The DVC experiment's name when there is one, else the architecture and a timestamp."""
-    return os.environ.get("DVC_EXP_NAME") or (
-        f"{params.model.arch}-{time.strftime('%Y%m%d-%H%M%S')}"
-    )
+def run_name(arch: str) -> str:
+    """``<arch>-<DVC experiment name>``, or ``<arch>-<date and time>`` outside an experiment."""
+    return f"{arch}-{os.environ.get('DVC_EXP_NAME') or time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def loggable(values: dict[str, Any]) -> dict[str, str]:
+    """Params as MLflow strings, without the unset (None) ones."""
+    return {key: str(value) for key, value in values.items() if value is not None}
 
 
 def file_digest(path: Path, length: int = 16) -> str:
@@ -126,89 +136,138 @@ def experiment_in(name: str, uri: str, root: Path) -> str:
 
 
 def start_pipeline_run(params: Params, root: Path, extra: dict[str, Any]) -> RunRef:
-    """Create the run (params, tags), record it in RUN_FILE, and return where it is."""
-    uri = tracking_uri(params.track, root)
-    ensure_reachable(uri)
-    mlflow.set_tracking_uri(uri)
+    """Create the training run (params, tags) and return where it is; it stays RUNNING until
+    training has logged its model."""
+    uri = open_store(params.track, root)
     experiment_id = experiment_in(params.track.experiment, uri, root)
     with mlflow.start_run(
-        experiment_id=experiment_id, run_name=run_name(params), tags=run_tags(root)
+        experiment_id=experiment_id,
+        run_name=run_name(params.model.arch),
+        tags=run_tags(root) | {STAGE_TAG.format("train"): "done"},
     ) as run:
         model_inputs = params.model_dump(
             mode="json", include=MODEL_SECTIONS, exclude={"data": {"checksums"}}
         )
-        values = flatten(model_inputs) | extra
-        mlflow.log_params({key: str(value) for key, value in values.items()})
+        mlflow.log_params(loggable(flatten(model_inputs) | extra))
+        mlflow.set_tag(TRAINING_RUN_TAG, run.info.run_id)
     ref = RunRef(uri, experiment_id, run.info.run_id)
-    mark(ref, "RUNNING")  # until training has logged its model
+    mark(ref, "RUNNING")
     return ref
 
 
+def open_store(track: TrackParams, root: Path) -> str:
+    """Resolve, check and select the tracking store; return its URI."""
+    uri = tracking_uri(track, root)
+    ensure_reachable(uri)
+    mlflow.set_tracking_uri(uri)
+    return uri
+
+
 def mark(ref: RunRef, status: str) -> None:
-    """Set the pipeline run's status (RUNNING between stages, FAILED when training fails)."""
+    """Set a run's status (RUNNING while training, FAILED when training fails)."""
     MlflowClient(ref.tracking_uri).update_run(ref.run_id, status=status)
 
 
 def model_digest(root: Path) -> str:
-    """The SHA-256 of the trained weights: what ties a model to the run that trained it."""
+    """The SHA-256 of the trained weights: what ties a model to the runs that used it."""
     return file_digest(root / MODEL_DIR / WEIGHTS_FILE, length=64)
 
 
+def runs_of_model(uri: str, experiment_id: str, digest: str) -> list[Run]:
+    """The runs that trained or used the model with this digest, newest first."""
+    return MlflowClient(uri).search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{MODEL_DIGEST_TAG}` = '{digest}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=100,
+    )
+
+
 def find_training_run(track: TrackParams, root: Path) -> RunRef | None:
-    """The latest run that trained the model now in ``models/``, in the configured store; None
-    when tracking is off or the store holds no such run (the model was trained elsewhere)."""
+    """The latest run that trained and logged the model now in ``models/``; None when tracking
+    is off or the store holds no such run (the model was trained elsewhere)."""
     if not track.enabled:
         return None
-    uri = tracking_uri(track, root)
-    ensure_reachable(uri)
-    mlflow.set_tracking_uri(uri)
+    uri = open_store(track, root)
     experiment = mlflow.get_experiment_by_name(track.experiment)
     if experiment is None:
         return None
-    runs = MlflowClient(uri).search_runs(
-        [experiment.experiment_id],
-        filter_string=f"tags.`{MODEL_DIGEST_TAG}` = '{model_digest(root)}'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )
-    if not runs:
-        return None
-    run = runs[0]
-    return RunRef(uri, experiment.experiment_id, run.info.run_id, run.data.tags.get(MODEL_URI_TAG))
+    for run in runs_of_model(uri, experiment.experiment_id, model_digest(root)):
+        if MODEL_URI_TAG in run.data.tags:
+            model_uri = run.data.tags[MODEL_URI_TAG]
+            return RunRef(uri, experiment.experiment_id, run.info.run_id, model_uri)
+    return None
 
 
 @contextmanager
 def pipeline_run(ref: RunRef) -> Iterator[None]:
-    """Make the pipeline run active (fluent mlflow API) for the duration of the block."""
+    """Make the run active (fluent mlflow API) for the duration of the block."""
     ensure_reachable(ref.tracking_uri)
     mlflow.set_tracking_uri(ref.tracking_uri)
     with mlflow.start_run(run_id=ref.run_id):
         yield
 
 
+@contextmanager
+def stage_run(track: TrackParams, root: Path, stage: str, params: dict[str, Any]):
+    """Make the run of this pipeline state active for a later stage, and log its params.
+
+    That is the latest run of the model in ``models/`` if the stage has not logged into it yet;
+    otherwise (the stage reran: new params, new code) a new run, linked to the training run,
+    with the training run's params.
+    """
+    uri = open_store(track, root)
+    experiment_id = experiment_in(track.experiment, uri, root)
+    digest = model_digest(root)
+    runs = runs_of_model(uri, experiment_id, digest)
+    done = STAGE_TAG.format(stage)
+    if runs and done not in runs[0].data.tags:
+        run_id = runs[0].info.run_id
+    else:
+        run_id = derived_run(uri, experiment_id, root, digest, runs[0] if runs else None)
+    with mlflow.start_run(run_id=run_id):
+        mlflow.log_params(loggable(flatten({stage: params})))
+        yield
+        mlflow.set_tag(done, "done")
+
+
+def derived_run(uri: str, experiment_id: str, root: Path, digest: str, latest: Run | None) -> str:
+    """A new run for later stages that rerun on an existing model; returns its id."""
+    training = latest.data.tags.get(TRAINING_RUN_TAG) if latest else None
+    spec = json.loads((root / MODEL_DIR / SPEC_FILE).read_text())
+    tags = run_tags(root) | {
+        MODEL_DIGEST_TAG: digest,
+        TRAINING_RUN_TAG: training or "not in this store",
+        NOTE_TAG: f"Later stages rerun on the model trained by run {training or '(elsewhere)'}.",
+    }
+    client = MlflowClient(uri)
+    run = client.create_run(experiment_id, run_name=run_name(spec["arch"]), tags=tags)
+    if training:
+        inherited = client.get_run(training).data.params
+        keys = [k for k in inherited if k.split(".")[0] in MODEL_SECTIONS | {"recipe"}]
+        client.log_batch(run.info.run_id, params=[Param(k, inherited[k]) for k in keys])
+    return run.info.run_id
+
+
 def log_stage(
     track: TrackParams,
     root: Path,
-    folder: str,
-    files: list[Path],
+    stage: str,
+    params: dict[str, Any],
+    artifacts: dict[str, list[Path]],
     metrics: dict[str, float] | None = None,
     datasets: dict[str, Path] | None = None,
+    note: str | None = None,
 ) -> None:
-    """Log a later stage's files (under ``folder``), metrics and datasets into the run that
-    trained the model; nothing when tracking is off, a note when no run holds the model."""
-    ref = find_training_run(track, root)
-    if ref is None:
-        if track.enabled:
-            print(
-                f"{folder}: no MLflow run in {tracking_uri(track, root)} trained this model "
-                "(it came from another store or a DVC cache); nothing logged.",
-                flush=True,
-            )
-        return
-    with pipeline_run(ref):
+    """Log a later stage's params, metrics, datasets, files (``artifacts``: folder -> files,
+    "" for the root) and run description into the run of this pipeline state."""
+    with stage_run(track, root, stage, params):
+        if note:
+            mlflow.set_tag(NOTE_TAG, note)
         if metrics:
             mlflow.log_metrics(metrics)
         if datasets:
             log_datasets(datasets)
-        for path in files:
-            mlflow.log_artifact(str(path), folder)
+        for folder, files in artifacts.items():
+            for path in files:
+                mlflow.log_artifact(str(path), folder or None)

@@ -86,6 +86,6 @@ def log_training(
         log_datasets(datasets)
         for folder, files in artifacts.items():
             for path in files:
-                mlflow.log_artifact(str(path), folder)
+                mlflow.log_artifact(str(path), folder or None)
         model_uri = log_model(net, example)
         mlflow.set_tags({MODEL_DIGEST_TAG: model_digest(root), MODEL_URI_TAG: model_uri})

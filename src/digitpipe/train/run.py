@@ -280,7 +280,8 @@ def log_results(
     tags = {f"train.{key}": str(speed[key]) for key in ("accelerator", "devices", "precision")}
     reports, model_dir = root / TRAIN_REPORTS, root / MODEL_DIR
     artifacts = {
-        "train": [reports / "history.csv", reports / "learning_curves.png"],
+        "": [reports / "learning_curves.png"],  # at the root: the compare page shows it
+        "train": [reports / "history.csv"],
         WEIGHTS_ARTIFACTS: [model_dir / WEIGHTS_FILE, model_dir / SPEC_FILE],
     }
     example = val.images[:4, None].astype("float32")
