@@ -76,10 +76,12 @@ def test_predictions_and_metrics_agree_with_sklearn(evaluated):
     }
     for key, value in expected.items():
         assert metrics[key] == pytest.approx(value, abs=TOL), key
+    per_class = json.loads((project / EVALUATE_REPORTS / "stats.json").read_text())["per_class"]
     per_class_f1 = f1_score(labels, predicted, average=None, labels=range(10), zero_division=0)
     for k, value in enumerate(per_class_f1):
-        assert metrics["per_class"][str(k)]["f1"] == pytest.approx(value, abs=TOL)
-        assert metrics["per_class"][str(k)]["support"] == np.sum(labels == k)
+        assert per_class[k]["class"] == str(k)
+        assert per_class[k]["f1"] == pytest.approx(value, abs=TOL)
+        assert per_class[k]["support"] == np.sum(labels == k)
     assert 0 <= metrics["ece"] <= 1 and metrics["n"] == 200
     assert metrics["val"]["n"] == 60 and 0 <= metrics["val"]["accuracy"] <= 1
     assert json.loads((project / EVALUATE_REPORTS / "metrics.json").read_text()) == metrics
@@ -191,8 +193,9 @@ def test_edge_cases_give_conventional_values(tmp_path, case):
     assert metrics["macro_f1"] == pytest.approx(
         f1_score(labels, predicted, average="macro", zero_division=0), abs=TOL
     )
-    absent = [f"c{k}" for k in range(classes) if k not in labels]
-    assert all(metrics["per_class"][name]["support"] == 0 for name in absent)
+    per_class = json.loads((tmp_path / "stats.json").read_text())["per_class"]
+    absent = [row for k, row in enumerate(per_class) if k not in labels]
+    assert all(row["support"] == 0 for row in absent)
 
 
 def test_stats_command_prints_standard_json_with_null_for_undefined(tmp_path, capsys):

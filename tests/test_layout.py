@@ -78,7 +78,9 @@ def test_each_stage_depends_on_exactly_the_code_it_imports(tiny_project, tmp_pat
         deps = stage_deps(stage)
         imported = imported_by(stage, tiny_project)
         missing = sorted(f for f in imported if not covered(f, deps))
-        unused = sorted(source_files(deps) - imported)
+        # The core is listed whole by every stage on purpose: a change there reruns everything.
+        listed = source_files([d for d in deps if not d.startswith("src/digitpipe/core")])
+        unused = sorted(listed - imported)
         problems += [f"{stage}: imports {f}, not in its deps" for f in missing]
         problems += [f"{stage}: lists {f} in its deps but never imports it" for f in unused]
         assert f"stages/{stage}.py" in deps

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -17,8 +19,22 @@ def fail(message: str) -> int:
     return 2
 
 
+# Libraries whose INFO lines (hardware probes, tips, database migrations) are noise in a
+# stage's log; their warnings still show.
+QUIET_LOGGERS = ("lightning", "lightning.pytorch", "lightning.fabric", "mlflow", "alembic")
+
+
+def quiet_libraries() -> None:
+    """Show only warnings and errors from the libraries the stages use, and no MLflow artifact
+    progress bars."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def run_stage(stage: Callable[[Params], object], params_file: Path = PARAMS_FILE) -> int:
     """Load params and run one stage, turning user errors into a message and exit status 2."""
+    quiet_libraries()
     try:
         stage(load_params(params_file))
     except DigitpipeError as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -31,6 +32,78 @@ def _bars(
     )
 
 
+@dataclass(frozen=True)
+class Grid:
+    """Where each cell of a probability gallery lies on its canvas (image coordinates)."""
+
+    canvas: np.ndarray
+    left: np.ndarray  # (cells,) x of each image's left edge
+    top: np.ndarray  # (cells,) y of each image's top edge
+    base: np.ndarray  # (cells,) y of the bars' baseline
+    x: np.ndarray  # (cells, classes) centre of each bar
+    slot: float  # width of one bar's slot
+    bar_height: int
+    spacer: int
+
+
+def _grid(images: np.ndarray, classes: int, columns: int, labelled: bool) -> Grid:
+    """Tile the images with room beneath each for its bars (and their names when labelled)."""
+    count, height, width = images.shape
+    per_inch = width / IMAGE_INCHES  # image pixels per inch of figure
+
+    def pixels(inches: float) -> int:
+        return max(1, round(inches * per_inch))
+
+    spacer, band, gap = pixels(0.06), pixels(0.42), pixels(0.25)
+    bar_height = round(height * 0.8)
+    label_height = pixels(0.16) if labelled else 0
+    padded = np.zeros((count, height + spacer + bar_height + label_height, width), images.dtype)
+    padded[:, :height] = images
+    cell = np.arange(count)
+    left = (cell % columns) * (width + gap)
+    top = (cell // columns) * (padded.shape[1] + band + gap) + band
+    slot = width / classes
+    return Grid(
+        canvas=mosaic(padded, columns, gap, band),
+        left=left,
+        top=top,
+        base=top + height + spacer + bar_height,
+        x=left[:, None] + slot * (np.arange(classes) + 0.5),
+        slot=slot,
+        bar_height=bar_height,
+        spacer=spacer,
+    )
+
+
+def _draw_bars(ax, grid: Grid, probabilities: np.ndarray, colours: np.ndarray) -> None:
+    """Each cell's probability bars, each in a light track of full height (p = 1)."""
+    bottoms = np.broadcast_to(grid.base[:, None], grid.x.shape)
+    width = grid.slot * 0.8
+    tracks = _bars(grid.x, bottoms, np.ones_like(grid.x), width, grid.bar_height)
+    ax.add_collection(PolyCollection(tracks, facecolors=TRACK, edgecolors="none"))
+    bars = _bars(grid.x, bottoms, probabilities, width, grid.bar_height)
+    ax.add_collection(PolyCollection(bars, facecolors=colours.ravel(), edgecolors="none"))
+
+
+def _draw_class_names(
+    ax, grid: Grid, class_names: Sequence[str], colours: np.ndarray, marked: list[set[int]]
+) -> None:
+    """Each bar's class name beneath it, bold for the actual and predicted classes."""
+    size = min(7.0, 0.85 * IMAGE_INCHES * 72 / len(class_names))
+    for n, bold in enumerate(marked):
+        for k, name in enumerate(class_names):
+            ax.text(
+                grid.x[n, k],
+                grid.base[n] + grid.spacer,
+                name,
+                ha="center",
+                va="top",
+                fontsize=size,
+                color=colours[n, k],
+                fontweight="bold" if k in bold else "normal",
+            )
+
+
 def probability_gallery(
     images: np.ndarray,
     probabilities: np.ndarray,
@@ -46,60 +119,33 @@ def probability_gallery(
     each bar stands in a light track of full height (probability 1). Bars are named below
     them up to ``LABELLED_CLASSES`` classes (beyond, the caption names the two classes).
     """
-    count, height, width = images.shape
-    classes = len(class_names)
-    per_inch = width / IMAGE_INCHES  # image pixels per inch of figure
-
-    def pixels(inches: float) -> int:
-        return max(1, round(inches * per_inch))
-
-    labelled = classes <= LABELLED_CLASSES
-    spacer, band, gap = pixels(0.06), pixels(0.42), pixels(0.25)
-    bar_height = round(height * 0.8)
-    label_height = pixels(0.16) if labelled else 0
-    padded = np.zeros((count, height + spacer + bar_height + label_height, width), images.dtype)
-    padded[:, :height] = images
-    canvas = mosaic(padded, columns, gap, band)
+    count, _, width = images.shape
+    labelled = len(class_names) <= LABELLED_CLASSES
+    grid = _grid(images, len(class_names), columns, labelled)
+    per_inch = width / IMAGE_INCHES
     figure, ax = plt.subplots(
-        figsize=(canvas.shape[1] / per_inch, canvas.shape[0] / per_inch + 0.6)
+        figsize=(grid.canvas.shape[1] / per_inch, grid.canvas.shape[0] / per_inch + 0.6)
     )
-    ax.imshow(canvas, cmap="gray_r", vmin=0, vmax=255, interpolation="nearest")
-
-    slot = width / classes
-    cell = np.arange(count)
-    left = (cell % columns) * (width + gap)
-    top = (cell // columns) * (padded.shape[1] + band + gap) + band
-    base = top + height + spacer + bar_height
-    x = left[:, None] + slot * (np.arange(classes) + 0.5)
-    predicted = probabilities.argmax(axis=1)
-    colours = np.full((count, classes), OTHER, dtype=object)
+    ax.imshow(grid.canvas, cmap="gray_r", vmin=0, vmax=255, interpolation="nearest")
+    cell, predicted = np.arange(count), probabilities.argmax(axis=1)
+    colours = np.full((count, len(class_names)), OTHER, dtype=object)
     colours[cell, predicted] = PREDICTED
     colours[cell, actual] = ACTUAL
-    bottoms = np.broadcast_to(base[:, None], x.shape)
-    tracks = _bars(x, bottoms, np.ones_like(x), slot * 0.8, bar_height)
-    ax.add_collection(PolyCollection(tracks, facecolors=TRACK, edgecolors="none"))
-    bars = _bars(x, bottoms, probabilities, slot * 0.8, bar_height)
-    ax.add_collection(PolyCollection(bars, facecolors=colours.ravel(), edgecolors="none"))
-
-    label_size = min(7.0, 0.85 * IMAGE_INCHES * 72 / classes)
+    _draw_bars(ax, grid, probabilities, colours)
     for n in cell:
-        ax.text(left[n] + width / 2, top[n] - 1, captions[n], ha="center", va="bottom", fontsize=7)
-        if not labelled:
-            continue
-        marked = {int(actual[n]), int(predicted[n])}
-        for k, name in enumerate(class_names):
-            ax.text(
-                x[n, k],
-                base[n] + spacer,
-                name,
-                ha="center",
-                va="top",
-                fontsize=label_size,
-                color=colours[n, k],
-                fontweight="bold" if k in marked else "normal",
-            )
-    ax.set_xlim(-0.5, canvas.shape[1] - 0.5)
-    ax.set_ylim(canvas.shape[0] - 0.5, -0.5)
+        ax.text(
+            grid.left[n] + width / 2,
+            grid.top[n] - 1,
+            captions[n],
+            ha="center",
+            va="bottom",
+            fontsize=7,
+        )
+    if labelled:
+        marked = [{int(a), int(p)} for a, p in zip(actual, predicted, strict=True)]
+        _draw_class_names(ax, grid, class_names, colours, marked)
+    ax.set_xlim(-0.5, grid.canvas.shape[1] - 0.5)
+    ax.set_ylim(grid.canvas.shape[0] - 0.5, -0.5)
     ax.axis("off")
     ax.set_title(title, fontsize=10)
     return figure

@@ -10,18 +10,14 @@ import torch.nn.functional as F
 from torchmetrics.functional.classification import (
     multiclass_accuracy,
     multiclass_calibration_error,
-    multiclass_cohen_kappa,
     multiclass_f1_score,
     multiclass_precision,
     multiclass_recall,
 )
 
+from digitpipe.core.numbers import rounded
+
 _EPS = float(np.finfo(np.float32).eps)
-DIGITS = 6  # torchmetrics computes in float32: more digits would only show its rounding
-
-
-def _rounded(value: torch.Tensor) -> float | list[float]:
-    return np.round(value.double().numpy(), DIGITS).tolist()
 
 
 def log_loss(probabilities: np.ndarray, labels: np.ndarray) -> float:
@@ -36,35 +32,24 @@ def log_loss(probabilities: np.ndarray, labels: np.ndarray) -> float:
 def classification_metrics(
     probabilities: np.ndarray, labels: np.ndarray, class_names: Sequence[str], bins: int
 ) -> dict:
-    """Accuracy, macro precision/recall/F1, Cohen's kappa, log loss, ECE and per-class scores.
+    """Accuracy, macro precision/recall/F1, log loss and ECE of predicted probabilities.
 
-    Macro averages skip a class that is neither present nor predicted (as scikit-learn does);
-    a per-class ratio with a zero denominator is 0. Kappa is NaN when chance agreement is 1.
-    Values are rounded to ``DIGITS`` decimals.
+    Macro averages skip a class that is neither present nor predicted (as scikit-learn does).
+    Values are rounded to six decimals (``core.numbers``). What follows from the confusion
+    matrix alone (kappa, per-class statistics, intervals) is in ``stats.confusion_stats``.
     """
     probs, target = torch.from_numpy(probabilities), torch.from_numpy(labels)
     classes = len(class_names)
 
-    def score(metric, average: str | None) -> float | list[float]:
-        return _rounded(metric(probs, target, classes, average=average))
+    def score(metric, average: str) -> float:
+        return rounded(metric(probs, target, classes, average=average))
 
-    per_class = {
-        "precision": score(multiclass_precision, None),
-        "recall": score(multiclass_recall, None),
-        "f1": score(multiclass_f1_score, None),
-        "support": np.bincount(labels, minlength=classes).tolist(),
-    }
     return {
         "accuracy": score(multiclass_accuracy, "micro"),
         "macro_precision": score(multiclass_precision, "macro"),
         "macro_recall": score(multiclass_recall, "macro"),
         "macro_f1": score(multiclass_f1_score, "macro"),
-        "kappa": _rounded(multiclass_cohen_kappa(probs, target, classes)),
-        "log_loss": round(log_loss(probabilities, labels), DIGITS),
-        "ece": _rounded(multiclass_calibration_error(probs, target, classes, bins, norm="l1")),
+        "log_loss": rounded(log_loss(probabilities, labels)),
+        "ece": rounded(multiclass_calibration_error(probs, target, classes, bins, norm="l1")),
         "n": len(labels),
-        "per_class": {
-            name: {key: values[k] for key, values in per_class.items()}
-            for k, name in enumerate(class_names)
-        },
     }

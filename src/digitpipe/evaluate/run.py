@@ -10,6 +10,7 @@ import numpy as np
 from digitpipe.core.atomic import atomic_dir, write_json, write_text
 from digitpipe.core.config import EvaluateParams, Params
 from digitpipe.core.errors import DigitpipeError
+from digitpipe.core.numbers import rounded
 from digitpipe.core.paths import EVALUATE_REPORTS, MODEL_DIR, split_file
 from digitpipe.dataset.images import ImageSet
 from digitpipe.dataset.parquet import read_split
@@ -65,8 +66,10 @@ def write_reports(
     write_text(out_dir / "stats.md", to_markdown(stats))
     write_worst_cases(split, probabilities, matrix, settings, out_dir)
     metrics = classification_metrics(probabilities, split.labels, names, settings.calibration_bins)
+    overall = stats.to_dict()
     return metrics | {
-        key: stats.to_dict()[key] for key in ("accuracy_lower", "accuracy_upper", "mcnemar_p_value")
+        key: rounded(overall[key])
+        for key in ("accuracy_lower", "accuracy_upper", "kappa", "mcnemar_p_value")
     }
 
 

@@ -8,6 +8,7 @@ import numpy as np
 
 from digitpipe.core.atomic import write_json
 from digitpipe.core.config import EvaluateParams
+from digitpipe.core.numbers import rounded
 from digitpipe.dataset.images import ImageSet
 from digitpipe.evaluate.figures import notice_figure, probability_gallery
 from digitpipe.plotting import save_figure
@@ -89,10 +90,6 @@ def _gallery(
     save_figure(figure, path)
 
 
-def _probability(value: np.floating) -> float:
-    return round(float(value), 6)
-
-
 def pair_report(
     split: ImageSet, probabilities: np.ndarray, matrix: np.ndarray, shown: int, path: Path
 ) -> dict | None:
@@ -130,7 +127,7 @@ def mistakes_report(split: ImageSet, probabilities: np.ndarray, k: int, path: Pa
             "image_id": split.ids[row],
             "actual": names[split.labels[row]],
             "predicted": names[predicted[row]],
-            "probability": _probability(probabilities[row, predicted[row]]),
+            "probability": rounded(probabilities[row, predicted[row]]),
         }
         for row in rows
     ]
@@ -144,7 +141,7 @@ def typical_report(split: ImageSet, probabilities: np.ndarray, path: Path) -> di
     title = "Most typical test image of each class (highest probability of its own class)"
     _gallery(split, probabilities, rows, title, path, columns=TYPICAL_COLUMNS)
     return {
-        names[k]: {"image_id": split.ids[row], "probability": _probability(probabilities[row, k])}
+        names[k]: {"image_id": split.ids[row], "probability": rounded(probabilities[row, k])}
         for k, row in typical.items()
     }
 

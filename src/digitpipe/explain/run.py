@@ -11,6 +11,7 @@ from torch import nn
 
 from digitpipe.core.atomic import atomic_dir, write_json
 from digitpipe.core.config import ActivationsParams, Params
+from digitpipe.core.errors import DigitpipeError
 from digitpipe.core.paths import ACTIVATIONS_REPORTS, EVALUATE_REPORTS, MODEL_DIR, split_file
 from digitpipe.dataset.images import ImageSet
 from digitpipe.dataset.parquet import read_split
@@ -50,7 +51,10 @@ def first_weights(net: nn.Sequential, height: int, width: int) -> tuple[str, np.
             return name, layer.weight.detach().numpy()
         if isinstance(layer, nn.Linear):
             return name, layer.weight.detach().numpy().reshape(-1, height, width)
-    raise ValueError("the model has no conv or dense layer")
+    raise DigitpipeError(
+        f"model {type(net).__name__} has no conv or dense layer whose filters could be drawn; "
+        "the activations stage needs a zoo model (model.arch)."
+    )
 
 
 def barcode_sample(test: ImageSet, per_class: int) -> np.ndarray:

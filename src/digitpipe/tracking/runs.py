@@ -29,7 +29,10 @@ from mlflow.tracking import MlflowClient
 
 from digitpipe.core.config import Params, TrackParams
 from digitpipe.core.paths import MODEL_DIR, SPEC_FILE, WEIGHTS_FILE
+from digitpipe.core.stage import quiet_libraries
 from digitpipe.tracking.store import ensure_reachable, repo_root, tracking_uri
+
+quiet_libraries()  # importing mlflow set its INFO level again
 
 MODEL_DIGEST_TAG = "digitpipe.model_digest"  # SHA-256 of the run's model.safetensors
 MODEL_URI_TAG = "digitpipe.model_uri"

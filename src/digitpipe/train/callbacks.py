@@ -11,9 +11,10 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import WeightAveraging
+from lightning.pytorch.callbacks import TQDMProgressBar, WeightAveraging
 
 from digitpipe.core.atomic import write_text
+from digitpipe.core.numbers import rounded
 
 HISTORY_FIELDS = [
     "epoch",
@@ -52,11 +53,11 @@ class History(L.Callback):
         seconds = self._end - self._start
         row = {
             "epoch": trainer.current_epoch + 1,
-            "train_loss": _rounded(metrics["train/loss"]),
-            "train_acc": _rounded(metrics["train/acc"]),
-            "val_loss": _rounded(metrics.get("val/loss", float("nan"))),
-            "val_acc": _rounded(metrics.get("val/acc", float("nan"))),
-            "lr": _rounded(trainer.optimizers[0].param_groups[0]["lr"]),
+            "train_loss": rounded(metrics["train/loss"]),
+            "train_acc": rounded(metrics["train/acc"]),
+            "val_loss": rounded(metrics.get("val/loss", float("nan"))),
+            "val_acc": rounded(metrics.get("val/acc", float("nan"))),
+            "lr": rounded(trainer.optimizers[0].param_groups[0]["lr"]),
             "train_seconds": round(seconds, 3),
             "images_per_s": round(self._images / seconds, 1) if seconds else float("nan"),
         }
@@ -89,8 +90,21 @@ class History(L.Callback):
         self.rows = list(state_dict["rows"])
 
 
-def _rounded(value: float) -> float:
-    return round(float(value), 6)
+class EpochBar(TQDMProgressBar):
+    """Lightning's bar, counting epochs from 1 as the plain lines do; each finished epoch stays
+    on screen with its figures (train loss and accuracy, validation loss and accuracy)."""
+
+    def __init__(self) -> None:
+        super().__init__(leave=True)
+
+    def on_train_start(self, *args: Any) -> None:
+        """No bar yet: each epoch opens its own (Lightning's would stay behind, empty)."""
+
+    def on_train_epoch_start(self, trainer: L.Trainer, *args: Any) -> None:
+        super().on_train_epoch_start(trainer, *args)
+        self.train_progress_bar.set_description(
+            f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}"
+        )
 
 
 def wants_bar(progress: str) -> bool:
@@ -103,15 +117,16 @@ def weight_average(decay: float) -> WeightAveraging:
     checkpoints and the exported model.
 
     The decay warms up as min(decay, (1 + n) / (10 + n)) after n updates, so a short run averages
-    its recent steps rather than its first ones. One fused update per step for all tensors.
+    its recent steps rather than its first ones.
     """
 
     def average(averaged: list[torch.Tensor], current: list[torch.Tensor], count: torch.Tensor):
         updates = float(count)
         weight = 1 - min(decay, (1 + updates) / (10 + updates))
-        if averaged[0].is_floating_point():
-            torch._foreach_lerp_(averaged, current, weight)
-        else:  # integer buffers (batch-norm step counters) follow the model
-            torch._foreach_copy_(averaged, current)
+        for mean, value in zip(averaged, current, strict=True):
+            if mean.is_floating_point():
+                mean.lerp_(value, weight)
+            else:  # integer buffers (batch-norm step counters) follow the model
+                mean.copy_(value)
 
     return WeightAveraging(multi_avg_fn=average, use_buffers=True)

@@ -74,7 +74,7 @@ class DigitClassifier(L.LightningModule):
         self.train_acc.update(logits.detach(), labels)
         if self.trainer.is_last_batch:  # once per epoch: each self.log costs ~1 ms on a CPU
             metrics = {"train/loss": self.train_loss, "train/acc": self.train_acc}
-            self.log_dict(metrics, on_step=False, on_epoch=True)
+            self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=True)
         return loss
 
     def on_train_start(self) -> None:
@@ -84,8 +84,9 @@ class DigitClassifier(L.LightningModule):
         images, labels = batch
         logits = self(images)
         self.val_acc.update(logits, labels)
-        self.log("val/loss", F.cross_entropy(logits, labels), on_epoch=True, sync_dist=True)
-        self.log("val/acc", self.val_acc, on_epoch=True)
+        loss = F.cross_entropy(logits, labels)
+        self.log("val/loss", loss, on_epoch=True, sync_dist=True, prog_bar=True)
+        self.log("val/acc", self.val_acc, on_epoch=True, prog_bar=True)
 
     def configure_optimizers(self) -> dict[str, Any]:
         recipe = self.recipe
