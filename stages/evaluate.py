@@ -3,7 +3,6 @@
 import sys
 
 from digitpipe.core.stage import run_stage
-from digitpipe.evaluate.run import run
 
 if __name__ == "__main__":
-    sys.exit(run_stage(run))
+    sys.exit(run_stage("digitpipe.evaluate.run"))

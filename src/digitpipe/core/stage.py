@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
-from digitpipe.core.config import Params, load_params
+from digitpipe.core.config import load_params
 from digitpipe.core.errors import DigitpipeError
 from digitpipe.core.paths import PARAMS_FILE
 
@@ -32,11 +32,17 @@ def quiet_libraries() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def run_stage(stage: Callable[[Params], object], params_file: Path = PARAMS_FILE) -> int:
-    """Load params and run one stage, turning user errors into a message and exit status 2."""
+def run_stage(module: str, params_file: Path = PARAMS_FILE) -> int:
+    """Validate the params, then import the stage ``module`` and call its ``run(params)``;
+    user errors become one message and exit status 2.
+
+    The module is imported only after validation: torch, Lightning and MLflow take seconds to
+    import, and a typo in params.yaml should be reported at once.
+    """
     quiet_libraries()
     try:
-        stage(load_params(params_file))
+        params = load_params(params_file)
+        importlib.import_module(module).run(params)
     except DigitpipeError as exc:
         return fail(str(exc))
     return 0
