@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import math
 import sys
@@ -28,23 +27,26 @@ STAGES = {
 
 def _stage(module: str) -> Callable[[argparse.Namespace], int]:
     def handler(args: argparse.Namespace) -> int:
-        return run_stage(importlib.import_module(module).run, args.params)
+        return run_stage(module, args.params)
 
     return handler
 
 
 def _retrain(args: argparse.Namespace) -> int:
-    from digitpipe.tracking.retrain import Busy, retrain
+    from digitpipe.tracking.retrain import Busy, history, retrain
 
     try:
-        decision = retrain(load_params(args.params), wait_s=args.wait)
+        params = load_params(args.params)
+        if args.history:
+            print(history(params.track))
+            return 0
+        outcome = retrain(params, wait_s=args.wait)
     except Busy as busy:
         print(f"digitpipe retrain: skipped: {busy}.")
         return 0
     except DigitpipeError as exc:
         return fail(str(exc))
-    verb = "promoted to champion" if decision.promoted else "not promoted"
-    print(f"digitpipe retrain: version {decision.version} {verb}: {decision.reason}")
+    print(f"digitpipe retrain: {outcome.paragraph()}")
     return 0
 
 
