@@ -1,0 +1,59 @@
+"""The model zoo on images of any size: each network's documented minimum is exact, and the
+train stage refuses smaller images by name before any work (no MLflow run started)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import yaml
+from conftest import default_params
+
+from digitpipe.cli import main
+from digitpipe.core.config import load_params
+from digitpipe.core.errors import DigitpipeError
+from digitpipe.dataset.idx import write_idx
+from digitpipe.ingest.run import run as ingest
+from digitpipe.model.zoo import BUILDERS, MIN_SIDE, build_model, check_image_size
+
+
+def forward(arch: str, height: int, width: int) -> torch.Tensor:
+    net = build_model(arch, height, width, 3, 0.1, 0.3).eval()
+    with torch.no_grad():
+        return net(torch.zeros(2, 1, height, width))
+
+
+@pytest.mark.parametrize("arch", list(BUILDERS))
+def test_minimum_side_is_exact(arch):
+    assert set(MIN_SIDE) == set(BUILDERS)
+    side = MIN_SIDE[arch]
+    assert forward(arch, side, side).shape == (2, 3)
+    assert forward(arch, side, side + 12).shape == (2, 3)  # not only square images
+    check_image_size(arch, side, side + 12)
+    if side > 1:
+        with pytest.raises(RuntimeError):
+            forward(arch, side - 1, side + 12)
+        with pytest.raises(DigitpipeError, match=f"at least {side}x{side}"):
+            check_image_size(arch, side + 12, side - 1)
+
+
+def test_train_refuses_images_too_small_before_any_run(tmp_path, mnist_train, monkeypatch, capsys):
+    images, labels = mnist_train
+    small = images[:300, ::4, ::4][:, :7, :7].copy()  # 7x7: too small for every conv network
+    write_idx(small, tmp_path / "images")
+    write_idx(labels[:300], tmp_path / "labels")
+    store = tmp_path / "store"
+    store.mkdir()
+    params = default_params(
+        {"train": {"images": "images", "labels": "labels"}, "test_fraction": 0.2},
+        model={"arch": "lenet"},
+        track={"tracking_uri": f"sqlite:///{store}/mlflow.db"},
+    )
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    ingest(load_params(tmp_path / "params.yaml"), tmp_path)
+    monkeypatch.chdir(tmp_path)
+    assert main(["train"]) == 2
+    message = capsys.readouterr().err
+    assert "'lenet' needs images of at least 16x16" in message and "7x7" in message
+    assert "mlp" in message and "softmax" in message and "bncnn" not in message
+    assert not (tmp_path / "models").exists()
+    assert not any(store.iterdir())  # checks run before the MLflow run: no store, no run
