@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -18,6 +19,34 @@ OTHER = "#8c8c8c"
 TRACK = "#ececec"  # the full height of a bar, p = 1
 IMAGE_INCHES = 1.2  # each digit is drawn this wide, whatever its size in pixels
 LABELLED_CLASSES = 12  # up to this many classes every bar is named beneath it
+CHAR_EM = 0.6  # the average width of a character, in font sizes (DejaVu Sans)
+CAPTION_SIZES = (7.0, 5.0)  # captions shrink down to 5 pt to fit their cell, then wrap
+CAPTION_LINES = 4  # what the band above each cell holds at 5 pt
+
+
+def fit_caption(text: str, width_pt: float) -> tuple[str, float]:
+    """``text`` and a font size at which its lines fit ``width_pt`` points: the largest size
+    that fits, else the smallest, with long lines wrapped (at most ``CAPTION_LINES`` lines)."""
+    lines = text.split("\n")
+    large, small = CAPTION_SIZES
+    longest = max(len(line) for line in lines)
+    size = max(small, min(large, width_pt / (CHAR_EM * max(longest, 1))))
+    chars = int(width_pt / (CHAR_EM * size))
+    wrapped = [part for line in lines for part in textwrap.wrap(line, chars) or [""]]
+    if len(wrapped) > CAPTION_LINES:
+        wrapped = wrapped[:CAPTION_LINES]
+        wrapped[-1] = wrapped[-1][: chars - 1] + "\u2026"
+    return "\n".join(wrapped), size
+
+
+def bar_label_size(class_names: Sequence[str]) -> float | None:
+    """The font size at which every class name fits under its own bar, or None when they
+    cannot be told apart there (too many classes, or names too long)."""
+    if len(class_names) > LABELLED_CLASSES:
+        return None
+    slot_pt = IMAGE_INCHES * 72 / len(class_names)
+    size = min(7.0, 0.85 * slot_pt, slot_pt / (CHAR_EM * max(map(len, class_names))))
+    return size if size >= 4.0 else None
 
 
 def _bars(
@@ -86,10 +115,14 @@ def _draw_bars(ax, grid: Grid, probabilities: np.ndarray, colours: np.ndarray) -
 
 
 def _draw_class_names(
-    ax, grid: Grid, class_names: Sequence[str], colours: np.ndarray, marked: list[set[int]]
+    ax,
+    grid: Grid,
+    class_names: Sequence[str],
+    colours: np.ndarray,
+    marked: list[set[int]],
+    size: float,
 ) -> None:
     """Each bar's class name beneath it, bold for the actual and predicted classes."""
-    size = min(7.0, 0.85 * IMAGE_INCHES * 72 / len(class_names))
     for n, bold in enumerate(marked):
         for k, name in enumerate(class_names):
             ax.text(
@@ -117,11 +150,12 @@ def probability_gallery(
 
     The actual class's bar is green, the predicted class's red when it differs, others grey;
     each bar stands in a light track of full height (probability 1). Bars are named below
-    them up to ``LABELLED_CLASSES`` classes (beyond, the caption names the two classes).
+    them when the names fit there (else the caption names the two classes); captions shrink or
+    are cut short to stay within their cell.
     """
     count, _, width = images.shape
-    labelled = len(class_names) <= LABELLED_CLASSES
-    grid = _grid(images, len(class_names), columns, labelled)
+    label_size = bar_label_size(class_names)
+    grid = _grid(images, len(class_names), columns, label_size is not None)
     per_inch = width / IMAGE_INCHES
     figure, ax = plt.subplots(
         figsize=(grid.canvas.shape[1] / per_inch, grid.canvas.shape[0] / per_inch + 0.6)
@@ -133,17 +167,18 @@ def probability_gallery(
     colours[cell, actual] = ACTUAL
     _draw_bars(ax, grid, probabilities, colours)
     for n in cell:
+        caption, size = fit_caption(captions[n], IMAGE_INCHES * 72)
         ax.text(
             grid.left[n] + width / 2,
             grid.top[n] - 1,
-            captions[n],
+            caption,
             ha="center",
             va="bottom",
-            fontsize=7,
+            fontsize=size,
         )
-    if labelled:
+    if label_size is not None:
         marked = [{int(a), int(p)} for a, p in zip(actual, predicted, strict=True)]
-        _draw_class_names(ax, grid, class_names, colours, marked)
+        _draw_class_names(ax, grid, class_names, colours, marked, label_size)
     ax.set_xlim(-0.5, grid.canvas.shape[1] - 0.5)
     ax.set_ylim(grid.canvas.shape[0] - 0.5, -0.5)
     ax.axis("off")

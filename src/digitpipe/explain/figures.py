@@ -40,10 +40,11 @@ def feature_maps_figure(
     axes[0].set_title("input", loc="left", fontsize=10)
     for ax, (name, values) in zip(axes[1 : 1 + len(maps)], maps, strict=True):
         shown = values[:max_channels]
-        columns = min(len(shown), 16)
-        ax.imshow(
-            mosaic(_to_gray(shown), columns, gap=1, band=0), cmap="magma", interpolation="nearest"
-        )
+        if shown.shape[1:] == (1, 1):  # one value per channel: a strip of values, not flat tiles
+            ax.imshow(shown[None, :, 0, 0], cmap="magma", aspect="auto", interpolation="nearest")
+        else:
+            tiles = mosaic(_to_gray(shown), min(len(shown), 16), gap=1, band=0)
+            ax.imshow(tiles, cmap="magma", interpolation="nearest")
         more = f", first {len(shown)} of {len(values)}" if len(values) > len(shown) else ""
         ax.set_title(
             f"{name} ({kinds[name]}, {len(values)} x {values.shape[1]} x {values.shape[2]}{more})",

@@ -19,6 +19,7 @@ from digitpipe.explain.figures import barcodes_figure, feature_maps_figure, filt
 from digitpipe.explain.hooks import SOFTMAX, layer_kinds, record_activations
 from digitpipe.explain.selection import choose_images
 from digitpipe.model.export import ModelSpec, load_model
+from digitpipe.model.zoo import NORMALIZE
 from digitpipe.plotting import save_figure
 
 TENSORS_FILE = "activations.safetensors"
@@ -30,8 +31,9 @@ def as_input(images: np.ndarray) -> torch.Tensor:
 
 
 def barcode_layer(kinds: dict[str, str], activations: dict[str, torch.Tensor]) -> str:
-    """The last layer with feature maps, else the last hidden dense output, else the logits."""
-    names = [n for n in activations if n != SOFTMAX]
+    """The last layer with feature maps, else the last hidden dense output, else the logits.
+    The input normalisation is not a feature layer, though its output has the image's shape."""
+    names = [n for n in activations if n not in (SOFTMAX, NORMALIZE)]
     maps = [n for n in names if activations[n].ndim == 4]
     if maps:
         return maps[-1]

@@ -1,4 +1,4 @@
-"""The ingest stage's first look at the data: class distribution and sample digits."""
+"""The ingest stage's first look at the data: class distribution and sample images."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def class_distribution_figure(summary: dict) -> Figure:
 
 
 def sample_digits_figure(images: ImageSet, seed: int) -> Figure:
-    """A grid with one row per class of randomly chosen training digits."""
+    """A grid with one row per class of randomly chosen training images."""
     rng = np.random.default_rng(seed)
     picks, titles = [], []
     for label, name in enumerate(images.class_names):
@@ -49,5 +49,5 @@ def sample_digits_figure(images: ImageSet, seed: int) -> Figure:
         images.images[np.array(picks, dtype=np.int64)],
         titles,
         columns,
-        "Sample training digits, one row per class",
+        "Sample training images, one row per class",
     )

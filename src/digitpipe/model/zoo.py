@@ -16,6 +16,7 @@ from torch import nn
 from digitpipe.core.errors import DigitpipeError
 
 Layers = OrderedDict[str, nn.Module]
+NORMALIZE = "normalize"  # the first layer of every network
 
 
 class Normalize(nn.Module):
@@ -190,7 +191,7 @@ def build_model(
 ) -> nn.Sequential:
     """Architecture ``arch`` for ``height`` x ``width`` images, normalising with mean/std."""
     layers = BUILDERS[arch](height, width, classes)
-    return nn.Sequential(OrderedDict(normalize=Normalize(mean, std)) | layers)
+    return nn.Sequential(OrderedDict({NORMALIZE: Normalize(mean, std)}) | layers)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -41,7 +41,7 @@ def data_section(reports: Path) -> str:
             f"({', '.join(summary['class_names'])}).",
             _table(["split", "images"], rows),
             _image("ingest/class_distribution.png", "images per class and split"),
-            _image("ingest/sample_digits.png", "sample training digits"),
+            _image("ingest/sample_digits.png", "sample training images"),
         ]
     )
 
