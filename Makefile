@@ -46,12 +46,13 @@ test-fast: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
-# Every benchmark; the evaluate, predict and train ones need data/processed (make repro first).
+# Every benchmark; evaluate, predict and train need data/processed (make repro first).
 bench: $(STAMP)
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/evaluate.py
 	$(BIN)/python bench/predict.py
 	$(BIN)/python bench/train.py
+	$(BIN)/python bench/pipeline.py
 
 lock: $(STAMP)
 	{ echo "# Exact versions of the whole stack: make installs with -c requirements.lock."; \

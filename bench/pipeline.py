@@ -1,0 +1,81 @@
+"""Benchmark: what the pipeline costs beyond training, and how fast a bad parameter is reported.
+
+Runs every stage script once, as `dvc repro` would, on the embedded MNIST data in a temporary
+copy of the project (the working copy's outputs stay untouched), with the working copy's
+params.yaml and an MLflow store in the copy. Prints per stage: wall time and the time to
+import its module alone; then the overhead (wall time minus training seconds, target <= 15 s)
+and the ratio wall / training; then the time to report a misspelt architecture (target < 1.5 s).
+Run: `.venv/bin/python bench/pipeline.py` (or `make bench`).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+STAGES = {
+    "ingest": "digitpipe.ingest.run",
+    "train": "digitpipe.train.run",
+    "evaluate": "digitpipe.evaluate.run",
+    "activations": "digitpipe.explain.run",
+    "report": "digitpipe.report.run",
+}
+OVERHEAD_TARGET_S = 15.0
+FAST_FAILURE_TARGET_S = 1.5
+
+
+def timed(command: list[str], cwd: Path) -> tuple[float, subprocess.CompletedProcess]:
+    started = time.perf_counter()
+    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True)
+    return time.perf_counter() - started, result
+
+
+def project_copy(folder: Path) -> Path:
+    """The raw data and params.yaml in ``folder``, tracking to a store there."""
+    shutil.copytree(REPO / "data" / "raw", folder / "data" / "raw")
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params.setdefault("track", {})["tracking_uri"] = f"sqlite:///{folder / 'mlflow.db'}"
+    params.setdefault("runtime", {}).update(progress="none", resume=False)
+    (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return folder
+
+
+def main() -> int:
+    python = sys.executable
+    with tempfile.TemporaryDirectory() as scratch:
+        project = project_copy(Path(scratch))
+        walls = {}
+        for stage, module in STAGES.items():
+            imported, _ = timed([python, "-c", f"import {module}"], project)
+            wall, result = timed([python, str(REPO / "stages" / f"{stage}.py")], project)
+            if result.returncode:
+                print(result.stdout + result.stderr)
+                return 1
+            walls[stage] = wall
+            print(f"{stage:12s} {wall:6.1f} s wall, {imported:4.1f} s to import {module}")
+        speed = json.loads((project / "reports/train/speed.json").read_text())
+        params = yaml.safe_load((project / "params.yaml").read_text())
+        params["model"]["arch"] = "bnccn"  # a typo
+        (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        typo, result = timed([python, str(REPO / "stages" / "train.py")], project)
+        assert result.returncode == 2 and "model.arch" in result.stderr, result.stderr
+    total, trained = sum(walls.values()), speed["train_seconds"]
+    overhead = total - trained
+    print(
+        f"pipeline: {total:.1f} s wall for {trained:.1f} s of training: overhead {overhead:.1f} s "
+        f"(target <= {OVERHEAD_TARGET_S:.0f} s), ratio wall/training {total / trained:.2f}"
+    )
+    print(f"a misspelt model.arch is reported in {typo:.2f} s (target < {FAST_FAILURE_TARGET_S} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
