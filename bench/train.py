@@ -30,7 +30,7 @@ from digitpipe.train.callbacks import History
 from digitpipe.train.data import DigitData, as_tensors
 from digitpipe.train.module import DigitClassifier, build_optimizer
 from digitpipe.train.recipes import resolve_recipe
-from digitpipe.train.run import build_module, build_trainer
+from digitpipe.train.run import build_module, build_trainer, seed_process
 
 REPO = Path(__file__).resolve().parents[1]
 BATCHES = 300
@@ -88,7 +88,7 @@ def recipe_to_99(params: Params, train, test) -> None:
     with tempfile.TemporaryDirectory() as scratch:
         history = History(Path(scratch) / "history.csv", print_lines=False)
         trainer, _ = build_trainer(params.train, quiet, recipe, Path(scratch), [history])
-        L.seed_everything(params.train.seed, verbose=False)
+        seed_process(params.train)
         data = DigitData(train, test, recipe.batch_size, params.train.seed, recipe.augment)
         trainer.fit(module, datamodule=data)
     trained, reached = 0.0, None

@@ -1,26 +1,38 @@
-"""`digitpipe retrain` on a tiny pipeline: promotes the first model, keeps a worse one, and two
-concurrent runs never overlap."""
+"""`digitpipe retrain` on a tiny pipeline with real dvc and a real MLflow server: a first model
+below the floor is registered but not promoted; a batch dropped into data/raw/incoming trains a
+challenger that is judged with the champion on the same test images (checked against
+statsmodels' exact McNemar test) and gets a drift report; an unchanged rerun is "nothing new";
+two retrains never overlap."""
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
-from conftest import QUICK_TRAIN, edit_params, init_pipeline_repo
+from conftest import QUICK_TRAIN, edit_params, init_pipeline_repo, write_csv
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from statsmodels.stats.contingency_tables import mcnemar
 
-from digitpipe.core.config import load_params
-from digitpipe.tracking.runs import find_training_run
+from digitpipe.core.paths import MODEL_DIR, split_file
+from digitpipe.dataset.parquet import read_split
+from digitpipe.model.export import load_model
+from digitpipe.model.inference import predict_probabilities
+from digitpipe.tracking.retrain import LOCK_FILE, exclusive
 
 pytestmark = pytest.mark.slow
 DIGITPIPE = str(Path(sys.executable).parent / "digitpipe")
+NAME = "tiny-digits"
 
 
-def retrain(project: Path, env: dict[str, str]) -> subprocess.Popen:
+def start(project: Path, env: dict[str, str], *args: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [DIGITPIPE, "retrain"],
+        [DIGITPIPE, "retrain", *args],
         cwd=project,
         env=env,
         text=True,
@@ -29,30 +41,143 @@ def retrain(project: Path, env: dict[str, str]) -> subprocess.Popen:
     )
 
 
-def test_retrain_promotes_then_keeps_and_never_overlaps(tiny_project):
+def retrain(project: Path, env: dict[str, str], *args: str) -> str:
+    process = start(project, env, *args)
+    output = process.communicate(timeout=600)[0]
+    assert process.returncode == 0, output
+    return output
+
+
+def correct(model_dir: Path, images: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    net, _ = load_model(model_dir)
+    return predict_probabilities(net, images, 256).argmax(axis=1) == labels
+
+
+def experiment_runs(client: MlflowClient) -> int:
+    experiment = client.get_experiment_by_name("retrain-test")
+    return len(client.search_runs([experiment.experiment_id]))
+
+
+@pytest.fixture()
+def pipeline(tiny_project, mlflow_server):
     edit_params(tiny_project, "train", **QUICK_TRAIN)
-    edit_params(tiny_project, "track", enabled=True, registered_model="tiny-digits")
+    edit_params(
+        tiny_project,
+        "track",
+        enabled=True,
+        tracking_uri=mlflow_server,
+        experiment="retrain-test",
+        registered_model=NAME,
+    )
     env = init_pipeline_repo(tiny_project)
     env.pop("MLFLOW_TRACKING_URI", None)
-    first = retrain(tiny_project, env)
-    output = first.communicate(timeout=600)[0]
-    assert first.returncode == 0, output
-    assert "version 1 promoted to champion: first model" in output
-    ref = find_training_run(load_params(tiny_project / "params.yaml").track, tiny_project)
-    client = MlflowClient(ref.tracking_uri)
-    champion = client.get_model_version_by_alias("tiny-digits", "champion")
-    assert str(champion.version) == "1" and champion.tags["decision"] == "promoted"
+    return tiny_project, env, MlflowClient(mlflow_server)
 
-    edit_params(tiny_project, "train", seed=7)  # a new model...
-    edit_params(tiny_project, "track", promotion_margin=0.5)  # ...that cannot win by 0.5
-    racers = [retrain(tiny_project, env) for _ in range(2)]
+
+def test_retrain_gate_drift_and_nothing_new(pipeline, mnist_train, tmp_path):
+    project, env, client = pipeline
+    images, labels = mnist_train
+
+    # (a) The first model, far below track.min_accuracy (0.9): registered, not promoted.
+    output = retrain(project, env)
+    assert "version 1 not promoted: no champion yet" in output, output
+    assert "is below track.min_accuracy 0.9: registered, not promoted" in output
+    first = client.get_model_version(NAME, "1")
+    assert first.tags["decision"] == "kept" and first.tags["champion_version"] == ""
+    assert float(first.tags["test_accuracy"]) < 0.9 and first.tags["test_images"] == "200"
+    with pytest.raises(MlflowException):
+        client.get_model_version_by_alias(NAME, "champion")
+
+    # A lower floor judges the same model again (nothing retrains) and promotes it.
+    edit_params(project, "track", min_accuracy=0.0)
+    output = retrain(project, env)
+    assert "version 1 promoted to champion: no champion yet, and test accuracy" in output
+    assert client.get_model_version_by_alias(NAME, "champion").version == "1"
+    assert experiment_runs(client) == 1
+
+    # (b) A deliberately unbalanced batch (only 1s and 7s) arrives in the drop folder.
+    pool = np.arange(1000, 4000)
+    batch = pool[np.isin(labels[pool], [1, 7])][:150]
+    incoming = project / "data/raw/incoming"
+    incoming.mkdir(parents=True)
+    write_csv(incoming / "2025-06-02.csv", images[batch], labels[batch])
+    output = retrain(project, env)
+    summary = json.loads((project / "reports/ingest/summary.json").read_text())
+    assert summary["incoming"]["batches"]["2025-06-02"]["count"] == 150
+    train_ids = set(read_split(project / split_file("train")).ids)
+    assert "incoming/2025-06-02-000000" in train_ids | set(
+        read_split(project / split_file("val")).ids
+    )
+    second = client.get_model_version(NAME, "2")
+    tags = second.tags
+
+    # Champion (its logged safetensors) and challenger on the same test images, independently.
+    test = read_split(project / split_file("test"))
+    champion_dir = client.download_artifacts(first.run_id, "weights", str(tmp_path))
+    champion_ok = correct(Path(champion_dir), test.images, test.labels)
+    challenger_ok = correct(project / MODEL_DIR, test.images, test.labels)
+    b = int(np.sum(champion_ok & ~challenger_ok))
+    c = int(np.sum(challenger_ok & ~champion_ok))
+    table = [
+        [int(np.sum(champion_ok & challenger_ok)), b],
+        [c, int(np.sum(~champion_ok & ~challenger_ok))],
+    ]
+    p = float(mcnemar(table, exact=True).pvalue)
+    assert tags["test_images"] == str(len(test)) == "200"
+    assert tags["champion_version"] == "1"
+    assert float(tags["test_accuracy"]) == pytest.approx(challenger_ok.mean(), abs=1e-6)
+    assert float(tags["champion_accuracy"]) == pytest.approx(champion_ok.mean(), abs=1e-6)
+    assert (tags["champion_only_correct"], tags["challenger_only_correct"]) == (str(b), str(c))
+    assert float(tags["mcnemar_p_value"]) == pytest.approx(p, rel=1e-5)
+    promote = challenger_ok.mean() > champion_ok.mean() and p < 0.05
+    assert tags["decision"] == ("promoted" if promote else "kept")
+    assert f"exact McNemar p = {p:.4g}" in tags["reason"] and tags["reason"] in output
+    verb = "promoted to champion" if promote else "not promoted"
+    assert f"version 2 {verb}: " in output
+    champion = client.get_model_version_by_alias(NAME, "champion").version
+    assert champion == ("2" if promote else "1")
+
+    # The drift report: written, logged to the run, linked from the version, flags the batch.
+    report = json.loads((project / "reports/retrain/drift.json").read_text())
+    assert report["new"] == {"images": 150, "batches": {"2025-06-02": 150}}
+    assert report["reference"]["images"] == 540  # what version 1 was trained on
+    assert report["classes"]["p_value"] < 0.01
+    assert report["flags"][0].startswith("class frequencies differ from the reference")
+    assert "class frequencies differ" in tags["drift_flags"] and "class frequencies" in output
+    on_batch = correct(Path(champion_dir), images[batch], labels[batch])
+    assert report["champion_on_new"]["correct"] == int(on_batch.sum())
+    assert report["champion_on_new"]["per_batch"]["2025-06-02"]["images"] == 150
+    assert tags["drift_report"] == f"runs:/{second.run_id}/retrain/drift.md"
+    logged = {a.path for a in client.list_artifacts(second.run_id, "retrain")}
+    assert logged == {"retrain/drift.md", "retrain/drift.json", "retrain/data_stats.json"}
+    page = (project / "reports/retrain/drift.md").read_text()
+    assert "## Class frequencies" in page and "2025-06-02 (150)" in page
+
+    # (c) Unchanged: two retrains at once; one waits for nothing, the other trains nothing.
+    runs = experiment_runs(client)
+    racers = [start(project, env) for _ in range(2)]
     outputs = [racer.communicate(timeout=600)[0] for racer in racers]
     assert [racer.returncode for racer in racers] == [0, 0], outputs
     skipped = [out for out in outputs if "skipped: another retrain is running" in out]
-    finished = [out for out in outputs if "version 2 not promoted" in out]
-    assert len(skipped) == 1 and len(finished) == 1, outputs
-    second = client.get_model_version("tiny-digits", "2")
-    assert second.tags["decision"] == "kept" and "by more than 0.5" in second.tags["reason"]
-    assert float(second.tags["champion_accuracy"]) == float(champion.tags["test_accuracy"])
-    assert str(client.get_model_version_by_alias("tiny-digits", "champion").version) == "1"
-    assert len(client.search_model_versions("name = 'tiny-digits'")) == 2
+    unchanged = [out for out in outputs if "digitpipe retrain: nothing new: version 2 " in out]
+    assert len(skipped) == 1 and len(unchanged) == 1, outputs
+    assert experiment_runs(client) == runs
+    assert len(client.search_model_versions(f"name = '{NAME}'")) == 2
+
+    # The history, oldest first, the champion starred.
+    lines = retrain(project, env, "--history").splitlines()
+    assert lines[1].split()[:3] == ["version", "judged", "train"]
+    assert lines[2].split()[0] == ("1" if promote else "1*")
+    row = lines[3].split()
+    assert row[0] == ("2*" if promote else "2") and row[-1] == tags["decision"]
+    assert tags["mcnemar_p_value"] in row and tags["test_accuracy"] in row
+
+
+def test_a_retrain_never_overlaps_a_running_one(tiny_project):
+    edit_params(tiny_project, "track", enabled=True)
+    env = dict(os.environ)
+    with exclusive(tiny_project / LOCK_FILE, 0):  # as a running retrain holds it
+        for wait in ("0", "1"):
+            output = retrain(tiny_project, env, "--wait", wait)
+            assert "digitpipe retrain: skipped: another retrain is running" in output
+    assert not (tiny_project / "data/processed").exists()  # nothing ran

@@ -152,7 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.set_defaults(handler=_predict)
     retrain = commands.add_parser(
-        "retrain", help="dvc repro, register the model, promote it if it beats the champion"
+        "retrain",
+        help="dvc repro, register the model, promote it if it significantly beats the champion "
+        "on the same test images; write a drift report",
     )
     retrain.add_argument("--params", type=Path, default=PARAMS_FILE)
     retrain.add_argument(
@@ -161,6 +163,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.0,
         metavar="SECONDS",
         help="wait this long for a running retrain to finish (default: skip)",
+    )
+    retrain.add_argument(
+        "--history",
+        action="store_true",
+        help="list the registered versions (date, data size, accuracy, p-value, decision); "
+        "retrain nothing",
     )
     retrain.set_defaults(handler=_retrain)
     return parser

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import reprlib
+import stat
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -14,12 +16,14 @@ from digitpipe.core.paths import PARAMS_FILE
 
 Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
 Count = Annotated[int, Field(gt=0)]
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]  # the range numpy and Lightning seed from
 
 
 class Section(BaseModel):
-    """A params.yaml section: unknown keys are errors (they are usually typos)."""
+    """A params.yaml section: unknown keys are errors (they are usually typos), and so are
+    infinite and NaN numbers (`lr: .inf` would train a model of NaNs)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class Source(Section):
@@ -63,8 +67,10 @@ class DataParams(Section):
     csv_label_column: str = "label"
     val_fraction: Fraction = 0.1
     test_fraction: Fraction = 0.0
-    seed: int = 42
+    seed: Seed = 42
     limit: Limits = Limits()
+    # Drop folder of extra labelled batches appended to the training source (null: off).
+    incoming: Path | None = Path("data/raw/incoming")
 
     @model_validator(mode="after")
     def _test_source(self) -> DataParams:
@@ -118,7 +124,7 @@ PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "bf16-true", "64-true")
 class TrainParams(Recipe):
     """The `train` section: recipe overrides, hardware and reproducibility."""
 
-    seed: int = 42
+    seed: Seed = 42
     deterministic: bool = True
     accelerator: Literal[ACCELERATORS] = "auto"
     devices: Count | Literal["auto"] = 1
@@ -173,6 +179,9 @@ class TrackParams(Section):
     experiment: str = Field("digitpipe", min_length=1)
     registered_model: str = Field("digitpipe", min_length=1)
     promotion_margin: Annotated[float, Field(ge=0, lt=1)] = 0.0  # accuracy the challenger must add
+    promotion_alpha: Annotated[float, Field(gt=0, le=1)] = 0.05  # McNemar p must be below this
+    min_accuracy: Annotated[float, Field(ge=0, le=1)] = 0.9  # the first champion's floor
+    drift_alpha: Annotated[float, Field(gt=0, le=1)] = 0.01  # drift tests flag below this
 
 
 class RuntimeParams(Section):
@@ -196,12 +205,32 @@ class Params(Section):
     runtime: RuntimeParams = RuntimeParams()
 
 
+MAX_PARAMS_BYTES = 2**20  # params.yaml is a few KB; a bigger file is refused unread
+MAX_YAML_DEPTH = 32  # nesting levels (a params file has about 4)
+MAX_YAML_NODES = 100_000  # values once YAML aliases are expanded: an alias bomb stops here
+MAX_ERRORS = 20  # validation errors listed in one message
+ECHO = 80  # characters of a bad value (or key) a message quotes
+YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def _echo(value: object, limit: int = ECHO, *, quote: bool = True) -> str:
+    """``value`` (its repr, or with ``quote=False`` its text) cut to about ``limit`` characters."""
+    short = reprlib.Repr()
+    short.maxstring = short.maxother = limit
+    text = short.repr(value) if quote else str(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _describe(error: ValidationError, source: str) -> str:
+    """One line per bad key (the first MAX_ERRORS), quoting at most ECHO characters of input."""
+    items = error.errors()
     lines = [f"{source}: invalid parameters; fix these keys:"]
-    for item in error.errors():
-        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
-        got = "" if item["type"] == "missing" else f" (got {item['input']!r})"
-        lines.append(f"  - {key}: {item['msg']}{got}")
+    for item in items[:MAX_ERRORS]:
+        key = ".".join(_echo(part, quote=False) for part in item["loc"]) or "(top level)"
+        got = "" if item["type"] == "missing" else f" (got {_echo(item['input'])})"
+        lines.append(f"  - {key}: {_echo(item['msg'], 300, quote=False)}{got}")
+    if len(items) > MAX_ERRORS:
+        lines.append(f"  ... and {len(items) - MAX_ERRORS} more")
     return "\n".join(lines)
 
 
@@ -214,14 +243,86 @@ def parse_params(raw: dict, source: str = "params") -> Params:
 
 
 def load_params(path: str | os.PathLike = PARAMS_FILE) -> Params:
-    """Read and validate params.yaml."""
+    """Read and validate params.yaml: a regular file of at most MAX_PARAMS_BYTES of UTF-8 YAML,
+    nested at most MAX_YAML_DEPTH deep, at most MAX_YAML_NODES values once aliases expand."""
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise DigitpipeError(f"{path}: cannot read parameters ({exc.strerror}).") from exc
-    except yaml.YAMLError as exc:
-        raise DigitpipeError(f"{path}: not valid YAML: {exc}") from exc
+    raw = _parse_yaml(path, _read_text(path))
     if not isinstance(raw, dict):
         raise DigitpipeError(f"{path}: expected a mapping of sections (data, train, ...).")
     return parse_params(raw, str(path))
+
+
+def _read_text(path: Path) -> str:
+    """The text of ``path``: a regular file (checked before opening it) of at most
+    MAX_PARAMS_BYTES of UTF-8."""
+    try:
+        if not stat.S_ISREG(path.stat().st_mode):
+            raise DigitpipeError(f"{path}: not a regular file; parameters are read from a file.")
+        with path.open("rb") as handle:
+            data = handle.read(MAX_PARAMS_BYTES + 1)
+    except OSError as exc:
+        raise DigitpipeError(f"{path}: cannot read parameters ({exc.strerror}).") from exc
+    if len(data) > MAX_PARAMS_BYTES:
+        raise DigitpipeError(
+            f"{path}: larger than {MAX_PARAMS_BYTES >> 20} MiB; parameters are a YAML file of a "
+            "few KB. Is it the right file?"
+        )
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise DigitpipeError(
+            f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} on line {line}); "
+            "save the file as UTF-8."
+        ) from None
+
+
+def _parse_yaml(path: Path, text: str) -> object:
+    """``text`` as YAML (safe loader), refusing deep nesting and alias bombs before building."""
+    try:
+        _check_depth(path, text)
+        loader = YAML_LOADER(text)
+        try:
+            node = loader.get_single_node()
+            if node is not None and _expands_beyond(node, MAX_YAML_NODES):
+                raise DigitpipeError(
+                    f"{path}: YAML aliases (*name) expand the file to more than "
+                    f"{MAX_YAML_NODES:,} values; write the values out instead."
+                )
+            return None if node is None else loader.construct_document(node)
+        finally:
+            loader.dispose()
+    except (yaml.YAMLError, ValueError) as exc:  # ValueError: a value YAML cannot build
+        raise DigitpipeError(f"{path}: not valid YAML: {_echo(exc, 500, quote=False)}") from None
+
+
+def _check_depth(path: Path, text: str) -> None:
+    """Refuse YAML nested deeper than MAX_YAML_DEPTH, from the parser's events (before any
+    recursive composing)."""
+    depth = 0
+    for event in yaml.parse(text, Loader=YAML_LOADER):
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_YAML_DEPTH:
+                raise DigitpipeError(
+                    f"{path}: YAML nested more than {MAX_YAML_DEPTH} levels deep; parameters "
+                    "are a few levels of sections and keys."
+                )
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+
+
+def _expands_beyond(root: yaml.Node, limit: int) -> bool:
+    """Whether ``root`` has more than ``limit`` nodes once aliases are expanded (an alias
+    counts its whole target again); stops after ``limit`` steps."""
+    stack, seen = [root], 0
+    while stack:
+        seen += 1
+        if seen > limit:
+            return True
+        node = stack.pop()
+        if isinstance(node, yaml.MappingNode):
+            stack.extend(part for pair in node.value for part in pair)
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend(node.value)
+    return False

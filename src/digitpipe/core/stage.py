@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ctypes
 import importlib
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -32,6 +34,20 @@ def quiet_libraries() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+PR_SET_PDEATHSIG = 1  # prctl(2) option: the signal this process gets when its parent dies
+
+
+def die_with_parent() -> None:
+    """End this process when its parent ends (Linux): a `dvc repro` killed with SIGKILL leaves
+    no stage running on as an orphan beside the next run. SIGTERM then ends the stage through
+    SystemExit, so cleanups run (temporary files, the MLflow run marked KILLED)."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() == 1:  # the parent died before prctl took effect
+            sys.exit(128 + signal.SIGTERM)
+
+
 def run_stage(module: str, params_file: Path = PARAMS_FILE) -> int:
     """Validate the params, then import the stage ``module`` and call its ``run(params)``;
     user errors become one message and exit status 2.
@@ -40,6 +56,7 @@ def run_stage(module: str, params_file: Path = PARAMS_FILE) -> int:
     import, and a typo in params.yaml should be reported at once.
     """
     quiet_libraries()
+    die_with_parent()
     try:
         params = load_params(params_file)
         importlib.import_module(module).run(params)

@@ -1,7 +1,10 @@
-"""Turn a configured source (IDX pair or CSV) into a validated ImageSet."""
+"""Turn a configured source (IDX pair or CSV) into a validated ImageSet; find the batches of the
+drop folder (``data.incoming``)."""
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -79,3 +82,103 @@ def _verify_checksum(raw: RawFile, relative: Path, data: DataParams) -> None:
             f"data.checksums expects {data.checksums[relative]}. The file is corrupt or not "
             "the one configured; restore it, or update the checksum if the change is intended."
         )
+
+
+# The drop folder: <batch>.csv, or <batch>-images* + <batch>-labels* (IDX, gzip or raw).
+IDX_BATCH = re.compile(r"(?P<batch>.+?)-(?P<kind>images|labels)(?P<rest>.*)")
+NOT_BATCHES = (".md", ".txt")  # notes beside the batches (and dotfiles) are skipped
+INCOMING_PREFIX = "incoming/"  # image ids of a batch: incoming/<batch>-000000
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One validated batch of the drop folder."""
+
+    name: str
+    source: Source
+    images: ImageSet
+
+    @property
+    def files(self) -> list[str]:
+        return [path.as_posix() for path in self.source.files]
+
+
+def find_batches(data: DataParams, root: Path) -> dict[str, Source]:
+    """The drop folder's batches by name, sorted by name; none when it is off or absent.
+
+    A file that is neither a batch nor a note, a folder, an unpaired IDX file or a batch given
+    twice is refused by name.
+    """
+    if data.incoming is None or not (root / data.incoming).exists():
+        return {}
+    folder = root / data.incoming
+    if not folder.is_dir():
+        raise DigitpipeError(f"{folder}: data.incoming must be a folder of batches (or null).")
+    csvs: dict[str, Path] = {}
+    idx: dict[str, dict[str, Path]] = {"images": {}, "labels": {}}
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith(".") or path.suffix.lower() in NOT_BATCHES:
+            continue
+        relative = data.incoming / path.name
+        match = IDX_BATCH.fullmatch(path.name)
+        if path.is_dir() or (path.suffix.lower() != ".csv" and match is None):
+            raise DigitpipeError(
+                f"{path}: not a batch. The drop folder {data.incoming} takes files only: "
+                "<batch>.csv (a label column plus pixel columns) or an IDX pair "
+                "<batch>-images... + <batch>-labels... (gzip or raw)."
+            )
+        if path.suffix.lower() == ".csv":
+            csvs[path.stem] = relative
+            continue
+        found = idx[match["kind"]]
+        if match["batch"] in found:
+            raise DigitpipeError(
+                f"{path}: batch {match['batch']!r} has two {match['kind']} files "
+                f"({found[match['batch']].name} and {path.name}); keep one."
+            )
+        found[match["batch"]] = relative
+    batches = {name: Source(csv=path) for name, path in csvs.items()}
+    for name in sorted(idx["images"].keys() | idx["labels"].keys()):
+        given = idx["images"].get(name) or idx["labels"][name]
+        if name not in idx["images"] or name not in idx["labels"]:
+            missing = "images" if name not in idx["images"] else "labels"
+            raise DigitpipeError(
+                f"{root / given}: batch {name!r} has no {name}-{missing}... file; an IDX batch "
+                "is a pair of images and labels."
+            )
+        if name in batches:
+            raise DigitpipeError(
+                f"{root / given}: batch {name!r} is given twice, as {name}.csv and as IDX files; "
+                "rename one."
+            )
+        batches[name] = Source(images=idx["images"][name], labels=idx["labels"][name])
+    return dict(sorted(batches.items()))
+
+
+def load_batches(data: DataParams, root: Path, image_size: tuple[int, int]) -> list[Batch]:
+    """Read and validate every batch of the drop folder, in name order; a batch whose images are
+    not ``image_size`` (the training source's) or whose labels are not classes is refused."""
+    batches = []
+    for name, source in find_batches(data, root).items():
+        images = load_source(source, data, root, f"{INCOMING_PREFIX}{name}", labelled=True)
+        if images.image_size != image_size:
+            height, width = images.image_size
+            raise DigitpipeError(
+                f"{root / source.files[0]}: incoming batch {name!r} has {height}x{width} images "
+                f"but the training source has {image_size[0]}x{image_size[1]}; the batch is "
+                "refused and nothing was written."
+            )
+        batches.append(Batch(name, source, images))
+    return batches
+
+
+def concat(parts: list[ImageSet]) -> ImageSet:
+    """The rows of every part, in order (same image size and classes)."""
+    if len(parts) == 1:
+        return parts[0]
+    return ImageSet(
+        np.concatenate([part.ids for part in parts]),
+        np.concatenate([part.images for part in parts]),
+        np.concatenate([part.labels for part in parts]),
+        parts[0].class_names,
+    )

@@ -1,34 +1,101 @@
-"""`digitpipe retrain`: run the pipeline, register the model, promote it if it wins.
+"""`digitpipe retrain`: run the pipeline, register the model, promote it only if it wins a fair
+test against the champion, and report how the new data differs from the champion's.
 
 Meant for schedules (cron, systemd timers, CI): one run at a time under a lock file, unchanged
-stages skipped by DVC, new raw data under data/raw picked up, a clear exit status.
+stages skipped by DVC, new raw data under data/raw (the drop folder data.incoming included)
+picked up, "nothing new" when there is no new model to judge, a clear exit status.
+
+The fair test: the champion's safetensors weights are fetched from the registry and both models
+predict the current test split; the challenger is promoted only if its accuracy beats the
+champion's by more than track.promotion_margin and the exact McNemar test on the images exactly
+one of them gets right gives p < track.promotion_alpha. With no champion, the challenger must
+reach track.min_accuracy.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
+import mlflow
+import numpy as np
 from filelock import FileLock, Timeout
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.tracking import MlflowClient
+from torch import nn
 
-from digitpipe.core.config import Params
+from digitpipe.core.atomic import write_json, write_text
+from digitpipe.core.config import Params, TrackParams
 from digitpipe.core.errors import DigitpipeError
-from digitpipe.core.paths import EVALUATE_REPORTS, STATE_DIR, split_file
+from digitpipe.core.paths import MODEL_DIR, STATE_DIR, split_file
+from digitpipe.dataset.images import ImageSet
 from digitpipe.dataset.parquet import read_split
-from digitpipe.tracking.registry import Decision, decide
-from digitpipe.tracking.runs import find_training_run
+from digitpipe.model.export import ModelSpec, load_model
+from digitpipe.model.inference import predict_probabilities
+from digitpipe.tracking.drift import (
+    ChampionOnNew,
+    batch_counts,
+    batch_of,
+    data_stats,
+    drift,
+    rows_of,
+    to_markdown,
+)
+from digitpipe.tracking.gate import Comparison, compare, judge
+from digitpipe.tracking.registry import (
+    CHAMPION,
+    champion_version,
+    check_loads,
+    download_weights,
+    record,
+    registered_version,
+    run_json,
+    versions,
+)
+from digitpipe.tracking.runs import RunRef, file_digest, find_training_run
+from digitpipe.tracking.store import ensure_reachable, tracking_uri
 
 LOCK_FILE = STATE_DIR / "retrain.lock"
+RETRAIN_REPORTS = Path("reports/retrain")  # drift.md, drift.json, data_stats.json (not DVC's)
+ARTIFACTS = "retrain"  # the same files in the training run of the judged version
+STATS_FILE, DRIFT_JSON, DRIFT_MD = "data_stats.json", "drift.json", "drift.md"
+STATS_ARTIFACT = f"{ARTIFACTS}/{STATS_FILE}"  # what a judged version was trained on
+GATE_TAG = "gate"  # what the judgement depended on: champion, test split, gate settings
 
 
 class Busy(Exception):
     """Another retrain holds the lock."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a retrain did with the pipeline's model."""
+
+    version: str
+    promoted: bool
+    reason: str
+    nothing_new: bool = False
+    drift_summary: str | None = None
+    run_id: str | None = None
+
+    def paragraph(self) -> str:
+        """The decision in one paragraph, as `digitpipe retrain` prints it."""
+        if self.nothing_new:
+            return f"nothing new: {self.reason}."
+        verb = "promoted to champion" if self.promoted else "not promoted"
+        return (
+            f"version {self.version} {verb}: {self.reason}. Drift of the new data: "
+            f"{self.drift_summary} ({RETRAIN_REPORTS / DRIFT_MD}; logged to run {self.run_id} "
+            f"as {ARTIFACTS}/{DRIFT_MD})."
+        )
 
 
 @contextmanager
@@ -56,10 +123,12 @@ def reproduce(root: Path) -> None:
         raise DigitpipeError("`dvc repro` failed (its output is above); nothing was registered.")
 
 
-def retrain(params: Params, root: Path = Path("."), wait_s: float = 0.0) -> Decision:
-    """Reproduce the pipeline, then register and maybe promote its model."""
+def retrain(params: Params, root: Path = Path("."), wait_s: float = 0.0) -> Outcome:
+    """Reproduce the pipeline, then register its model and judge it against the champion."""
     if not params.track.enabled:
         raise DigitpipeError("retrain needs MLflow tracking: set track.enabled: true.")
+    # A schedule's log wants the decision, not a progress bar per downloaded file.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     with exclusive(root / LOCK_FILE, wait_s):
         reproduce(root)
         ref = find_training_run(params.track, root)
@@ -68,14 +137,243 @@ def retrain(params: Params, root: Path = Path("."), wait_s: float = 0.0) -> Deci
                 "no MLflow run in the tracking store trained the model in models/; retrain it "
                 "here with tracking on (dvc repro -f train)."
             )
-        accuracy = float(
-            json.loads((root / EVALUATE_REPORTS / "metrics.json").read_text())["accuracy"]
+        return judge_model(params, root, ref)
+
+
+def gate_key(current: ModelVersion | None, test_digest: str, track: TrackParams) -> str:
+    """Everything a judgement depends on besides the model: judging again gives the same."""
+    return (
+        f"champion={current.version if current else 'none'} test={test_digest} "
+        f"margin={track.promotion_margin} alpha={track.promotion_alpha} "
+        f"min_accuracy={track.min_accuracy}"
+    )
+
+
+def judge_model(params: Params, root: Path, ref: RunRef) -> Outcome:
+    """Register the run's model and judge it: the gate, the drift report, the version's tags."""
+    track, name = params.track, params.track.registered_model
+    mlflow.set_tracking_uri(ref.tracking_uri)
+    client = MlflowClient(ref.tracking_uri)
+    version = registered_version(client, name, ref)
+    current = champion_version(client, name)
+    if current is not None and str(current.version) == version:
+        return Outcome(
+            version,
+            False,
+            f"version {version} is already the champion; the pipeline produced no new model",
+            nothing_new=True,
         )
-        example = read_split(root / split_file("test")).images[:2, None]
-        return decide(
-            ref,
-            params.track.registered_model,
-            accuracy,
-            params.track.promotion_margin,
-            example.astype("float32"),
+    test_file = root / split_file("test")
+    key = gate_key(current, file_digest(test_file), track)
+    tags = client.get_model_version(name, version).tags
+    if tags.get(GATE_TAG) == key:
+        return Outcome(
+            version,
+            False,
+            f"version {version} was already judged against the same champion on the same test "
+            f"images with the same gate settings: {tags.get('decision')} "
+            f"({tags.get('reason')})",
+            nothing_new=True,
         )
+
+    test = read_split(test_file)
+    batch_size = params.evaluate.batch_size
+    challenger_correct = correct(load_model(root / MODEL_DIR)[0], test, batch_size)
+    accuracy = float(challenger_correct.mean())
+    train, val = read_split(root / split_file("train")), read_split(root / split_file("val"))
+    stats = data_stats(train, batch_counts(train, val))
+    comparison, no_comparison, champion_net = None, None, None
+    with tempfile.TemporaryDirectory() as tmp:
+        if current is not None:
+            uri = f"models:/{name}/{current.version}"
+            champion_net, spec = load_model(download_weights(uri, ref.tracking_uri, Path(tmp)))
+            misfit = does_not_fit(spec, test)
+            if misfit:
+                no_comparison = f"champion version {current.version} cannot be compared: {misfit}"
+                champion_net = None
+            else:
+                comparison = compare(challenger_correct, correct(champion_net, test, batch_size))
+    verdict = judge(
+        accuracy, comparison, current.version if current else None, track, no_comparison
+    )
+    report = drift_report(
+        client, current, champion_net, comparison, train, val, stats, track, batch_size
+    )
+    title = f"Drift: the new data of version {version}" + (
+        f" against champion version {current.version}" if current else ""
+    )
+    folder = root / RETRAIN_REPORTS
+    write_json(folder / STATS_FILE, stats)
+    write_json(folder / DRIFT_JSON, report)
+    write_text(folder / DRIFT_MD, to_markdown(report, title))
+    for file in (STATS_FILE, DRIFT_JSON, DRIFT_MD):
+        client.log_artifact(ref.run_id, str(folder / file), ARTIFACTS)
+    if verdict.promote:
+        check_loads(name, version, test.images[:2, None].astype(np.float32))
+    record(
+        client,
+        name,
+        version,
+        version_tags(
+            accuracy, comparison, current, test, train, verdict.promote, verdict.reason, key
+        )
+        | {
+            "drift_report": f"runs:/{ref.run_id}/{ARTIFACTS}/{DRIFT_MD}",
+            "drift_flags": "; ".join(report["flags"]) or "none",
+            "new_images": str(report["new"]["images"]),
+        },
+        verdict.promote,
+    )
+    return Outcome(version, verdict.promote, verdict.reason, False, report["summary"], ref.run_id)
+
+
+def correct(net: nn.Module, images: ImageSet, batch_size: int) -> np.ndarray:
+    """Whether ``net`` classifies each labelled image correctly."""
+    probabilities = predict_probabilities(net, images.images, batch_size)
+    return probabilities.argmax(axis=1) == images.labels
+
+
+def does_not_fit(spec: ModelSpec, test: ImageSet) -> str | None:
+    """Why a model cannot be scored on ``test`` (image size, classes), or None."""
+    if (spec.height, spec.width) != test.image_size:
+        return (
+            f"it takes {spec.height}x{spec.width} images, the test split has "
+            f"{test.image_size[0]}x{test.image_size[1]}"
+        )
+    if list(spec.class_names) != list(test.class_names):
+        return f"its classes {spec.class_names} are not the data's {list(test.class_names)}"
+    return None
+
+
+def drift_report(
+    client: MlflowClient,
+    current: ModelVersion | None,
+    champion_net: nn.Module | None,
+    comparison: Comparison | None,
+    train: ImageSet,
+    val: ImageSet,
+    stats: dict,
+    track: TrackParams,
+    batch_size: int,
+) -> dict:
+    """Compare the drop-folder batches the champion has not seen with the data it trained on."""
+    recorded = None if current is None else run_json(client, current.run_id, STATS_ARTIFACT)
+    if recorded is not None and recorded.get("class_names") == list(train.class_names):
+        seen = set(recorded["batches"])
+        reference, label = recorded, f"the training split of champion version {current.version}"
+    else:
+        seen = set()
+        reference = data_stats(rows_of(train, set(stats["batches"]), inside=False), {})
+        label = "the current training split without the drop-folder batches" + (
+            f" (champion version {current.version} has no record of its training data)"
+            if current is not None
+            else " (no champion yet)"
+        )
+    fresh = {batch for batch in stats["batches"] if batch not in seen}
+    new = joined(rows_of(train, fresh, inside=True), rows_of(val, fresh, inside=True))
+    champion = None
+    if champion_net is not None and comparison is not None and len(new):
+        right = correct(champion_net, new, batch_size)
+        per_batch = {
+            batch: [int(right[mask].sum()), int(mask.sum())]
+            for batch in sorted(fresh)
+            if (mask := np.array([batch_of(i) == batch for i in new.ids])).any()
+        }
+        champion = ChampionOnNew(
+            str(current.version), int(right.sum()), len(new), comparison.champion_accuracy
+        )
+    report = drift(
+        reference,
+        label,
+        new,
+        {batch: stats["batches"][batch] for batch in sorted(fresh)},
+        champion,
+        track.drift_alpha,
+    )
+    if champion is not None:
+        report["champion_on_new"]["per_batch"] = {
+            batch: {"correct": k, "images": n, "accuracy": k / n}
+            for batch, (k, n) in per_batch.items()
+        }
+    return report
+
+
+def joined(first: ImageSet, second: ImageSet) -> ImageSet:
+    """The rows of both sets, in order."""
+    labels = np.concatenate([first.labels, second.labels])
+    return ImageSet(
+        np.concatenate([first.ids, second.ids]),
+        np.concatenate([first.images, second.images]),
+        labels,
+        first.class_names,
+    )
+
+
+def version_tags(
+    accuracy: float,
+    comparison: Comparison | None,
+    current: ModelVersion | None,
+    test: ImageSet,
+    train: ImageSet,
+    promote: bool,
+    reason: str,
+    key: str,
+) -> dict[str, str]:
+    """The judgement as version tags (strings; empty where there was no champion)."""
+    return {
+        "test_accuracy": f"{accuracy:.6f}",
+        "test_images": str(len(test)),
+        "train_images": str(len(train)),
+        "champion_version": "" if current is None else str(current.version),
+        "champion_accuracy": "" if comparison is None else f"{comparison.champion_accuracy:.6f}",
+        "champion_only_correct": "" if comparison is None else str(comparison.champion_only),
+        "challenger_only_correct": "" if comparison is None else str(comparison.challenger_only),
+        "mcnemar_p_value": "" if comparison is None else f"{comparison.p_value:.6g}",
+        "decision": "promoted" if promote else "kept",
+        "reason": reason,
+        "judged_at": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        GATE_TAG: key,
+    }
+
+
+HISTORY_COLUMNS = (
+    ("version", ""),
+    ("judged", "judged_at"),
+    ("train images", "train_images"),
+    ("test images", "test_images"),
+    ("accuracy", "test_accuracy"),
+    ("champion", "champion_version"),
+    ("champion acc.", "champion_accuracy"),
+    ("p-value", "mcnemar_p_value"),
+    ("decision", "decision"),
+)
+
+
+def history(track: TrackParams, root: Path = Path(".")) -> str:
+    """Every registered version as a table: when it was judged, the data it was trained and
+    tested on, its accuracy against the champion's on the same images, the McNemar p-value and
+    the decision; the current champion is starred."""
+    uri = tracking_uri(track, root)
+    ensure_reachable(uri)
+    client = MlflowClient(uri)
+    found = versions(client, track.registered_model)
+    if not found:
+        return f"no versions of {track.registered_model} in {uri}"
+    current = champion_version(client, track.registered_model)
+    rows = []
+    for version in found:
+        tags = version.tags
+        judged = tags.get("judged_at") or time.strftime(
+            "%Y-%m-%d %H:%M:%S %Z", time.localtime(version.creation_timestamp / 1000)
+        )
+        star = "*" if current is not None and current.version == version.version else ""
+        rows.append(
+            [f"{version.version}{star}", judged]
+            + [tags.get(tag) or "-" for _, tag in HISTORY_COLUMNS[2:]]
+        )
+    header = [title for title, _ in HISTORY_COLUMNS]
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
+    title = "  ".join(cell.ljust(w) for cell, w in zip(header, widths, strict=True))
+    note = f"{track.registered_model} in {uri}; * = @{CHAMPION}"
+    return "\n".join([note, title.rstrip(), *(line.rstrip() for line in lines)])

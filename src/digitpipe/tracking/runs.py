@@ -12,6 +12,7 @@ import hashlib
 import importlib.metadata
 import json
 import os
+import socket
 import subprocess
 import time
 import warnings
@@ -39,6 +40,7 @@ MODEL_URI_TAG = "digitpipe.model_uri"
 TRAINING_RUN_TAG = "digitpipe.training_run"  # the run that trained the model
 STAGE_TAG = "digitpipe.stage.{}"  # set once a stage has logged into the run
 NOTE_TAG = "mlflow.note.content"  # the run's description in the MLflow UI
+HOST_TAG, PID_TAG = "digitpipe.host", "digitpipe.pid"  # the training process, while it runs
 WEIGHTS_ARTIFACTS = "weights"  # the run's model.safetensors + model.json, logged by `train`
 # The params.yaml sections that change the model or its metrics (the rest only shape reports).
 MODEL_SECTIONS = {"data", "model", "train"}
@@ -140,13 +142,15 @@ def experiment_in(name: str, uri: str, root: Path) -> str:
 
 def start_pipeline_run(params: Params, root: Path, extra: dict[str, Any]) -> RunRef:
     """Create the training run (params, tags) and return where it is; it stays RUNNING until
-    training has logged its model."""
+    training has logged its model. Runs left RUNNING by a killed process are closed first."""
     uri = open_store(params.track, root)
     experiment_id = experiment_in(params.track.experiment, uri, root)
+    close_abandoned_runs(uri, experiment_id)
+    process = {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
     with mlflow.start_run(
         experiment_id=experiment_id,
         run_name=run_name(params.model.arch),
-        tags=run_tags(root) | {STAGE_TAG.format("train"): "done"},
+        tags=run_tags(root) | process | {STAGE_TAG.format("train"): "done"},
     ) as run:
         model_inputs = params.model_dump(
             mode="json", include=MODEL_SECTIONS, exclude={"data": {"checksums"}}
@@ -156,6 +160,30 @@ def start_pipeline_run(params: Params, root: Path, extra: dict[str, Any]) -> Run
     ref = RunRef(uri, experiment_id, run.info.run_id)
     mark(ref, "RUNNING")
     return ref
+
+
+def close_abandoned_runs(uri: str, experiment_id: str) -> None:
+    """Mark KILLED the RUNNING runs whose training process, on this host, no longer exists (a
+    SIGKILL leaves no chance to say so)."""
+    client = MlflowClient(uri)
+    running = client.search_runs([experiment_id], "attributes.status = 'RUNNING'")
+    for run in running:
+        tags = run.data.tags
+        if tags.get(HOST_TAG) == socket.gethostname() and not alive(int(tags.get(PID_TAG, 0))):
+            client.set_terminated(run.info.run_id, status="KILLED")
+
+
+def alive(pid: int) -> bool:
+    """Whether a process with this id exists on this host."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def open_store(track: TrackParams, root: Path) -> str:

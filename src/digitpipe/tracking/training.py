@@ -1,24 +1,33 @@
 """What `train` logs to MLflow: per-epoch metrics (a callback) and, at the end, the results,
-datasets, figures and the model with a signature. The training loop never calls MLflow itself."""
+datasets, figures and the model (a pyfunc: digitpipe.tracking.serving) with a signature. The
+training loop never calls MLflow itself."""
 
 from __future__ import annotations
 
+import importlib.metadata
+import json
+import os
+import shutil
+import tempfile
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
+from unittest.mock import patch
 
 import lightning as L
 import mlflow
-import mlflow.pytorch
+import mlflow.pyfunc
 import numpy as np
+import pandas as pd
 import torch
 from mlflow.entities import Metric
-from mlflow.models import infer_signature
+from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
 from mlflow.tracking import MlflowClient
-from torch import nn
 
 import digitpipe
+from digitpipe.core.paths import MODEL_DIR, SPEC_FILE, WEIGHTS_FILE
+from digitpipe.model.export import ModelSpec
+from digitpipe.tracking import serving
 from digitpipe.tracking.runs import (
     MODEL_DIGEST_TAG,
     MODEL_URI_TAG,
@@ -48,23 +57,37 @@ class EpochMetrics(L.Callback):
 
     def on_exception(self, trainer: L.Trainer, module: L.LightningModule, error: BaseException):
         if trainer.is_global_zero:
-            mark(self.ref, "FAILED")
+            interrupted = isinstance(error, KeyboardInterrupt | SystemExit)
+            mark(self.ref, "KILLED" if interrupted else "FAILED")
 
 
-def log_model(net: nn.Module, example: np.ndarray) -> str:
-    """Log ``net`` + softmax as an MLflow PyTorch model (float pixels 0..255 in, class
-    probabilities out) with a signature and an input example; return its model URI."""
-    served = nn.Sequential(OrderedDict(model=net, softmax=nn.Softmax(dim=1))).eval()
-    with torch.inference_mode():
-        probabilities = served(torch.from_numpy(example)).numpy()
-    info = mlflow.pytorch.log_model(
-        served,
-        name="model",
-        signature=infer_signature(example, probabilities),
-        input_example=example,
-        code_paths=[str(Path(digitpipe.__file__).parent)],
-        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"numpy=={np.__version__}"],
-    )
+def log_model(model_dir: Path, example: np.ndarray) -> str:
+    """Log the model in ``model_dir`` as an MLflow pyfunc (digitpipe.tracking.serving: images
+    [N,H,W], [N,H*W] or [N,1,H,W] as float pixels 0..255 in; label, its probability and every
+    class's probability out) with its safetensors weights and spec, an output signature and an
+    input example; return its model URI."""
+    spec = ModelSpec(**json.loads((model_dir / SPEC_FILE).read_text()))
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = Path(tmp) / serving.MODEL_ARTIFACT  # only these two files, not the checkpoint
+        weights.mkdir()
+        for name in (WEIGHTS_FILE, SPEC_FILE):
+            shutil.copyfile(model_dir / name, weights / name)
+        with patch.dict(os.environ, {MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name: "false"}):
+            info = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=serving.__file__,
+                artifacts={serving.MODEL_ARTIFACT: str(weights)},
+                signature=serving.signature(spec),
+                input_example=example.reshape(len(example), spec.height, spec.width),
+                metadata={"input": serving.expected_shapes(spec)},
+                code_paths=[str(Path(digitpipe.__file__).parent)],
+                pip_requirements=[
+                    f"torch=={torch.__version__.split('+')[0]}",
+                    f"numpy=={np.__version__}",
+                    f"pandas=={pd.__version__}",
+                    f"safetensors=={importlib.metadata.version('safetensors')}",
+                ],
+            )
     return info.model_uri
 
 
@@ -73,7 +96,6 @@ def log_training(
     root: Path,
     metrics: dict[str, float],
     tags: dict[str, str],
-    net: nn.Module,
     example: np.ndarray,
     datasets: dict[str, Path],
     artifacts: dict[str, list[Path]],
@@ -87,5 +109,5 @@ def log_training(
         for folder, files in artifacts.items():
             for path in files:
                 mlflow.log_artifact(str(path), folder or None)
-        model_uri = log_model(net, example)
+        model_uri = log_model(root / MODEL_DIR, example)
         mlflow.set_tags({MODEL_DIGEST_TAG: model_digest(root), MODEL_URI_TAG: model_uri})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import sys
 import time
 from pathlib import Path
@@ -14,6 +15,7 @@ import torch
 from lightning.pytorch.callbacks import TQDMProgressBar, WeightAveraging
 
 from digitpipe.core.atomic import write_text
+from digitpipe.core.errors import DigitpipeError
 from digitpipe.core.numbers import rounded
 
 HISTORY_FIELDS = [
@@ -61,6 +63,12 @@ class History(L.Callback):
             "train_seconds": round(seconds, 3),
             "images_per_s": round(self._images / seconds, 1) if seconds else float("nan"),
         }
+        if not math.isfinite(row["train_loss"]):
+            raise DigitpipeError(
+                f"training diverged: the train loss is {row['train_loss']} after epoch "
+                f"{row['epoch']}; lower train.lr (now {trainer.optimizers[0].defaults['lr']}). "
+                "Nothing was exported."
+            )
         self.rows.append(row)
         if trainer.is_global_zero:
             self._write()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import time
 import warnings
@@ -13,7 +14,7 @@ import lightning as L
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.fabric.utilities.rank_zero import rank_zero_only
-from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 from digitpipe.core.atomic import write_json
 from digitpipe.core.config import ACCELERATORS, Params, Recipe, RuntimeParams, TrainParams
@@ -31,14 +32,17 @@ from digitpipe.core.paths import (
 from digitpipe.dataset.images import ImageSet
 from digitpipe.dataset.parquet import read_split
 from digitpipe.model.export import ModelSpec, save_model
-from digitpipe.model.zoo import count_parameters
+from digitpipe.model.zoo import check_image_size, count_parameters
 from digitpipe.plotting import save_figure
-from digitpipe.train.callbacks import History, wants_bar, weight_average
+from digitpipe.train.callbacks import EpochBar, History, wants_bar, weight_average
 from digitpipe.train.checkpoint import network_weights, read_checkpoint, write_portable_checkpoint
 from digitpipe.train.data import DigitData
 from digitpipe.train.figures import learning_curves_figure
 from digitpipe.train.module import DigitClassifier
 from digitpipe.train.recipes import resolve_recipe
+
+# Set by torchrun / torch.distributed launchers and by SLURM: without one, num_nodes > 1 hangs.
+LAUNCHER_VARIABLES = ("MASTER_ADDR", "TORCHELASTIC_RUN_ID", "SLURM_NTASKS", "NODE_RANK")
 
 
 def check_params(train: TrainParams, recipe: Recipe) -> None:
@@ -59,6 +63,13 @@ def check_params(train: TrainParams, recipe: Recipe) -> None:
         )
     if recipe.nesterov and not recipe.momentum:
         raise DigitpipeError("train.nesterov is true but train.momentum is 0; set a momentum > 0.")
+    if train.num_nodes > 1 and not any(name in os.environ for name in LAUNCHER_VARIABLES):
+        raise DigitpipeError(
+            f"train.num_nodes is {train.num_nodes}, but this process was not started by a "
+            "multi-node launcher, so it would wait forever for the other nodes. Start the same "
+            "command on every node with torchrun (--nnodes, --node-rank, --master-addr) or "
+            "srun under SLURM, or set train.num_nodes: 1."
+        )
 
 
 def check_sizes(batch_size: int, world_size: int, train: ImageSet) -> None:
@@ -121,7 +132,7 @@ def build_trainer(
     bar = wants_bar(runtime.progress)
     callbacks = [checkpoint, *callbacks]
     callbacks += [weight_average(recipe.ema)] if recipe.ema else []
-    callbacks += [TQDMProgressBar()] if bar else []
+    callbacks += [EpochBar()] if bar else []
     try:
         trainer = L.Trainer(
             accelerator=train.accelerator,
@@ -134,6 +145,7 @@ def build_trainer(
             callbacks=callbacks,
             logger=False,
             enable_progress_bar=bar,
+            enable_model_summary=False,  # one line from `run` instead (the table shows FLOPs 0)
             use_distributed_sampler=False,
             default_root_dir=run_dir,
             limit_train_batches=train.limit_batches,
@@ -142,10 +154,18 @@ def build_trainer(
         )
     except (MisconfigurationException, ValueError, RuntimeError) as exc:
         raise DigitpipeError(f"train: the Trainer rejected these settings: {exc}") from exc
-    # Deterministic mode also fills each new tensor with NaN to expose reads of uninitialised
-    # memory: a debugging aid that costs ~5% of a CPU step. Runs stay bit-identical without it.
-    torch.utils.deterministic.fill_uninitialized_memory = False
     return trainer, checkpoint
+
+
+def seed_process(train: TrainParams) -> None:
+    """Seed every generator; this changes process-wide state, so stages call it once, first.
+
+    The Trainer's deterministic mode also fills each new tensor with NaN to expose reads of
+    uninitialised memory: a debugging aid that costs ~5% of a CPU step. Runs stay bit-identical
+    without it, so it is turned off.
+    """
+    L.seed_everything(train.seed, workers=True, verbose=False)
+    torch.utils.deterministic.fill_uninitialized_memory = False
 
 
 def run(params: Params, root: Path = Path(".")) -> dict | None:
@@ -154,7 +174,8 @@ def run(params: Params, root: Path = Path(".")) -> dict | None:
     check_params(params.train, recipe)
     data_files = {split: root / split_file(split) for split in ("train", "val")}
     train, val = (read_split(path) for path in data_files.values())
-    L.seed_everything(params.train.seed, workers=True, verbose=False)
+    check_image_size(params.model.arch, *train.image_size)
+    seed_process(params.train)
     module = build_module(params.model.arch, recipe, train)
     run_dir = root / CHECKPOINT_ROOT / run_key(params, recipe, list(data_files.values()))
     history = History(
@@ -162,6 +183,8 @@ def run(params: Params, root: Path = Path(".")) -> dict | None:
     )
     trainer, checkpoint = build_trainer(params.train, params.runtime, recipe, run_dir, [history])
     check_sizes(recipe.batch_size, trainer.world_size, train)
+    if rank_zero_only.rank == 0:
+        print(describe(params, recipe, module, train, trainer), flush=True)
     on_rank_zero = rank_zero_only.rank == 0  # under DDP only rank 0 talks to MLflow
     tracking = start_tracking(params, root, recipe, history) if on_rank_zero else None
     if tracking is not None:
@@ -184,6 +207,19 @@ def run(params: Params, root: Path = Path(".")) -> dict | None:
     return metrics
 
 
+def describe(
+    params: Params, recipe: Recipe, module: DigitClassifier, train: ImageSet, trainer: L.Trainer
+) -> str:
+    """One line saying what is about to train, on what."""
+    height, width = train.image_size
+    return (
+        f"train: {params.model.arch} ({count_parameters(module.net):,} parameters) on "
+        f"{len(train):,} {height}x{width} images, {recipe.max_epochs} epochs of batch "
+        f"{recipe.batch_size}, {trainer.world_size} x {trainer.strategy.root_device.type} "
+        f"({trainer.precision})"
+    )
+
+
 def start_tracking(params: Params, root: Path, recipe: Recipe, history: History):
     """The MLflow run of this training (params logged), as a callback; None when tracking is off.
     MLflow is imported only then."""
@@ -197,12 +233,20 @@ def start_tracking(params: Params, root: Path, recipe: Recipe, history: History)
 
 
 def resume_from(run_dir: Path, runtime: RuntimeParams) -> Path | None:
-    """The interrupted run's last checkpoint, when resuming is on and there is one."""
+    """The interrupted run's last checkpoint, when resuming is on and it is readable; a corrupt
+    one (a truncated write) is set aside with a message, and training starts afresh."""
     last = run_dir / "last.ckpt"
-    if runtime.resume and last.exists():
-        print(f"Resuming from {last}", flush=True)
-        return last
-    return None
+    if not (runtime.resume and last.exists()):
+        return None
+    try:
+        read_checkpoint(last)
+    except Exception as exc:  # any unreadable checkpoint: torch raises many kinds
+        aside = last.with_name("last.ckpt.corrupt")
+        last.replace(aside)
+        print(f"{last} cannot be read ({type(exc).__name__}); moved to {aside}, starting afresh.")
+        return None
+    print(f"Resuming from {last}", flush=True)
+    return last
 
 
 def fit(trainer: L.Trainer, module: DigitClassifier, data: DigitData, ckpt: Path | None) -> None:
@@ -285,4 +329,4 @@ def log_results(
         WEIGHTS_ARTIFACTS: [model_dir / WEIGHTS_FILE, model_dir / SPEC_FILE],
     }
     example = val.images[:4, None].astype("float32")
-    log_training(ref, root, numbers, tags, net, example, data_files, artifacts)
+    log_training(ref, root, numbers, tags, example, data_files, artifacts)

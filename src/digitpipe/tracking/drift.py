@@ -1,0 +1,292 @@
+"""The drift report of a retrain: does the new data look like the data the champion learned from?
+
+"New data" are the drop-folder batches (image ids ``incoming/<batch>-000012``) in the current
+train and val splits that the champion did not train on; the "reference" is the training split
+of the champion, as recorded by :func:`data_stats` when it was judged (logged to its run), or,
+for a champion without that record or no champion, the current training split without the new
+batches. Compared: class frequencies (chi-square), per class the mean and standard deviation of
+pixel intensity and the ink area (fraction of pixels > 0, Welch tests), and the champion's
+accuracy on the new images against its accuracy on the test split (exact binomial test).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.stats import binomtest, chisquare, ttest_ind_from_stats
+
+from digitpipe.dataset.images import ImageSet
+
+INCOMING_PREFIX = "incoming/"  # how the ingest stage names batch images (ingest.sources)
+MIN_EFFECT = 0.2  # a pixel shift is flagged only from this standardized size (Cohen's small)
+
+
+def batch_of(image_id: str) -> str | None:
+    """The drop-folder batch an image came from (``incoming/week1-000012`` -> ``week1``)."""
+    if not image_id.startswith(INCOMING_PREFIX):
+        return None
+    return image_id[len(INCOMING_PREFIX) :].rsplit("-", 1)[0]
+
+
+def batch_counts(*splits: ImageSet) -> dict[str, int]:
+    """Images per drop-folder batch in ``splits``, by batch name."""
+    counts = Counter(batch for split in splits for batch in map(batch_of, split.ids) if batch)
+    return dict(sorted(counts.items()))
+
+
+def rows_of(images: ImageSet, batches: set[str], *, inside: bool) -> ImageSet:
+    """The rows of ``images`` from (``inside``) or not from the named batches."""
+    keep = np.array([(batch_of(i) in batches) == inside for i in images.ids], bool)
+    return images.take(np.flatnonzero(keep))
+
+
+def class_stats(images: ImageSet) -> dict[str, dict[str, float]]:
+    """Per class: images, mean and standard deviation of all pixel values (0..255), the
+    standard deviation of the per-image mean intensity, and the mean and standard deviation of
+    the per-image ink area (fraction of pixels > 0)."""
+    stats = {}
+    for label, name in enumerate(images.class_names):
+        pixels = images.images[images.labels == label].reshape(-1, np.prod(images.image_size))
+        n = len(pixels)
+        if n == 0:
+            stats[name] = {"images": 0}
+            continue
+        per_image = pixels.mean(axis=1, dtype=np.float64)
+        ink = (pixels > 0).mean(axis=1, dtype=np.float64)
+        stats[name] = {
+            "images": n,
+            "pixel_mean": float(per_image.mean()),
+            "pixel_std": float(pixels.std(dtype=np.float64)),
+            "image_mean_std": float(per_image.std(ddof=1)) if n > 1 else 0.0,
+            "ink_mean": float(ink.mean()),
+            "ink_std": float(ink.std(ddof=1)) if n > 1 else 0.0,
+        }
+    return stats
+
+
+def data_stats(train: ImageSet, batches: dict[str, int]) -> dict:
+    """What a model was trained on, logged with it: the training split's size, class counts and
+    pixel statistics, and the drop-folder batches it saw (images in train and val)."""
+    return {
+        "images": len(train),
+        "class_names": list(train.class_names),
+        "per_class": class_stats(train),
+        "batches": batches,
+    }
+
+
+@dataclass(frozen=True)
+class ChampionOnNew:
+    """The champion's accuracy on the new images, beside its accuracy on the test split."""
+
+    version: str
+    correct: int
+    images: int
+    test_accuracy: float
+
+
+def drift(
+    reference: dict,
+    reference_label: str,
+    new: ImageSet,
+    new_batches: dict[str, int],
+    champion: ChampionOnNew | None,
+    alpha: float,
+) -> dict:
+    """Compare ``new`` images with the ``reference`` statistics (:func:`data_stats`); return
+    the report as a JSON-ready mapping whose ``flags`` list what differs at level ``alpha``."""
+    names = list(new.class_names)
+    report: dict = {
+        "reference": {"what": reference_label, "images": reference["images"]},
+        "new": {"images": len(new), "batches": new_batches},
+        "alpha": alpha,
+        "flags": [],
+    }
+    if not len(new):
+        report["summary"] = "no new data: no drop-folder batch the champion has not seen"
+        return report
+    new_stats = class_stats(new)
+    ref_counts = np.array([reference["per_class"][c]["images"] for c in names], float)
+    new_counts = np.array([new_stats[c]["images"] for c in names], float)
+    report["classes"] = _class_frequencies(names, ref_counts, new_counts, alpha, report["flags"])
+    report["pixels"] = _pixel_shifts(names, reference, new_stats, alpha, report["flags"])
+    if champion is not None:
+        accuracy = champion.correct / champion.images
+        p = binomtest(
+            champion.correct, champion.images, champion.test_accuracy, alternative="less"
+        ).pvalue
+        report["champion_on_new"] = {
+            "version": champion.version,
+            "accuracy": accuracy,
+            "correct": champion.correct,
+            "images": champion.images,
+            "test_accuracy": champion.test_accuracy,
+            "p_value": float(p),
+        }
+        if p < alpha:
+            report["flags"].append(
+                f"champion version {champion.version} is less accurate on the new images "
+                f"({accuracy:.4f}) than on the test split ({champion.test_accuracy:.4f}): "
+                f"one-sided exact binomial p = {p:.3g}"
+            )
+    report["summary"] = "; ".join(report["flags"]) or "nothing flagged"
+    return _finite(report)
+
+
+def _class_frequencies(
+    names: list[str], ref: np.ndarray, new: np.ndarray, alpha: float, flags: list[str]
+) -> dict:
+    """Chi-square goodness of fit of the new class counts to the reference shares."""
+    known = ref > 0
+    unseen = [names[i] for i in np.flatnonzero(~known & (new > 0))]
+    if unseen:
+        flags.append(f"classes absent from the reference data: {', '.join(unseen)}")
+    expected = np.zeros_like(ref)
+    expected[known] = ref[known] / ref[known].sum() * new[known].sum()
+    result: dict = {
+        "per_class": {
+            name: {
+                "reference": int(ref[i]),
+                "reference_share": float(ref[i] / max(ref.sum(), 1)),
+                "new": int(new[i]),
+                "new_share": float(new[i] / max(new.sum(), 1)),
+                "expected": float(expected[i]),
+            }
+            for i, name in enumerate(names)
+        }
+    }
+    if known.sum() < 2 or new[known].sum() == 0:
+        return result | {"chi_square": None, "dof": None, "p_value": None}
+    statistic, p = chisquare(new[known], expected[known])
+    result |= {
+        "chi_square": float(statistic),
+        "dof": int(known.sum() - 1),
+        "p_value": float(p),
+        "small_expected": bool((expected[known] < 5).any()),
+    }
+    if p < alpha:
+        flags.append(
+            f"class frequencies differ from the reference: chi-square {statistic:.1f} "
+            f"({known.sum() - 1} dof), p = {p:.3g}"
+        )
+    return result
+
+
+def _pixel_shifts(
+    names: list[str], reference: dict, new: dict, alpha: float, flags: list[str]
+) -> dict:
+    """Per class, Welch tests of the per-image mean intensity and ink area (Bonferroni over all
+    tests); a shift is flagged when significant and at least ``MIN_EFFECT`` reference standard
+    deviations large."""
+    measures = {"intensity": ("pixel_mean", "image_mean_std"), "ink": ("ink_mean", "ink_std")}
+    rows: dict = {}
+    tests = []
+    for name in names:
+        ref, cur = reference["per_class"][name], new[name]
+        rows[name] = {"reference": ref, "new": cur}
+        if ref["images"] < 2 or cur["images"] < 2:
+            continue
+        for measure, (mean, std) in measures.items():
+            if ref[std] == 0 and cur[std] == 0:
+                continue
+            _, p = ttest_ind_from_stats(
+                cur[mean], cur[std], cur["images"], ref[mean], ref[std], ref["images"], False
+            )
+            effect = (cur[mean] - ref[mean]) / ref[std] if ref[std] else math.inf
+            tests.append((name, measure, float(p), float(effect)))
+    level = alpha / max(len(tests), 1)
+    shifted = []
+    for name, measure, p, effect in tests:
+        rows[name][f"{measure}_p_value"] = p
+        rows[name][f"{measure}_effect"] = effect
+        if p < level and abs(effect) >= MIN_EFFECT:
+            shifted.append(f"{name} ({measure} {effect:+.2f} sd)")
+    if shifted:
+        flags.append(
+            f"pixel statistics shifted (Welch, Bonferroni level {level:.2g}): {', '.join(shifted)}"
+        )
+    return {"per_class": rows, "tests": len(tests), "level": level}
+
+
+def _finite(value: object) -> object:
+    """``value`` with NaN and infinities as None, so it is standard JSON."""
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_finite(item) for item in value]
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def to_markdown(report: dict, title: str) -> str:
+    """The report as a short Markdown page."""
+    lines = [f"# {title}", ""]
+    new, ref = report["new"], report["reference"]
+    batches = ", ".join(f"{name} ({count})" for name, count in new["batches"].items()) or "none"
+    lines += [
+        f"- New data: {new['images']} images from the drop-folder batches {batches}.",
+        f"- Reference: {ref['what']} ({ref['images']} images).",
+        f"- Flagged (level {report['alpha']}): {report['summary']}.",
+        "",
+    ]
+    if "classes" not in report:
+        return "\n".join(lines)
+    classes = report["classes"]
+    p = classes["p_value"]
+    lines += [
+        "## Class frequencies",
+        "",
+        "chi-square "
+        + (
+            "not computed (fewer than two classes)"
+            if p is None
+            else f"{classes['chi_square']:.2f}, {classes['dof']} dof, p = {p:.3g}"
+            + (" (some expected counts below 5: approximate)" if classes["small_expected"] else "")
+        ),
+        "",
+        "| class | reference | share | new | share | expected |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name, row in classes["per_class"].items():
+        lines.append(
+            f"| {name} | {row['reference']} | {row['reference_share']:.3f} | {row['new']} | "
+            f"{row['new_share']:.3f} | {row['expected']:.1f} |"
+        )
+    lines += [
+        "",
+        "## Pixels per class",
+        "",
+        "Intensity: mean ± standard deviation of all pixel values (0-255); ink: mean fraction of "
+        "pixels > 0 per image.",
+        "",
+        "| class | intensity, reference | intensity, new | ink, reference | ink, new |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for name, row in report["pixels"]["per_class"].items():
+        ref_row, new_row = row["reference"], row["new"]
+        lines.append(
+            f"| {name} | {_intensity(ref_row)} | {_intensity(new_row)} | {_ink(ref_row)} | "
+            f"{_ink(new_row)} |"
+        )
+    champion = report.get("champion_on_new")
+    lines += ["", "## The champion on the new images", ""]
+    if champion is None:
+        lines.append("No champion to run.")
+    else:
+        lines.append(
+            f"Champion version {champion['version']}: accuracy {champion['accuracy']:.4f} "
+            f"({champion['correct']} of {champion['images']}) on the new images, "
+            f"{champion['test_accuracy']:.4f} on the test split (one-sided exact binomial "
+            f"p = {champion['p_value']:.3g})."
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _intensity(row: dict) -> str:
+    return f"{row['pixel_mean']:.1f} ± {row['pixel_std']:.1f}" if row["images"] else "-"
+
+
+def _ink(row: dict) -> str:
+    return f"{row['ink_mean']:.3f}" if row["images"] else "-"
