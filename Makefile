@@ -53,6 +53,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/predict.py
 	$(BIN)/python bench/train.py
 	$(BIN)/python bench/pipeline.py
+	$(BIN)/python bench/hostile.py
 
 lock: $(STAMP)
 	{ echo "# Exact versions of the whole stack: make installs with -c requirements.lock."; \

@@ -124,8 +124,8 @@ def test_arrays_that_are_not_images_are_refused(array, size, exact, message):
     [
         (np.array([0, 9, 10]), None, "label 10 at position 2 is out of range"),
         (np.array([0, -1]), ["1", "2"], "label -1 at image 2 is out of range"),
-        (np.array([0.0, 1.5]), None, "label 1.5 at position 1 is out of range"),
-        (np.array([np.nan]), None, "label nan at position 0 is out of range"),
+        (np.array([0.0, 1.5]), None, "label 1.5 at position 1 is not a whole number"),
+        (np.array([np.nan]), None, "label nan at position 0 is not a whole number"),
     ],
 )
 def test_labels_must_be_class_indexes(labels, ids, message):

@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import reprlib
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from digitpipe.core.errors import DigitpipeError
+
+
+def excerpt(value: object, limit: int = 60, *, quote: bool = True) -> str:
+    """``value`` shortened for a message to about ``limit`` characters: its repr (elided in the
+    middle), or with ``quote=False`` the text itself (cut at the end)."""
+    if not quote:
+        text = str(value)
+        return text if len(text) <= limit else text[: limit - 3] + "..."
+    short = reprlib.Repr()
+    short.maxstring = short.maxother = limit
+    return short.repr(value)
 
 
 def first_invalid(values: np.ndarray, bounds: tuple[int, int] | None) -> tuple[int, ...] | None:
@@ -29,8 +41,10 @@ def check_labels(
     index = first_invalid(labels, (0, classes - 1))
     if index is not None:
         row = index[0]
+        value = labels[row].item()
+        fault = "out of range" if float(value).is_integer() else "not a whole number"
         place = f"position {row}" if ids is None else f"image {ids[row]}"
         raise DigitpipeError(
-            f"{path}: label {labels[row].item()} at {place} is out of range: {owner} has "
-            f"{classes} classes, so labels must be 0..{classes - 1}."
+            f"{path}: label {value} at {place} is {fault}: {owner} has {classes} classes, so "
+            f"labels must be whole numbers 0..{classes - 1}."
         )

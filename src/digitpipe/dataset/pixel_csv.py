@@ -1,4 +1,9 @@
-"""Read Kaggle-style pixel CSV files: an optional label column plus one column per pixel."""
+"""Read Kaggle-style pixel CSV files: an optional label column plus one column per pixel.
+
+The file is read as bounded text (:func:`digitpipe.dataset.idx.read_bytes`: a regular file,
+gzip detected by content, at most ``MAX_TEXT_BYTES``); the header must be UTF-8 with unique
+names and at most ``MAX_HEADER_BYTES`` long (a 400x400-pixel header is about 2 MB).
+"""
 
 from __future__ import annotations
 
@@ -11,12 +16,18 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from digitpipe.core.errors import DigitpipeError
-from digitpipe.dataset.checks import first_invalid
+from digitpipe.dataset.checks import excerpt, first_invalid
+from digitpipe.dataset.idx import read_bytes
+
+MAX_HEADER_BYTES = 64 * 2**20
+MIN_BLOCK_BYTES = 2**20  # pyarrow's default block size; a block must hold the header and a row
+EXACT_INT = 2**53  # labels beyond this stay float, so a label check reports their real value
 
 
 @dataclass(frozen=True)
 class CsvImages:
-    """Flat pixel rows (N, P) as uint8 and, when the file has a label column, raw labels."""
+    """Flat pixel rows (N, P) as uint8 and, when the file has a label column, the labels:
+    int64 when every one fits, else float64 as written (for the label check to report)."""
 
     pixels: np.ndarray
     labels: np.ndarray | None
@@ -24,49 +35,96 @@ class CsvImages:
 
 def read_pixel_csv(path: Path, label_column: str) -> CsvImages:
     """Read a pixel CSV with a header; every column except ``label_column`` is a pixel."""
-    try:
-        table = pacsv.read_csv(path)
-    except FileNotFoundError:
-        raise DigitpipeError(f"{path}: file not found.") from None
-    except pa.ArrowInvalid as exc:
-        message = str(exc)
-        if "Empty CSV file" in message:
-            raise DigitpipeError(
-                f"{path}: the file is empty; expected a CSV with a header."
-            ) from None
-        raise DigitpipeError(f"{path}: not a well-formed CSV ({message}).") from None
+    table = _parse(path, read_bytes(path, "text").data)
     if table.num_rows == 0:
         raise DigitpipeError(f"{path}: the CSV has a header but no rows.")
     labels = None
     if label_column in table.column_names:
         labels = _whole_numbers(path, table.select([label_column]), None)[:, 0]
+        if np.abs(labels).max() < EXACT_INT:
+            labels = labels.astype(np.int64)
         table = table.drop_columns([label_column])
     if table.num_columns == 0:
-        raise DigitpipeError(f"{path}: no pixel columns besides '{label_column}'.")
+        raise DigitpipeError(f"{path}: no pixel columns besides {excerpt(label_column)}.")
     pixels = _whole_numbers(path, table, (0, 255)).astype(np.uint8)
     return CsvImages(pixels, labels)
 
 
+def _parse(path: Path, data: bytes) -> pa.Table:
+    """The CSV ``data`` as a table, after checking its header (size, encoding, unique names)."""
+    if not data:
+        raise DigitpipeError(f"{path}: the file is empty; expected a CSV with a header.")
+    header = _header(path, data)
+    block = max(MIN_BLOCK_BYTES, 16 * (len(header) + 1))
+    options = pacsv.ReadOptions(block_size=block)
+    try:
+        table = pacsv.read_csv(pa.py_buffer(data), read_options=options)
+    except pa.ArrowInvalid as exc:
+        raise DigitpipeError(
+            f"{path}: not a well-formed CSV ({excerpt(str(exc), 200, quote=False)})."
+        ) from None
+    first: dict[str, int] = {}
+    for col, name in enumerate(table.column_names):
+        if first.setdefault(name, col) != col:
+            raise DigitpipeError(
+                f"{path}: column {excerpt(name)} appears twice in the header (columns "
+                f"{first[name] + 1} and {col + 1}); each column name must be unique."
+            )
+    return table
+
+
+def _header(path: Path, data: bytes) -> str:
+    """The first line of ``data``: at most MAX_HEADER_BYTES of UTF-8 text."""
+    end = data.find(b"\n", 0, MAX_HEADER_BYTES + 1)
+    if end < 0 and len(data) > MAX_HEADER_BYTES:
+        raise DigitpipeError(
+            f"{path}: no line break in the first {MAX_HEADER_BYTES >> 20} MiB: the header line "
+            "is too long, or this is not a CSV file."
+        )
+    line = data[: len(data) if end < 0 else end]
+    try:
+        return line.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DigitpipeError(
+            f"{path}: the header is not UTF-8 text (byte 0x{line[exc.start]:02x} at position "
+            f"{exc.start}, near {excerpt(line[max(0, exc.start - 20) : exc.start + 20])}); "
+            "save the CSV as UTF-8."
+        ) from None
+
+
 def _whole_numbers(path: Path, table: pa.Table, bounds: tuple[int, int] | None) -> np.ndarray:
-    """The table as an int64 matrix, after checking every value is a whole number in bounds."""
+    """The table as a numeric matrix, after checking every value is a whole number in bounds."""
     for name, column in zip(table.column_names, table.columns, strict=True):
         if column.null_count:
             row = pc.index(pc.is_null(column), True).as_py()
             raise DigitpipeError(
-                f"{path}: column '{name}' has a missing or NaN value at data row {row + 1}."
+                f"{path}: column {excerpt(name)} has a missing or NaN value at data row {row + 1}."
             )
         if not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)):
+            row = _first_non_number(column)
             raise DigitpipeError(
-                f"{path}: column '{name}' is not numeric (first value {column[0].as_py()!r}); "
-                "pixels and labels must be whole numbers."
+                f"{path}: column {excerpt(name)} is not numeric: value "
+                f"{excerpt(column[row].as_py(), 40)} at data row {row + 1}; pixels and labels "
+                "must be whole numbers."
             )
     matrix = np.column_stack([column.to_numpy() for column in table.columns])
     index = first_invalid(matrix, bounds)
     if index is not None:
         row, col = index
         fault = "" if bounds is None else f" in {bounds[0]}..{bounds[1]}"
+        value = excerpt(table.column(col)[row].as_py(), 40)
         raise DigitpipeError(
-            f"{path}: column '{table.column_names[col]}' has value "
-            f"{table.column(col)[row].as_py()!r} at data row {row + 1}, not a whole number{fault}."
+            f"{path}: column {excerpt(table.column_names[col])} has value {value} at data row "
+            f"{row + 1}, not a whole number{fault}."
         )
-    return matrix.astype(np.int64, copy=False)
+    return matrix
+
+
+def _first_non_number(column: pa.ChunkedArray) -> int:
+    """The row of the first value of ``column`` that does not read as a number (else 0)."""
+    for row, value in enumerate(column.to_pylist()):
+        try:
+            float(value)
+        except (TypeError, ValueError):
+            return row
+    return 0

@@ -33,6 +33,11 @@ def as_images(
         )
     if not len(array):
         raise DigitpipeError(f"{path}: the file holds no images.")
+    if not array.shape[1] or not array.shape[2]:
+        raise DigitpipeError(
+            f"{path}: the images are {array.shape[1]}x{array.shape[2]} pixels; an image needs "
+            "at least one row and one column."
+        )
     index = None if array.dtype == np.uint8 else first_invalid(array, (0, 255))
     if index is not None:
         raise DigitpipeError(

@@ -69,7 +69,7 @@ def _load_idx(
 
 
 def _read_verified(relative: Path, data: DataParams, root: Path) -> np.ndarray:
-    raw = read_bytes(root / relative)
+    raw = read_bytes(root / relative, "idx")  # stops at the size the IDX header declares
     if relative in data.checksums:
         _verify_checksum(raw, relative, data)
     return parse_idx(raw)

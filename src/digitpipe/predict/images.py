@@ -13,34 +13,65 @@ The steps follow how MNIST itself was made, without a threshold:
    brightest pixel to 255;
 5. place it so its centre of mass is at the image centre (an integer shift, as MNIST did: MNIST's
    centres of mass average (14.0, 14.0) in pixel indices), keeping the whole digit inside.
+
+Memory stays bounded: a picture above ``MAX_PIXELS`` is decoded at a reduced scale (JPEG) or
+refused, judged by its header before any pixel is decoded.
 """
 
 from __future__ import annotations
 
+import math
+import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
 
 from digitpipe.core.errors import DigitpipeError
+from digitpipe.dataset.idx import regular_file
 
 BOX_FRACTION = 20 / 28  # MNIST: the digit fits a 20x20 box inside the 28x28 image
 INK_FRACTION = 0.05  # ink: brighter than this fraction of the brightest pixel (for the crop)
 MIN_CONTRAST = 0.1  # ink this faint (fraction of full scale) or less: a blank picture
+MAX_SIDE = 4096
+MAX_PIXELS = MAX_SIDE * MAX_SIDE  # bigger pictures: JPEG decodes reduced, others are refused
 
 
 def load_digit(path: Path, size: tuple[int, int]) -> np.ndarray:
     """The digit pictured in ``path`` as a uint8 (H, W) MNIST-style image of ``size``."""
+    regular_file(path)
     try:
-        with Image.open(path) as picture:
-            picture.load()
-            gray = grayscale(ImageOps.exif_transpose(picture))
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        with warnings.catch_warnings():  # PIL's bomb warning: the pixel cap below replaces it
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as picture:
+                fit_pixel_cap(path, picture)
+                picture.load()
+                gray = grayscale(ImageOps.exif_transpose(picture))
+    except Image.DecompressionBombError as exc:
+        raise DigitpipeError(
+            f"{path}: the picture is too large to read ({exc}); scale it down."
+        ) from None
+    except (OSError, SyntaxError, ValueError) as exc:
         raise DigitpipeError(f"{path}: not a readable picture ({exc}).") from None
     digit = mnist_style(gray, size)
     if digit is None:
         raise DigitpipeError(f"{path}: no digit found: the picture is blank.")
     return digit
+
+
+def fit_pixel_cap(path: Path, picture: Image.Image) -> None:
+    """Before decoding: have a picture above MAX_PIXELS decoded at a reduced scale (JPEG's
+    1/2 to 1/8 draft modes), or refuse it when its format cannot do that."""
+    width, height = picture.size
+    if width * height <= MAX_PIXELS:
+        return
+    scale = math.sqrt(MAX_PIXELS / (width * height)) / 2  # draft gives 1x to 2x of this
+    picture.draft(None, (max(1, int(width * scale)), max(1, int(height * scale))))
+    if picture.size[0] * picture.size[1] > MAX_PIXELS:
+        raise DigitpipeError(
+            f"{path}: the picture is {width}x{height} pixels, more than the {MAX_PIXELS:,} "
+            f"({MAX_SIDE}x{MAX_SIDE}) digitpipe decodes; scale it down (a digit needs far fewer)."
+        )
 
 
 def grayscale(picture: Image.Image) -> np.ndarray:

@@ -27,7 +27,7 @@ from typing import Literal, TypeVar
 import numpy as np
 
 from digitpipe.core.errors import DigitpipeError
-from digitpipe.dataset.idx import parse_idx, read_bytes
+from digitpipe.dataset.idx import NotIdxError, parse_idx, read_bytes
 from digitpipe.dataset.pixel_csv import read_pixel_csv
 from digitpipe.dataset.shapes import as_images
 from digitpipe.predict.images import load_digit
@@ -123,11 +123,12 @@ def read_csv(path: Path, size: tuple[int, int]) -> Batch:
 
 def read_idx_images(path: Path, size: tuple[int, int]) -> Batch:
     """An IDX file of images; ids are 0-based indexes."""
-    raw = read_bytes(path)
-    if raw.data[:2] != b"\0\0":
+    try:
+        raw = read_bytes(path, "idx")
+    except NotIdxError:
         raise DigitpipeError(
             f"{path}: not a picture ({', '.join(PICTURE_SUFFIXES)}), a pixel CSV (.csv) "
             "or an IDX file."
-        )
+        ) from None
     images = as_images(path, parse_idx(raw), size, exact=False)
     return Batch(path, "idx", [str(index) for index in range(len(images))], images)

@@ -1,0 +1,138 @@
+"""Faults mid-run: a killed `dvc repro` leaves no orphan and no RUNNING MLflow run, and the rerun
+resumes; a diverging or unlaunchable training stops with a message; leftovers are cleaned."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from conftest import dvc, edit_params, init_pipeline_repo
+from mlflow.tracking import MlflowClient
+
+from digitpipe.cli import main
+from digitpipe.core.atomic import write_text
+from digitpipe.core.config import load_params
+from digitpipe.core.paths import CHECKPOINT_ROOT, MODEL_DIR, split_file
+from digitpipe.train.recipes import resolve_recipe
+from digitpipe.train.run import run_key
+
+
+def stage_processes(project: Path, script: str) -> list[int]:
+    """Pids of processes running ``script`` with ``project`` as their working directory."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            cwd = os.readlink(entry / "cwd")
+        except OSError:
+            continue
+        if script in command and Path(cwd) == project:
+            found.append(int(entry.name))
+    return found
+
+
+def wait_for(condition, seconds: float, what: str) -> None:
+    """Poll ``condition`` until true; a hang guard, not a speed check."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.1)
+
+
+@pytest.mark.slow
+def test_killed_repro_leaves_no_orphan_and_no_running_run(tiny_project, tmp_path):
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    edit_params(tiny_project, "train", max_epochs=4, batch_size=32, limit_batches=12)
+    edit_params(tiny_project, "track", enabled=True, tracking_uri=store, experiment="faults")
+    edit_params(tiny_project, "runtime", progress="lines")
+    env = init_pipeline_repo(tiny_project)
+    env.pop("MLFLOW_TRACKING_URI", None)
+    repro = subprocess.Popen(
+        ["dvc", "repro"],
+        cwd=tiny_project,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
+    wait_for(
+        lambda: list((tiny_project / CHECKPOINT_ROOT).glob("*/last.ckpt")),
+        300,
+        "training never wrote a checkpoint",
+    )
+    assert stage_processes(tiny_project, "stages/train.py")
+    repro.send_signal(signal.SIGKILL)
+    repro.wait()
+    wait_for(
+        lambda: not stage_processes(tiny_project, "stages/train.py"),
+        5,
+        "the train stage outlived the killed dvc repro",
+    )
+    rerun = dvc(tiny_project, env, "repro")
+    assert "Resuming from" in rerun
+    client = MlflowClient(store)
+    experiment = client.get_experiment_by_name("faults")
+    runs = client.search_runs([experiment.experiment_id])
+    assert sorted(run.info.status for run in runs) == ["FINISHED", "KILLED"]
+
+
+def test_diverging_training_stops_and_exports_nothing(ingested, monkeypatch, capsys):
+    edit_params(ingested, "train", optimizer="sgd", lr=1e12, scheduler="none", ema=0)
+    monkeypatch.chdir(ingested)
+    assert main(["train"]) == 2
+    message = capsys.readouterr().err
+    assert "training diverged" in message and "train.lr" in message
+    assert not (ingested / MODEL_DIR).exists()
+
+
+def test_non_finite_learning_rate_is_refused(ingested, monkeypatch, capsys):
+    (ingested / "params.yaml").write_text(
+        (ingested / "params.yaml").read_text().replace("lr: null", "lr: .inf")
+    )
+    monkeypatch.chdir(ingested)
+    assert main(["train"]) == 2
+    assert "train.lr: Input should be a finite number" in capsys.readouterr().err
+
+
+def test_several_nodes_without_a_launcher_are_refused(ingested, monkeypatch, capsys):
+    for name in ("MASTER_ADDR", "TORCHELASTIC_RUN_ID", "SLURM_NTASKS", "NODE_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    edit_params(ingested, "train", num_nodes=2)
+    monkeypatch.chdir(ingested)
+    assert main(["train"]) == 2
+    message = capsys.readouterr().err
+    assert "num_nodes is 2" in message and "torchrun" in message
+
+
+def test_a_corrupt_resume_checkpoint_is_set_aside(ingested, monkeypatch, capsys):
+    edit_params(ingested, "train", max_epochs=2)
+    monkeypatch.chdir(ingested)
+    assert main(["train"]) == 0
+    exported = (ingested / MODEL_DIR / "model.safetensors").read_bytes()
+    # A truncated last.ckpt where an interrupted run of the same params would have left it.
+    params = load_params(ingested / "params.yaml")
+    recipe = resolve_recipe(params.model.arch, params.train)
+    splits = [ingested / split_file(name) for name in ("train", "val")]
+    folder = ingested / CHECKPOINT_ROOT / run_key(params, recipe, splits)
+    folder.mkdir(parents=True)
+    (folder / "last.ckpt").write_bytes(b"PK\x03\x04 truncated")
+    capsys.readouterr()
+    assert main(["train"]) == 0
+    output = capsys.readouterr().out
+    assert "cannot be read" in output and "starting afresh" in output
+    assert (ingested / MODEL_DIR / "model.safetensors").read_bytes() == exported
+
+
+def test_leftover_temporary_files_are_removed_by_the_next_write(tmp_path):
+    target = tmp_path / "summary.json"
+    leftover = tmp_path / ".summary.json.abc123.tmp"
+    leftover.write_text("half")
+    other = tmp_path / ".other.json.abc123.tmp"
+    other.write_text("someone else's")
+    write_text(target, "{}")
+    assert target.read_text() == "{}" and not leftover.exists() and other.exists()

@@ -1,0 +1,428 @@
+"""Hostile files and params (issue 17): each fails fast with one message naming the file and the
+fault, exit status 2, no traceback, nothing written, in bounded memory and time.
+
+Bombs and special files run the CLI in a fresh process: a wrapper process runs it and reports
+its peak RSS (``RUSAGE_CHILDREN`` of the wrapper counts that one child only) and wall time; a
+hang fails the test at the wrapper's timeout instead of blocking the run.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import json
+import os
+import struct
+import subprocess
+import sys
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from conftest import edit_params
+from PIL import Image
+
+from digitpipe.cli import main
+from digitpipe.core.paths import INGEST_REPORTS, PROCESSED_DIR
+from digitpipe.dataset.idx import write_idx
+
+MAX_RSS_MB = 200  # the ingest process, all of it: a bomb may add only what its header declares
+MAX_EXTRA_RSS_MB = 100  # predict (torch loaded first): above the same command on a missing file
+HANG_GUARD_S = 60  # a process still running then has hung; speed is measured in bench/hostile.py
+
+MEASURE = """
+import json, resource, subprocess, sys
+done = subprocess.run(sys.argv[2:], capture_output=True, text=True, timeout=float(sys.argv[1]))
+print(json.dumps({
+    "rc": done.returncode, "out": done.stdout, "err": done.stderr,
+    "rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+}))
+"""
+
+
+@dataclass(frozen=True)
+class Run:
+    """One `digitpipe` process: exit status, output and peak RSS."""
+
+    rc: int
+    out: str
+    err: str
+    rss_mb: float
+
+
+def digitpipe(cwd: Path, *args: str | Path) -> Run:
+    """`digitpipe ARGS` in a fresh process under ``cwd``, measured (see the module docstring)."""
+    command = [sys.executable, "-c", MEASURE, str(HANG_GUARD_S), sys.executable, "-m"]
+    command += ["digitpipe.cli", *args]
+    done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, check=True)
+    return Run(**json.loads(done.stdout))
+
+
+def assert_refused(err: str, *words: str) -> None:
+    """One user-facing error naming every word, and no traceback or raw warning."""
+    assert err.startswith("digitpipe: error: ") or "\ndigitpipe: error: " in err, err
+    for word in words:
+        assert word in err, err
+    assert "Traceback" not in err and "Warning" not in err, err
+
+
+def assert_no_ingest_output(project: Path) -> None:
+    assert not (project / PROCESSED_DIR).exists()
+    assert not (project / INGEST_REPORTS).exists()
+    assert not list((project / "data").glob(".processed*"))
+
+
+def ingest(project: Path, monkeypatch, capsys) -> tuple[int, str]:
+    """`digitpipe ingest` in-process under ``project``: exit status and stderr."""
+    monkeypatch.chdir(project)
+    status = main(["ingest"])
+    return status, capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- gzip bombs
+
+
+@functools.cache
+def gigabyte_of_zeros() -> bytes:
+    """A gzip member that inflates to 1 GiB of zero bytes (about 4.7 MB)."""
+    compressor = zlib.compressobj(1, zlib.DEFLATED, 31)  # wbits 31: gzip framing
+    chunk = bytes(2**20)
+    return b"".join(compressor.compress(chunk) for _ in range(1024)) + compressor.flush()
+
+
+def idx_header(code: int, *dims: int) -> bytes:
+    return bytes([0, 0, code, len(dims)]) + struct.pack(f">{len(dims)}I", *dims)
+
+
+def gzip_bomb(path: Path, header: bytes) -> Path:
+    """``header`` followed by 1 GiB of zeros, gzip-compressed (two members, one stream)."""
+    path.write_bytes(gzip.compress(header, mtime=0) + gigabyte_of_zeros())
+    return path
+
+
+def test_gzip_bomb_stops_at_the_size_its_header_declares(tiny_project):
+    gzip_bomb(tiny_project / "data/raw/train-images.gz", idx_header(0x08, 10000, 28, 28))
+    run = digitpipe(tiny_project, "ingest")
+    assert run.rc == 2
+    assert_refused(
+        run.err,
+        "train-images.gz: file is longer than its header says",
+        "header dims 10000x28x28 of 1-byte values need 7840000 data bytes, found more",
+    )
+    assert run.rss_mb < MAX_RSS_MB, run
+    assert_no_ingest_output(tiny_project)
+
+
+def test_gzip_bomb_with_a_wrong_header_is_refused_at_its_first_bytes(tiny_project):
+    gzip_bomb(tiny_project / "data/raw/train-images.gz", b"")  # all zeros: magic 0x00000000
+    run = digitpipe(tiny_project, "ingest")
+    assert run.rc == 2
+    assert_refused(run.err, "train-images.gz: not an IDX file: wrong magic number 0x00000000")
+    assert run.rss_mb < MAX_RSS_MB, run
+    assert_no_ingest_output(tiny_project)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    """An untrained softmax model: predict checks its inputs before the network matters."""
+    from digitpipe.model.export import ModelSpec, save_model
+
+    spec = ModelSpec("softmax", 28, 28, [str(i) for i in range(10)], 33.3, 78.6)
+    folder = tmp_path_factory.mktemp("model")
+    save_model(spec.build(), spec, folder)
+    return folder
+
+
+def predict(folder: Path, model_dir: Path, *inputs: str | Path) -> Run:
+    """`digitpipe predict INPUTS --strict` in a fresh process, writing ``folder/out.csv``."""
+    return digitpipe(
+        folder, "predict", *inputs, "--model", model_dir, "--out", "out.csv", "--strict"
+    )
+
+
+@pytest.fixture(scope="module")
+def predict_baseline(model_dir, tmp_path_factory) -> Run:
+    """Predict on a missing file: the RSS and time of loading torch and the model."""
+    run = predict(tmp_path_factory.mktemp("baseline"), model_dir, "missing.png")
+    assert run.rc == 2 and "no such file" in run.err
+    return run
+
+
+def test_gzip_bomb_given_to_predict(tmp_path, model_dir, predict_baseline):
+    gzip_bomb(tmp_path / "bomb.gz", idx_header(0x08, 10000, 28, 28))
+    run = predict(tmp_path, model_dir, "bomb.gz")
+    assert run.rc == 2
+    assert_refused(run.err, "bomb.gz: file is longer than its header says", "found more")
+    assert run.rss_mb < predict_baseline.rss_mb + MAX_EXTRA_RSS_MB, (run, predict_baseline)
+    assert not (tmp_path / "out.csv").exists()
+
+
+# ---------------------------------------------------------------- special files
+
+
+@pytest.mark.parametrize("kind", ["device", "fifo"])
+def test_devices_and_fifos_are_refused_unopened(tiny_project, kind):
+    if kind == "device":
+        edit_params(tiny_project, "data", train={"images": "/dev/zero", "labels": "x"})
+        words = ["/dev/zero: not a regular file (a character device)"]
+    else:
+        os.mkfifo(tiny_project / "data/raw/pipe")  # no writer: opening it would block forever
+        edit_params(tiny_project, "data", train={"csv": "data/raw/pipe"})
+        words = ["data/raw/pipe: not a regular file (a FIFO (named pipe))"]
+    run = digitpipe(tiny_project, "ingest")
+    assert run.rc == 2
+    assert_refused(run.err, *words, "data is read only from regular files")
+    assert_no_ingest_output(tiny_project)
+
+
+def test_predict_refuses_devices_and_fifos(tmp_path, model_dir):
+    os.mkfifo(tmp_path / "pipe.png")
+    run = digitpipe(tmp_path, "predict", "pipe.png", "/dev/zero", "--model", model_dir)
+    assert run.rc == 2
+    assert_refused(
+        run.err,
+        "skipped pipe.png: not a regular file (a FIFO (named pipe))",
+        "skipped /dev/zero: not a regular file (a character device)",
+        "nothing to predict",
+    )
+    assert not (tmp_path / "predictions.csv").exists()
+
+
+# ---------------------------------------------------------------- IDX and CSV files
+
+
+def _raw_idx(name: str, payload: bytes):
+    return lambda project: (project / "data/raw" / name).write_bytes(payload)
+
+
+def _labels(values: np.ndarray):
+    def write(project: Path) -> None:
+        labels = read_labels(project).astype(values.dtype)
+        labels[4] = values[0]
+        write_idx(labels, project / "data/raw/test-labels")
+
+    return write
+
+
+def read_labels(project: Path) -> np.ndarray:
+    from digitpipe.dataset.idx import read_idx
+
+    return read_idx(project / "data/raw/test-labels").copy()
+
+
+def _empty_pair(project: Path) -> None:
+    write_idx(np.zeros((0, 28, 28), np.uint8), project / "data/raw/test-images")
+    write_idx(np.zeros(0, np.uint8), project / "data/raw/test-labels")
+
+
+def _csv(text: str | bytes):
+    def write(project: Path) -> None:
+        path = project / "data/raw/train.csv"
+        path.write_bytes(text.encode() if isinstance(text, str) else text)
+        edit_params(project, "data", train={"csv": "data/raw/train.csv"})
+
+    return write
+
+
+PIXELS = ",".join(f"pixel{i}" for i in range(4))
+FILE_CASES = {
+    "idx dims overflow int64 to 0": (
+        _raw_idx("test-images", idx_header(0x08, 65536, 65536, 65536, 65536) + bytes(16)),
+        [
+            "test-images",
+            "65536x65536x65536x65536",
+            "declare 18446744073709551616 data bytes",
+            "more than the 4 GiB",
+        ],
+    ),
+    "idx dims absurdly large": (
+        _raw_idx("test-images", idx_header(0x08, 4294967295, 28, 28) + bytes(784)),
+        ["test-images", "4294967295x28x28", "more than the 4 GiB", "header is corrupt"],
+    ),
+    "idx with 255 dimensions": (
+        _raw_idx("test-images", idx_header(0x08, *[1] * 255) + bytes(1)),
+        ["test-images", "declares 255 dimensions; digitpipe reads 1 to 4"],
+    ),
+    "idx zero-image pair": (_empty_pair, ["test-images", "the file holds no images"]),
+    "idx zero-pixel images": (
+        lambda p: write_idx(np.zeros((200, 0, 28), np.uint8), p / "data/raw/test-images"),
+        ["test-images", "the images are 0x28 pixels"],
+    ),
+    "idx float32 label 2.5": (
+        _labels(np.array([2.5], np.float32)),
+        ["test-labels", "label 2.5 at position 4 is not a whole number", "0..9"],
+    ),
+    "idx float32 label nan": (
+        _labels(np.array([np.nan], np.float32)),
+        ["test-labels", "label nan at position 4 is not a whole number"],
+    ),
+    "csv duplicate label column": (
+        _csv(f"label,label,{PIXELS}\n1,2,3,4,5,6\n"),
+        ["train.csv", "column 'label' appears twice in the header (columns 1 and 2)"],
+    ),
+    "csv latin-1 header": (
+        _csv(f"label,{PIXELS},pix\xe9l\n1,2,3,4,5\n".encode("latin-1")),
+        ["train.csv", "the header is not UTF-8 text (byte 0xe9 at position 37", "as UTF-8"],
+    ),
+    "csv label 1e20": (
+        _csv(f"label,{PIXELS}\n1,2,3,4,5\n1e20,2,3,4,5\n"),
+        ["train.csv", "label 1e+20 at position 1 is out of range"],
+    ),
+    "csv non-numeric cell": (
+        _csv(f"label,{PIXELS}\n1,2,3,4,5\n1,2,3,4,5\n1,2,x,4,5\n"),
+        ["train.csv", "column 'pixel1' is not numeric: value 'x' at data row 3"],
+    ),
+    "csv utf-16": (
+        _csv(f"label,{PIXELS}\n1,2,3,4,5\n".encode("utf-16")),
+        ["train.csv", "binary content (starts with 0xfffe6c00)", "UTF-8 text"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", FILE_CASES)
+def test_hostile_file_is_refused_clearly(case, tiny_project, monkeypatch, capsys):
+    break_it, words = FILE_CASES[case]
+    break_it(tiny_project)
+    status, err = ingest(tiny_project, monkeypatch, capsys)
+    assert status == 2
+    assert_refused(err, *words)
+    assert len(err) < 600, err
+    assert_no_ingest_output(tiny_project)
+
+
+def test_csv_with_a_header_over_1_mb_is_read(tiny_project, monkeypatch, capsys):
+    side = 400  # a 400x400-pixel CSV: its header is 1.8 MB, more than pyarrow's 1 MB block
+    rng = np.random.default_rng(0)
+    path = tiny_project / "data/raw/train.csv"
+    with path.open("w") as handle:
+        handle.write(",".join(["label"] + [f"pixel{i}" for i in range(side * side)]) + "\n")
+        for row in range(20):
+            pixels = rng.integers(0, 256, side * side)
+            handle.write(f"{row % 10}," + ",".join(map(str, pixels)) + "\n")
+    assert len(path.read_text().split("\n", 1)[0]) > 2**20
+    edit_params(
+        tiny_project,
+        "data",
+        train={"csv": "data/raw/train.csv"},
+        test=None,
+        test_fraction=0.5,
+        val_fraction=0.25,
+    )
+    status, err = ingest(tiny_project, monkeypatch, capsys)
+    assert status == 0, err
+    table = pq.read_table(tiny_project / PROCESSED_DIR / "train.parquet")
+    assert json.loads(table.schema.metadata[b"digitpipe"])["height"] == side
+
+
+# ---------------------------------------------------------------- params.yaml
+
+
+def test_params_over_1_mib_are_refused_unread(tiny_project, monkeypatch, capsys):
+    with (tiny_project / "params.yaml").open("a") as handle:
+        handle.write("# padding\n" * 120_000)
+    status, err = ingest(tiny_project, monkeypatch, capsys)
+    assert status == 2
+    assert_refused(err, "params.yaml: larger than 1 MiB")
+
+
+def test_yaml_alias_bomb_is_refused_at_once(tiny_project):
+    levels = ['a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for level, previous in zip("bcdefghi", "abcdefgh", strict=True):
+        levels.append(f"{level}: &{level} [" + ", ".join([f"*{previous}"] * 9) + "]")
+    path = tiny_project / "params.yaml"
+    path.write_text("\n".join(levels) + "\n" + path.read_text())  # 9**9 strings once expanded
+    run = digitpipe(tiny_project, "ingest")  # in a process of its own: unguarded, it takes GBs
+    assert run.rc == 2 and run.rss_mb < MAX_RSS_MB, run
+    assert_refused(
+        run.err, "params.yaml: YAML aliases (*name) expand the file to more than 100,000"
+    )
+
+
+def test_deeply_nested_yaml_is_refused(tiny_project, monkeypatch, capsys):
+    (tiny_project / "params.yaml").write_text("data: " + "[" * 100_000 + "]" * 100_000 + "\n")
+    status, err = ingest(tiny_project, monkeypatch, capsys)
+    assert status == 2
+    assert_refused(err, "params.yaml: YAML nested more than 32 levels deep")
+
+
+def test_params_that_are_not_utf8_are_refused(tiny_project, monkeypatch, capsys):
+    path = tiny_project / "params.yaml"
+    path.write_bytes(
+        path.read_bytes() + "report:\n  title: Ziffernerkl\xe4rung\n".encode("latin-1")
+    )
+    status, err = ingest(tiny_project, monkeypatch, capsys)
+    assert status == 2
+    assert_refused(err, "params.yaml: not UTF-8 text (byte 0xe4 on line", "save the file as UTF-8")
+
+
+def test_validation_errors_quote_short_excerpts(tiny_project, monkeypatch, capsys):
+    edit_params(tiny_project, "train", accelerator="x" * 100_000)
+    edit_params(tiny_project, "activations", image_ids=[[i] for i in range(1000)])
+    status, err = ingest(tiny_project, monkeypatch, capsys)
+    assert status == 2
+    assert_refused(err, "train.accelerator", "activations.image_ids.0", "... and ")
+    assert max(len(line) for line in err.splitlines()) < 400 and len(err) < 4000, err
+
+
+@pytest.mark.parametrize("section", ["data", "train"])
+def test_negative_seeds_are_refused_by_name(section, tiny_project, monkeypatch, capsys):
+    edit_params(tiny_project, section, seed=-1)
+    status, err = ingest(tiny_project, monkeypatch, capsys)
+    assert status == 2
+    assert_refused(err, f"{section}.seed: Input should be greater than or equal to 0 (got -1)")
+    assert_no_ingest_output(tiny_project)
+
+
+# ---------------------------------------------------------------- pictures
+
+
+def png_header_only(path: Path, width: int, height: int) -> Path:
+    """A PNG declaring ``width`` x ``height`` 8-bit gray pixels, with almost no data: what
+    decodes it fully fails late, after allocating the whole picture."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    idat = zlib.compress(bytes(width + 1))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+    )
+    return path
+
+
+def test_huge_picture_is_refused_before_decoding(tmp_path, model_dir, predict_baseline):
+    png_header_only(tmp_path / "huge.png", 13000, 13000)
+    run = predict(tmp_path, model_dir, "huge.png")
+    assert run.rc == 2
+    assert_refused(
+        run.err,
+        "huge.png: the picture is 13000x13000 pixels, more than the 16,777,216 (4096x4096)",
+        "scale it down",
+    )
+    assert "DecompressionBomb" not in run.err
+    assert run.rss_mb < predict_baseline.rss_mb + MAX_EXTRA_RSS_MB, (run, predict_baseline)
+    assert not (tmp_path / "out.csv").exists()
+
+
+def test_large_jpeg_is_decoded_at_a_reduced_scale(tmp_path, model_dir, mnist_train, capsys):
+    digit = Image.fromarray(255 - mnist_train[0][0]).resize((5000, 5000))  # 25 Mpx, dark ink
+    digit.save(tmp_path / "large.jpg", quality=80)
+    status = main(
+        [
+            "predict",
+            str(tmp_path / "large.jpg"),
+            "--model",
+            str(model_dir),
+            "--out",
+            str(tmp_path / "out.csv"),
+            "--strict",
+        ]
+    )
+    captured = capsys.readouterr()
+    assert status == 0, captured.err
+    assert "predicted 1 images" in captured.out and "Warning" not in captured.err
