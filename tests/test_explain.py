@@ -63,19 +63,46 @@ def test_activations_match_a_fresh_forward_pass(ingested, arch):
         assert not_blank(ingested / ACTIVATIONS_REPORTS / picture), picture
 
 
-def test_explicit_ids_come_first_and_unknown_ids_are_refused(ingested, monkeypatch, capsys):
-    params = through_evaluate(ingested)
+@pytest.mark.parametrize("arch", ["bncnn", "softmax"])  # conv layers, and a dense layer only
+def test_explicit_ids_come_first_and_unknown_ids_are_refused(ingested, monkeypatch, capsys, arch):
+    through_evaluate(ingested, arch)
     edit_params(ingested, "activations", image_ids=["test-000007"], worst_cases=0, typical=False)
     manifest = activations(load_params(ingested / "params.yaml"), ingested)
-    assert [image["image_id"] for image in manifest["images"]] == ["test-000007"]
+    # The one image recorded is test-000007: its label, and the model's answer for it.
+    test = read_split(ingested / PROCESSED_DIR / "test.parquet")
+    net, _ = load_model(ingested / MODEL_DIR)
+    with torch.inference_mode():
+        expected = torch.softmax(
+            net(torch.from_numpy(test.images[7:8, None].astype(np.float32))), 1
+        )
+    (image,) = manifest["images"]
+    assert manifest["model"] == arch and image["image_id"] == "test-000007"
+    assert image["label"] == str(test.labels[7])
+    assert image["predicted"] == str(int(expected.argmax()))
+    tensors = load_file(str(ingested / ACTIVATIONS_REPORTS / TENSORS_FILE))
+    np.testing.assert_allclose(tensors["softmax"], expected.numpy(), atol=1e-6)
+    first = next(name for name, _ in net.named_children())
+    assert tensors[first].shape[0] == 1
     edit_params(ingested, "activations", image_ids=["test-999999"])
     monkeypatch.chdir(ingested)
     assert main(["activations"]) == 2
     assert "test-999999" in capsys.readouterr().err
-    assert params.model.arch == "bncnn"
 
 
-def test_report_links_every_picture_and_inlines_them_in_html(ingested):
+def table_after(markdown: str, heading: str) -> dict[str, list[str]]:
+    """The first Markdown table after ``heading``: first cell -> the other cells of its row."""
+    lines = markdown[markdown.index(heading + "\n") :].splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| "))
+    rows = {}
+    for line in lines[start + 2 :]:  # after the header and its --- row
+        if not line.startswith("|"):
+            break
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        rows[cells[0]] = cells[1:]
+    return rows
+
+
+def test_report_shows_every_picture_and_the_numbers_of_the_metrics_files(ingested):
     params = through_evaluate(ingested)
     activations(params, ingested)
     markdown = report(params, ingested)
@@ -99,3 +126,39 @@ def test_report_links_every_picture_and_inlines_them_in_html(ingested):
     assert page.count('src="data:image/png;base64,') == 10 and '.png"' not in page
     assert "<table>" in page
     assert json.loads((reports / "evaluate/metrics.json").read_text())["n"] == 200
+    assert markdown == (ingested / "reports/report.md").read_text()
+    summary = json.loads((reports / "ingest/summary.json").read_text())
+    trained = json.loads((reports / "train/metrics.json").read_text())
+    tested = json.loads((reports / "evaluate/metrics.json").read_text())
+
+    assert markdown.startswith(f"# {params.report.title}\n")
+    data = table_after(markdown, "## Data")
+    assert {name: int(cells[0]) for name, cells in data.items()} == {
+        name: split["count"] for name, split in summary["splits"].items()
+    }
+    model = table_after(markdown, "## Model and training")
+    net, _ = load_model(ingested / MODEL_DIR)
+    count = sum(p.numel() for p in net.parameters())
+    assert model["architecture"] == [f"`bncnn` ({count:,} parameters)"]
+    assert trained["parameters"] == count
+    assert model["epochs (exported)"] == [f"{trained['epochs']} ({trained['best_epoch']})"]
+    loss, accuracy = map(float, model["validation loss, accuracy (exported epoch)"][0].split(","))
+    assert loss == pytest.approx(trained["val_loss"], abs=5e-5)
+    assert accuracy == pytest.approx(trained["val_accuracy"], abs=5e-5)
+
+    assert f"On {tested['n']} test images:" in markdown
+    shown = {
+        name: float(cells[0]) for name, cells in table_after(markdown, "## Test results").items()
+    }
+    expected = {
+        "accuracy": tested["accuracy"],
+        "macro F1": tested["macro_f1"],
+        "Cohen's kappa": tested["kappa"],
+        "log loss": tested["log_loss"],
+        "expected calibration error": tested["ece"],
+        "validation accuracy": tested["val"]["accuracy"],
+    }
+    assert shown.keys() == expected.keys()
+    for name, value in expected.items():
+        assert shown[name] == pytest.approx(value, abs=5e-5), name
+    assert (reports / "evaluate/stats.md").read_text().strip() in markdown

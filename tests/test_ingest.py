@@ -221,7 +221,8 @@ def _checksum(project):
 
 def _csv_train(project, text):
     (project / "data/raw/train.csv").write_text(text)
-    edit_params(project, "data", train={"csv": "data/raw/train.csv"})
+    digits = [str(k) for k in range(10)]  # labels must then be 0..9
+    edit_params(project, "data", train={"csv": "data/raw/train.csv"}, class_names=digits)
 
 
 CSV_HEADER = "label," + ",".join(f"pixel{i}" for i in range(4))

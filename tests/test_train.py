@@ -52,10 +52,56 @@ def test_each_zoo_model_trains_and_exports(ingested, arch):
     history = (ingested / TRAIN_REPORTS / "history.csv").read_text().splitlines()
     assert history[0].startswith("epoch,train_loss") and len(history) == 2
     row = dict(zip(history[0].split(","), map(float, history[1].split(",")), strict=True))
-    assert row["train_loss"] > 0 and 0 <= row["train_acc"] <= 1
+    # The one epoch is the exported one: its validation figures are the exported network's on
+    # the validation images (60, fewer than the 3 batches of 32 validated).
+    assert metrics["best_epoch"] == row["epoch"] == 1
+    assert (metrics["val_loss"], metrics["val_accuracy"]) == (row["val_loss"], row["val_acc"])
+    val = read_split(ingested / PROCESSED_DIR / "val.parquet")
+    with torch.no_grad():
+        logits = net(torch.from_numpy(val.images[:, None].astype(np.float32)))
+    loss = torch.nn.functional.cross_entropy(logits, torch.from_numpy(val.labels))
+    assert row["val_loss"] == pytest.approx(loss.item(), abs=1e-5)
+    accuracy = (logits.argmax(1).numpy() == val.labels).mean()
+    assert row["val_acc"] == pytest.approx(accuracy, abs=1e-6)
+    assert np.isfinite(row["train_loss"])
     assert not (ingested / CHECKPOINT_ROOT).exists() or not any(
         (ingested / CHECKPOINT_ROOT).iterdir()
     )
+
+
+@pytest.mark.parametrize("arch", ["softmax", "lenet"])
+def test_train_loss_and_accuracy_are_the_epochs_cross_entropy_and_hits(ingested, arch):
+    # A learning rate of 1e-12 leaves the weights where they started (to ~1e-9), so the epoch's
+    # mean training loss is the exported network's cross-entropy over every training image
+    # (540 = 9 batches of 60, no augmentation, no averaging); these networks have no batch
+    # norm, so training mode computes what evaluation mode does.
+    train_in(
+        ingested,
+        arch=arch,
+        train={
+            "batch_size": 60,
+            "limit_batches": None,
+            "optimizer": "sgd",
+            "lr": 1e-12,
+            "momentum": 0.0,
+            "scheduler": "none",
+            "ema": 0.0,
+            "label_smoothing": 0.0,
+            "augment": {"rotation": 0, "translation": 0, "scale": 0, "elastic": 0},
+        },
+    )
+    history = np.genfromtxt(ingested / TRAIN_REPORTS / "history.csv", delimiter=",", names=True)
+    net, _ = load_model(ingested / MODEL_DIR)
+    train_split = read_split(ingested / PROCESSED_DIR / "train.parquet")
+    assert len(train_split) == 540
+    with torch.no_grad():
+        logits = net(torch.from_numpy(train_split.images[:, None].astype(np.float32)))
+    labels = torch.from_numpy(train_split.labels)
+    loss = torch.nn.functional.cross_entropy(logits, labels).item()
+    assert loss > 1.5, "an untrained network is far from the labels"
+    assert float(history["train_loss"]) == pytest.approx(loss, abs=1e-5)
+    accuracy = (logits.argmax(1) == labels).double().mean().item()
+    assert float(history["train_acc"]) == pytest.approx(accuracy, abs=1e-6)
 
 
 def test_reference_parameter_counts():
@@ -276,7 +322,6 @@ def test_killed_run_resumes_from_its_last_checkpoint(ingested):
     [
         ("model", {"arch": "resnet"}, ["model.arch", "'softmax'", "'bncnn'"]),
         ("train", {"lr": -0.1}, ["train.lr", "greater than 0"]),
-        ("train", {"accelerator": "gpu"}, ["train.accelerator", "no CUDA GPU", "cpu"]),
         ("train", {"accelerator": "tpu"}, ["train.accelerator", "'auto'", "'mps'"]),
         ("train", {"batch_size": 5000}, ["train.batch_size 5000", "larger than the training"]),
         (
@@ -295,3 +340,29 @@ def test_bad_params_fail_before_training(ingested, monkeypatch, capsys, section,
     for word in words:
         assert word in message
     assert not (ingested / MODEL_DIR).exists()
+
+
+@pytest.mark.parametrize(
+    ("changes", "words"),
+    [
+        ({"accelerator": "gpu"}, ["train.accelerator", "no CUDA GPU", "cpu"]),
+        ({"precision": "16-mixed"}, ["train.precision '16-mixed' needs a CUDA GPU"]),
+    ],
+    ids=["gpu", "16-mixed"],
+)
+def test_gpu_settings_follow_what_the_machine_has(ingested, monkeypatch, capsys, changes, words):
+    """Refused before training where no CUDA GPU is visible; trained on it where one is."""
+    edit_params(ingested, "train", **changes)
+    monkeypatch.chdir(ingested)
+    status = main(["train"])
+    if torch.cuda.is_available():
+        assert status == 0, capsys.readouterr().err
+        speed = json.loads((ingested / TRAIN_REPORTS / "speed.json").read_text())
+        assert speed["accelerator"] == "cuda"
+        assert speed["precision"] == changes.get("precision", "32-true")
+    else:
+        assert status == 2
+        message = capsys.readouterr().err
+        for word in words:
+            assert word in message
+        assert not (ingested / MODEL_DIR).exists()

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from digitpipe.core.errors import DigitpipeError
 from digitpipe.core.paths import PARAMS_FILE
 
+MAX_CLASSES = 1000  # labels are stored as int16; a thousand classes is far beyond digit-style data
 Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
 Count = Annotated[int, Field(gt=0)]
 Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]  # the range numpy and Lightning seed from
@@ -62,7 +63,8 @@ class DataParams(Section):
     test: Source | None = None
     predict: Source | None = None
     checksums: dict[Path, Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]] = {}
-    class_names: list[str] = Field(default=[str(i) for i in range(10)], min_length=2)
+    # null: the classes are 0..K-1, K = the largest training label + 1
+    class_names: Annotated[list[str], Field(min_length=2, max_length=MAX_CLASSES)] | None = None
     image_size: tuple[Count, Count] | None = None
     csv_label_column: str = "label"
     val_fraction: Fraction = 0.1
@@ -80,7 +82,7 @@ class DataParams(Section):
             raise ValueError("give a 'test' source or a 'test_fraction', not both")
         if self.val_fraction + self.test_fraction >= 1:
             raise ValueError("val_fraction + test_fraction must leave training data (< 1)")
-        if len(set(self.class_names)) != len(self.class_names):
+        if self.class_names and len(set(self.class_names)) != len(self.class_names):
             raise ValueError("class_names must be unique")
         return self
 

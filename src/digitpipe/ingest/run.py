@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from digitpipe.core.atomic import atomic_dir, write_json
-from digitpipe.core.config import DataParams, Params
+from digitpipe.core.config import DataParams, Params, Source
+from digitpipe.core.errors import DigitpipeError
 from digitpipe.core.paths import INGEST_REPORTS, PROCESSED_DIR
+from digitpipe.dataset.checks import check_labels
 from digitpipe.dataset.images import ImageSet
 from digitpipe.dataset.parquet import write_split
 from digitpipe.ingest.figures import class_distribution_figure, sample_digits_figure
@@ -29,23 +32,85 @@ def _build(data: DataParams, root: Path) -> tuple[dict[str, ImageSet], list[Batc
     A held-out test split (no test source) comes from the training source alone, so new batches
     never move images the current champion trained on into the test split.
     """
-    labelled = load_source(data.train, data, root, "train", labelled=True)
+    source = load_source(data.train, data, root, "train", labelled=True)
+    names = class_names(data, source)
     if data.test is not None:
         test = load_source(data.test, data, root, "test", labelled=True)
+        check_same_size(data.test, test, data.train, source, root)
+        test = named(test, names, data, root / data.test.files[-1])
+        labelled = named(source, names, data)
     else:
-        kept, held = split_off(labelled.labels, data.test_fraction, data.seed + 1)
-        labelled, test = labelled.take(kept), labelled.take(held)
-    batches = load_batches(data, root, labelled.image_size)
+        kept, held = split_off(source.labels, data.test_fraction, data.seed + 1)
+        labelled, test = named(source.take(kept), names, data), held_out(source.take(held), names)
+    batches = [
+        replace(batch, images=named(batch.images, names, data, root / batch.source.files[-1]))
+        for batch in load_batches(data, root, source.image_size)
+    ]
     labelled = concat([labelled, *(batch.images for batch in batches)])
+    check_every_class_trained(labelled)
     train_rows, val_rows = split_off(labelled.labels, data.val_fraction, data.seed)
     splits = {"train": labelled.take(train_rows), "val": labelled.take(val_rows), "test": test}
     if data.predict is not None:
-        splits["predict"] = load_source(data.predict, data, root, "predict", labelled=False)
+        predict = load_source(data.predict, data, root, "predict", labelled=False)
+        check_same_size(data.predict, predict, data.train, source, root)
+        splits["predict"] = named(predict, names, data)
     limited = {
         name: _limit(images, getattr(data.limit, name), data.seed)
         for name, images in splits.items()
     }
     return limited, batches
+
+
+def class_names(data: DataParams, source: ImageSet) -> tuple[str, ...]:
+    """The configured class names, or 0..K-1 from the training source's labels when
+    data.class_names is null."""
+    return tuple(data.class_names or (str(k) for k in range(int(source.labels.max()) + 1)))
+
+
+def named(
+    images: ImageSet, names: tuple[str, ...], data: DataParams, labels_file: Path | None = None
+) -> ImageSet:
+    """``images`` with the dataset's class names; labels read from ``labels_file`` are checked
+    against classes the training source defined (when data.class_names does not list them)."""
+    if labels_file is not None and not data.class_names:
+        check_labels(labels_file, images.labels, len(names), NAMED_BY_TRAINING)
+    return replace(images, class_names=names)
+
+
+NAMED_BY_TRAINING = "the training source (data.class_names: null)"
+
+
+def check_every_class_trained(labelled: ImageSet) -> None:
+    """Refuse class names some of which have no training image: names and data disagree."""
+    counts = labelled.class_counts()
+    empty = [name for name, count in counts.items() if not count]
+    if empty:
+        raise DigitpipeError(
+            f"data.class_names: {len(counts)} classes, but the training data has no image of "
+            f"{', '.join(map(repr, empty[:10]))}{' ...' if len(empty) > 10 else ''}; list only "
+            "the classes the labels use (label k is the k-th name), or set data.class_names: "
+            "null to name them 0..K-1."
+        )
+
+
+def held_out(test: ImageSet, names: tuple[str, ...]) -> ImageSet:
+    """A test split held out of the training source, its ids saying so: ``test-from-train-000794``
+    is row 794 of the training source, never trained on."""
+    ids = np.array([f"test-from-{image_id}" for image_id in test.ids], dtype=object)
+    return replace(test, ids=ids, class_names=names)
+
+
+def check_same_size(
+    source: Source, images: ImageSet, train_source: Source, train: ImageSet, root: Path
+) -> None:
+    """Refuse a source whose images are not the training source's size, naming both files."""
+    if images.image_size != train.image_size:
+        (height, width), (h, w) = images.image_size, train.image_size
+        raise DigitpipeError(
+            f"{root / source.files[0]}: images are {height}x{width}, but the training source "
+            f"{root / train_source.files[0]} has {h}x{w}; every source of a dataset must share "
+            "one image size (resize one of them, or choose matching files)."
+        )
 
 
 def _limit(images: ImageSet, limit: int | None, seed: int) -> ImageSet:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from digitpipe.core.config import DataParams, Source
+from digitpipe.core.config import MAX_CLASSES, DataParams, Source
 from digitpipe.core.errors import DigitpipeError
 from digitpipe.dataset.checks import check_labels
 from digitpipe.dataset.idx import RawFile, parse_idx, read_bytes
@@ -38,9 +38,12 @@ def load_source(
         images, labels = _load_idx(source, data, root, name, labelled=labelled)
     if labels is not None:
         path = root / (source.labels or source.csv)
-        check_labels(path, labels, len(data.class_names), "data.class_names")
+        if data.class_names:
+            check_labels(path, labels, len(data.class_names), "data.class_names")
+        else:
+            check_labels(path, labels, MAX_CLASSES, "digitpipe (data.class_names: null)")
         labels = labels.astype(np.int64, copy=False)
-    return ImageSet(make_ids(name, len(images)), images, labels, tuple(data.class_names))
+    return ImageSet(make_ids(name, len(images)), images, labels, tuple(data.class_names or ()))
 
 
 def _load_idx(

@@ -72,17 +72,29 @@ def check_params(train: TrainParams, recipe: Recipe) -> None:
         )
 
 
-def check_sizes(batch_size: int, world_size: int, train: ImageSet) -> None:
-    if batch_size % world_size:
+def fit_batch(recipe: Recipe, train: TrainParams, world_size: int, images: ImageSet) -> Recipe:
+    """The recipe with a batch the data and processes allow: a recipe's batch larger than a
+    small training set is lowered to it, with a note; one set in train.batch_size is the user's
+    word, and refused when it cannot work."""
+    batch = recipe.batch_size
+    if train.batch_size is None and batch > len(images):
+        batch = max(world_size, len(images) // world_size * world_size)
+        print(
+            f"train: the {recipe.batch_size}-image batch of the recipe is larger than the "
+            f"{len(images)} training images; training with batches of {batch}.",
+            flush=True,
+        )
+    if batch % world_size:
         raise DigitpipeError(
-            f"train.batch_size {batch_size} is not divisible by the {world_size} processes "
+            f"train.batch_size {batch} is not divisible by the {world_size} processes "
             "(devices x num_nodes); choose a batch size that is a multiple of it."
         )
-    if batch_size > len(train):
+    if batch > len(images):
         raise DigitpipeError(
-            f"train.batch_size {batch_size} is larger than the training set ({len(train)} "
+            f"train.batch_size {batch} is larger than the training set ({len(images)} "
             "images); lower it or ingest more data (data.limit)."
         )
+    return recipe.model_copy(update={"batch_size": batch})
 
 
 def pixel_stats(images: ImageSet) -> tuple[float, float]:
@@ -175,14 +187,14 @@ def run(params: Params, root: Path = Path(".")) -> dict | None:
     data_files = {split: root / split_file(split) for split in ("train", "val")}
     train, val = (read_split(path) for path in data_files.values())
     check_image_size(params.model.arch, *train.image_size)
-    seed_process(params.train)
-    module = build_module(params.model.arch, recipe, train)
     run_dir = root / CHECKPOINT_ROOT / run_key(params, recipe, list(data_files.values()))
     history = History(
         root / TRAIN_REPORTS / "history.csv", print_lines=not wants_bar(params.runtime.progress)
     )
     trainer, checkpoint = build_trainer(params.train, params.runtime, recipe, run_dir, [history])
-    check_sizes(recipe.batch_size, trainer.world_size, train)
+    recipe = fit_batch(recipe, params.train, trainer.world_size, train)
+    seed_process(params.train)
+    module = build_module(params.model.arch, recipe, train)
     if rank_zero_only.rank == 0:
         print(describe(params, recipe, module, train, trainer), flush=True)
     on_rank_zero = rank_zero_only.rank == 0  # under DDP only rank 0 talks to MLflow
@@ -202,7 +214,7 @@ def run(params: Params, root: Path = Path(".")) -> dict | None:
     metrics = write_reports(net, history, best_epoch, root)
     speed = write_speed(history, trainer, time.perf_counter() - started, root)
     if tracking is not None:
-        log_results(tracking.ref, root, metrics, speed, net, val, data_files)
+        log_results(tracking.ref, root, metrics, speed, val, data_files)
     shutil.rmtree(run_dir, ignore_errors=True)
     return metrics
 
@@ -310,7 +322,7 @@ def write_speed(history: History, trainer: L.Trainer, wall_seconds: float, root:
 
 
 def log_results(
-    ref, root: Path, metrics: dict, speed: dict, net: torch.nn.Module, val: ImageSet, data_files
+    ref, root: Path, metrics: dict, speed: dict, val: ImageSet, data_files: dict[str, Path]
 ) -> None:
     """The results, datasets, figures and model into the training's MLflow run."""
     from digitpipe.tracking.runs import WEIGHTS_ARTIFACTS
