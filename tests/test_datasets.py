@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 from conftest import default_params, write_csv
@@ -164,3 +165,21 @@ def test_held_out_test_images_say_where_they_came_from(tmp_path, mnist_train):
     train_ids = set(read_split(project / "data/processed/train.parquet").ids)
     assert all(image_id.startswith("test-from-train-") for image_id in test.ids)
     assert not {image_id.removeprefix("test-from-") for image_id in test.ids} & train_ids
+
+
+def test_predict_reads_a_csv_label_column_as_ingest_does(
+    tmp_path, mnist_train, monkeypatch, capsys
+):
+    project = dataset(tmp_path, mnist_train[0], (28, 28), 10, csv_label_column="digit")
+    csv = (tmp_path / "test.csv").read_text()
+    (tmp_path / "test.csv").write_text(csv.replace("label,", "digit,", 1))
+    params = load_params(project / "params.yaml")
+    ingest(params, project)
+    train(params, project)
+    (tmp_path / "new.csv").write_text((tmp_path / "test.csv").read_text())
+    monkeypatch.chdir(project)
+    assert main(["predict", "new.csv", "--out", "out.csv"]) == 0
+    frame = pd.read_csv(project / "out.csv")
+    count = 10 * PER_CLASS  # the training images; the 20 test rows follow, labelled k % 10
+    assert frame["label"].tolist() == (np.arange(count, count + 20) % 10).tolist()
+    assert "accuracy" in capsys.readouterr().out

@@ -88,7 +88,18 @@ def _predict(args: argparse.Namespace) -> int:
             if args.model_uri
             else Predictor.from_dir(args.model)
         )
-        print(predict(args.inputs, predictor, args.out, args.submission, strict=args.strict))
+        label_column = (
+            load_params(args.params).data.csv_label_column if args.params.exists() else "label"
+        )
+        summary = predict(
+            args.inputs,
+            predictor,
+            args.out,
+            args.submission,
+            strict=args.strict,
+            label_column=label_column,
+        )
+        print(summary)
     except DigitpipeError as exc:
         return fail(str(exc))
     return 0
@@ -132,7 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--params",
         type=Path,
         default=PARAMS_FILE,
-        help="where --model-uri finds the tracking store (track section)",
+        help="the project's params: the tracking store of --model-uri (track section) and a "
+        "CSV's label column (data.csv_label_column); default: params.yaml if present",
     )
     predict.add_argument(
         "--out",

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from digitpipe.core.errors import DigitpipeError
-from digitpipe.predict.inputs import read_inputs
+from digitpipe.predict.inputs import LABEL_COLUMN, read_inputs
 from digitpipe.predict.output import (
     check_format,
     predictions_frame,
@@ -19,7 +19,13 @@ from digitpipe.predict.predictor import Predictor
 
 
 def predict(
-    inputs: list[Path], predictor: Predictor, out: Path, submission: Path | None, *, strict: bool
+    inputs: list[Path],
+    predictor: Predictor,
+    out: Path,
+    submission: Path | None,
+    *,
+    strict: bool,
+    label_column: str = LABEL_COLUMN,
 ) -> str:
     """Predict every readable input into ``out`` (and ``submission``); return the summary line.
 
@@ -27,7 +33,7 @@ def predict(
     Nothing is written unless every check passes.
     """
     check_format(out)
-    read = read_inputs(inputs, predictor.image_size, strict=strict)
+    read = read_inputs(inputs, predictor.image_size, strict=strict, label_column=label_column)
     for message in read.skipped:
         print(f"digitpipe: warning: skipped {message}", file=sys.stderr)
     if not read.batches:

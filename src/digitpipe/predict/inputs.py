@@ -56,9 +56,12 @@ class Inputs:
     skipped: list[str]
 
 
-def read_inputs(paths: list[Path], size: tuple[int, int], *, strict: bool) -> Inputs:
-    """Read every INPUT argument; pictures are made ``size``; bad files are skipped or raise."""
-    reader = Reader(size, strict)
+def read_inputs(
+    paths: list[Path], size: tuple[int, int], *, strict: bool, label_column: str = LABEL_COLUMN
+) -> Inputs:
+    """Read every INPUT argument; pictures are made ``size``; a CSV's ``label_column`` holds
+    labels (as data.csv_label_column does for ingest); bad files are skipped or raise."""
+    reader = Reader(size, strict, label_column)
     batches = [reader.attempt(reader.argument, path) for path in paths]
     return Inputs([batch for batch in batches if batch is not None], reader.skipped)
 
@@ -69,6 +72,7 @@ class Reader:
 
     size: tuple[int, int]
     strict: bool  # raise at the first bad file instead
+    label_column: str = LABEL_COLUMN
     skipped: list[str] = field(default_factory=list)
 
     def attempt(self, read: Callable[[Path], T], path: Path) -> T | None:
@@ -90,7 +94,7 @@ class Reader:
         if path.suffix.lower() in PICTURE_SUFFIXES:
             return Batch(path, "pictures", [str(path)], load_digit(path, self.size)[None])
         if path.suffix.lower() == ".csv":
-            return read_csv(path, self.size)
+            return read_csv(path, self.size, self.label_column)
         return read_idx_images(path, self.size)
 
     def folder(self, folder: Path) -> Batch | None:
@@ -113,9 +117,9 @@ class Reader:
         return Batch(folder, "pictures", ids, np.stack(images)) if images else None
 
 
-def read_csv(path: Path, size: tuple[int, int]) -> Batch:
+def read_csv(path: Path, size: tuple[int, int], label_column: str = LABEL_COLUMN) -> Batch:
     """A Kaggle-layout pixel CSV; ids are 1-based row numbers."""
-    table = read_pixel_csv(path, LABEL_COLUMN)
+    table = read_pixel_csv(path, label_column)
     ids = [str(row) for row in range(1, len(table.pixels) + 1)]
     images = as_images(path, table.pixels, size, exact=False)
     return Batch(path, "csv", ids, images, table.labels)
