@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import textwrap
 
 import matplotlib
 
@@ -13,6 +14,37 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from digitpipe.core.atomic import atomic_path
+
+PIXELS_PER_INCH = 32  # image grids: each image pixel is this small on the figure
+CHAR_EM = 0.6  # the average width of a character, in font sizes (DejaVu Sans)
+SMALLEST_CAPTION = 5.0  # captions shrink down to this size (points) to fit their cell, then wrap
+CAPTION_LINES = 4  # lines a caption may wrap into
+
+
+def fit_caption(text: str, width_pt: float, largest: float = 7.0) -> tuple[str, float]:
+    """``text`` and a font size at which its lines fit ``width_pt`` points: the largest size up
+    to ``largest`` that fits, else ``SMALLEST_CAPTION``, with long lines wrapped (at most
+    ``CAPTION_LINES`` lines)."""
+    lines = text.split("\n")
+    large, small = largest, SMALLEST_CAPTION
+    longest = max(len(line) for line in lines)
+    size = max(small, min(large, width_pt / (CHAR_EM * max(longest, 1))))
+    chars = int(width_pt / (CHAR_EM * size))
+    wrapped = [part for line in lines for part in textwrap.wrap(line, chars) or [""]]
+    if len(wrapped) > CAPTION_LINES:
+        wrapped = wrapped[:CAPTION_LINES]
+        wrapped[-1] = wrapped[-1][: chars - 1] + "\u2026"
+    return "\n".join(wrapped), size
+
+
+def points_per_pixel(figure: Figure, ax, shape: tuple[int, ...]) -> float:
+    """How wide, in points, one pixel of an image of ``shape`` drawn to fill ``ax`` is (equal
+    aspect: the tighter of the two directions decides)."""
+    box = ax.get_position()
+    inches = min(
+        figure.get_figwidth() * box.width / shape[1], figure.get_figheight() * box.height / shape[0]
+    )
+    return inches * 72
 
 
 def save_figure(figure: Figure, path: str | os.PathLike, dpi: int = 100) -> None:
@@ -42,12 +74,16 @@ def digit_grid(images: np.ndarray, titles: list[str], columns: int, title: str) 
     height, width = images.shape[1:]
     band, gap = max(8, height // 3), max(2, width // 10)
     canvas = mosaic(images, columns, gap, band)
-    figure, ax = plt.subplots(figsize=(canvas.shape[1] / 32, canvas.shape[0] / 32 + 0.4))
+    figure, ax = plt.subplots(
+        figsize=(canvas.shape[1] / PIXELS_PER_INCH, canvas.shape[0] / PIXELS_PER_INCH + 0.4)
+    )
     ax.imshow(canvas, cmap="gray_r", vmin=0, vmax=255, interpolation="nearest")
+    cell_pt = width * points_per_pixel(figure, ax, canvas.shape)  # the gap stays clear
     for k, caption in enumerate(titles):
         x = (k % columns) * (width + gap) + width / 2
         y = (k // columns) * (height + band + gap) + band - 1
-        ax.text(x, y, caption, ha="center", va="bottom", fontsize=8)
+        text, size = fit_caption(caption, cell_pt, largest=8.0)
+        ax.text(x, y, text, ha="center", va="bottom", fontsize=size)
     ax.axis("off")
     ax.set_title(title)
     return figure

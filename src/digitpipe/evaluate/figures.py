@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -11,7 +10,7 @@ import numpy as np
 from matplotlib.collections import PolyCollection
 from matplotlib.figure import Figure
 
-from digitpipe.plotting import mosaic
+from digitpipe.plotting import CHAR_EM, fit_caption, mosaic, points_per_pixel
 
 ACTUAL = "#1a9850"  # green: the true class
 PREDICTED = "#d73027"  # red: the predicted class, where it is wrong
@@ -19,24 +18,6 @@ OTHER = "#8c8c8c"
 TRACK = "#ececec"  # the full height of a bar, p = 1
 IMAGE_INCHES = 1.2  # each digit is drawn this wide, whatever its size in pixels
 LABELLED_CLASSES = 12  # up to this many classes every bar is named beneath it
-CHAR_EM = 0.6  # the average width of a character, in font sizes (DejaVu Sans)
-CAPTION_SIZES = (7.0, 5.0)  # captions shrink down to 5 pt to fit their cell, then wrap
-CAPTION_LINES = 4  # what the band above each cell holds at 5 pt
-
-
-def fit_caption(text: str, width_pt: float) -> tuple[str, float]:
-    """``text`` and a font size at which its lines fit ``width_pt`` points: the largest size
-    that fits, else the smallest, with long lines wrapped (at most ``CAPTION_LINES`` lines)."""
-    lines = text.split("\n")
-    large, small = CAPTION_SIZES
-    longest = max(len(line) for line in lines)
-    size = max(small, min(large, width_pt / (CHAR_EM * max(longest, 1))))
-    chars = int(width_pt / (CHAR_EM * size))
-    wrapped = [part for line in lines for part in textwrap.wrap(line, chars) or [""]]
-    if len(wrapped) > CAPTION_LINES:
-        wrapped = wrapped[:CAPTION_LINES]
-        wrapped[-1] = wrapped[-1][: chars - 1] + "\u2026"
-    return "\n".join(wrapped), size
 
 
 def bar_label_size(class_names: Sequence[str]) -> float | None:
@@ -166,8 +147,9 @@ def probability_gallery(
     colours[cell, predicted] = PREDICTED
     colours[cell, actual] = ACTUAL
     _draw_bars(ax, grid, probabilities, colours)
+    cell_pt = width * points_per_pixel(figure, ax, grid.canvas.shape)
     for n in cell:
-        caption, size = fit_caption(captions[n], IMAGE_INCHES * 72)
+        caption, size = fit_caption(captions[n], cell_pt)
         ax.text(
             grid.left[n] + width / 2,
             grid.top[n] - 1,

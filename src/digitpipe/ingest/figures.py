@@ -26,11 +26,14 @@ def class_distribution_figure(summary: dict) -> Figure:
             width,
             label=f"{split} ({sum(counts.values())})",
         )
-    ax.set_xticks(positions, names)
+    long_names = max(map(len, names)) > 3  # slanted, so that neighbours never run together
+    ax.set_xticks(
+        positions, names, rotation=40 if long_names else 0, ha="right" if long_names else "center"
+    )
     ax.set_xlabel("class")
     ax.set_ylabel("images")
     ax.set_title("Images per class")
-    ax.legend(frameon=False, ncols=len(splits), loc="upper center", bbox_to_anchor=(0.5, -0.15))
+    ax.legend(frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.spines[["top", "right"]].set_visible(False)
     return figure
 

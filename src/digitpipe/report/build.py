@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+from datetime import UTC, datetime
 from pathlib import Path
 
 from digitpipe.core.config import Params
-from digitpipe.core.paths import MODEL_DIR, RECIPE_FILE, REPORTS, SPEC_FILE
+from digitpipe.core.paths import MODEL_DIR, RECIPE_FILE, REPORTS, SPEC_FILE, WEIGHTS_FILE
+from digitpipe.core.provenance import git_commit
 
 
 def _json(path: Path) -> dict:
@@ -134,11 +138,36 @@ def activations_section(reports: Path) -> str:
     )
 
 
-def build_markdown(params: Params, root: Path) -> str:
-    """The whole report of the project at ``root``; image links are relative to ``reports/``."""
+def run_section(root: Path, run_id: str | None, made: datetime) -> str:
+    """Which run this is (model, MLflow run, DVC experiment, commit, date) and its headline."""
+    spec = _json(root / MODEL_DIR / SPEC_FILE)
+    digest = hashlib.sha256((root / MODEL_DIR / WEIGHTS_FILE).read_bytes()).hexdigest()
+    commit = git_commit(root)
+    facts = [
+        ["model", f"`{spec['arch']}`, weights SHA-256 `{digest[:12]}`"],
+        ["MLflow run", f"`{run_id}`" if run_id else "not tracked (track.enabled: false)"],
+        ["DVC experiment", os.environ.get("DVC_EXP_NAME") or "none (the workspace)"],
+        ["source", f"commit `{commit.describe()}`" if commit else "no git commit"],
+        ["made", made.strftime("%Y-%m-%d %H:%M UTC")],
+    ]
+    test = _json(root / REPORTS / "evaluate/metrics.json")
+    headline = (
+        f"**Test accuracy {test['accuracy']:.2%}** (95% CI {test['accuracy_lower']:.2%} to "
+        f"{test['accuracy_upper']:.2%}), macro F1 {test['macro_f1']:.4f}, log loss "
+        f"{test['log_loss']:.4f} on {test['n']:,} test images."
+    )
+    return "\n\n".join([_table(["run", ""], facts), headline])
+
+
+def build_markdown(
+    params: Params, root: Path, run_id: str | None = None, made: datetime | None = None
+) -> str:
+    """The whole report of the project at ``root``, led by the run that made it; image links are
+    relative to ``reports/``."""
     reports = root / REPORTS
     sections = [
         f"# {params.report.title}",
+        run_section(root, run_id, made or datetime.now(UTC)),
         data_section(reports),
         model_section(root),
         evaluation_section(reports),

@@ -11,15 +11,23 @@ from digitpipe.report.build import build_markdown
 from digitpipe.report.html import render_html
 
 
-def run(params: Params, root: Path = Path(".")) -> str:
+def write_reports(params: Params, root: Path, run_id: str | None) -> str:
     """Write both reports under ``root/reports``; return the Markdown."""
     reports = root / REPORTS
-    markdown = build_markdown(params, root)
+    markdown = build_markdown(params, root, run_id)
     write_text(reports / "report.md", markdown)
     write_text(reports / "report.html", render_html(markdown, params.report.title, reports))
-    if params.track.enabled:
-        from digitpipe.tracking.runs import log_stage
+    return markdown
 
-        files = [reports / "report.html", reports / "report.md"]
-        log_stage(params.track, root, "report", params.report.model_dump(), {"report": files})
+
+def run(params: Params, root: Path = Path(".")) -> str:
+    """The reports, naming the MLflow run of this pipeline state and logged into it."""
+    if not params.track.enabled:
+        return write_reports(params, root, None)
+    from digitpipe.tracking.runs import log_artifacts, stage_run
+
+    with stage_run(params.track, root, "report", params.report.model_dump()) as run_id:
+        markdown = write_reports(params, root, run_id)
+        reports = root / REPORTS
+        log_artifacts({"report": [reports / "report.html", reports / "report.md"]})
     return markdown

@@ -13,7 +13,6 @@ import importlib.metadata
 import json
 import os
 import socket
-import subprocess
 import time
 import warnings
 from collections.abc import Iterator
@@ -30,6 +29,7 @@ from mlflow.tracking import MlflowClient
 
 from digitpipe.core.config import Params, TrackParams
 from digitpipe.core.paths import MODEL_DIR, SPEC_FILE, WEIGHTS_FILE
+from digitpipe.core.provenance import git_commit
 from digitpipe.core.stage import quiet_libraries
 from digitpipe.tracking.store import ensure_reachable, repo_root, tracking_uri
 
@@ -46,7 +46,6 @@ WEIGHTS_ARTIFACTS = "weights"  # the run's model.safetensors + model.json, logge
 MODEL_SECTIONS = {"data", "model", "train"}
 ARTIFACT_DIR = "mlartifacts"
 EXPERIMENT_KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
-SOURCE_PATHS = (":(exclude)reports", ":(exclude)dvc.lock")
 VERSIONED_PACKAGES = ("digitpipe", "torch", "lightning", "torchmetrics", "mlflow", "dvc")
 
 
@@ -73,21 +72,11 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def git_tags(root: Path) -> dict[str, str]:
-    """The commit and whether the work tree differs from it (empty outside a git repo)."""
-
-    def git(*args: str) -> str:
-        return subprocess.run(
-            ["git", *args], cwd=root, capture_output=True, text=True, check=True
-        ).stdout.strip()
-
-    try:
-        commit = git("rev-parse", "HEAD")
-        # DVC deletes a stage's outputs before running it, git-tracked metrics and plots
-        # included: only the source (code, params, raw data) counts as dirty.
-        dirty = bool(git("status", "--porcelain", "--untracked-files=no", "--", *SOURCE_PATHS))
-    except (OSError, subprocess.CalledProcessError):
+    """The commit and whether the source differs from it (empty outside a git repo)."""
+    commit = git_commit(root)
+    if commit is None:
         return {}
-    return {"mlflow.source.git.commit": commit, "git.dirty": str(dirty).lower()}
+    return {"mlflow.source.git.commit": commit.sha, "git.dirty": str(commit.dirty).lower()}
 
 
 def run_tags(root: Path) -> dict[str, str]:
@@ -258,7 +247,7 @@ def stage_run(track: TrackParams, root: Path, stage: str, params: dict[str, Any]
         run_id = derived_run(uri, experiment_id, root, digest, runs[0] if runs else None)
     with mlflow.start_run(run_id=run_id):
         mlflow.log_params(loggable(flatten({stage: params})))
-        yield
+        yield run_id
         mlflow.set_tag(done, "done")
 
 
@@ -299,6 +288,11 @@ def log_stage(
             mlflow.log_metrics(metrics)
         if datasets:
             log_datasets(datasets)
-        for folder, files in artifacts.items():
-            for path in files:
-                mlflow.log_artifact(str(path), folder or None)
+        log_artifacts(artifacts)
+
+
+def log_artifacts(artifacts: dict[str, list[Path]]) -> None:
+    """Log files into the active run: folder -> files, "" for the artifact root."""
+    for folder, files in artifacts.items():
+        for path in files:
+            mlflow.log_artifact(str(path), folder or None)

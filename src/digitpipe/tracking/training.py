@@ -32,6 +32,7 @@ from digitpipe.tracking.runs import (
     MODEL_DIGEST_TAG,
     MODEL_URI_TAG,
     RunRef,
+    log_artifacts,
     log_datasets,
     mark,
     model_digest,
@@ -106,8 +107,6 @@ def log_training(
         mlflow.log_metrics(metrics)
         mlflow.set_tags(tags)
         log_datasets(datasets)
-        for folder, files in artifacts.items():
-            for path in files:
-                mlflow.log_artifact(str(path), folder or None)
+        log_artifacts(artifacts)
         model_uri = log_model(root / MODEL_DIR, example)
         mlflow.set_tags({MODEL_DIGEST_TAG: model_digest(root), MODEL_URI_TAG: model_uri})

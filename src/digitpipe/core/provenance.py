@@ -1,0 +1,38 @@
+"""Where a result came from: the git commit of the source, and whether it had changes."""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+# DVC deletes a stage's outputs before running it, git-tracked metrics and plots included: only
+# the source (code, params, raw data) counts as changed.
+SOURCE_PATHS = (":(exclude)reports", ":(exclude)dvc.lock")
+
+
+@dataclass(frozen=True)
+class Commit:
+    """A git commit, and whether the work tree's source differs from it."""
+
+    sha: str
+    dirty: bool
+
+    def describe(self) -> str:
+        return f"{self.sha[:10]}{' with uncommitted changes' if self.dirty else ''}"
+
+
+def git_commit(root: Path) -> Commit | None:
+    """The commit checked out at ``root``; None outside a git repository."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+
+    try:
+        sha = git("rev-parse", "HEAD")
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no", "--", *SOURCE_PATHS))
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return Commit(sha, dirty)
