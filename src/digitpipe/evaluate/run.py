@@ -73,6 +73,12 @@ def write_reports(
     }
 
 
+def metrics_file(metrics: dict) -> dict:
+    """reports/evaluate/metrics.json: the headline figures, named as in MLflow (`test.accuracy`,
+    `val.accuracy`: DVC joins the nested keys with dots)."""
+    return {"test": {k: v for k, v in metrics.items() if k != "val"}, "val": metrics["val"]}
+
+
 def headline(metrics: dict) -> str:
     """One line a user reads first: the test figures that compare runs."""
     return (
@@ -127,7 +133,7 @@ def run(params: Params, root: Path = Path(".")) -> dict:
     with atomic_dir(root / EVALUATE_REPORTS) as out_dir:
         metrics = write_reports(test, probabilities, settings, out_dir)
         metrics["val"] = {key: val_metrics[key] for key in ("accuracy", "log_loss", "n")}
-        write_json(out_dir / "metrics.json", metrics)
+        write_json(out_dir / "metrics.json", metrics_file(metrics))
     if params.track.enabled:
         log_evaluation(params, root, metrics, root / split_file("test"))
     print(f"evaluate: {headline(metrics)}; reports in {EVALUATE_REPORTS}", flush=True)

@@ -123,10 +123,10 @@ def _limit(images: ImageSet, limit: int | None, seed: int) -> ImageSet:
 
 
 def write_splits(splits: dict[str, ImageSet], out_dir: Path) -> None:
-    """Write each split to ``out_dir/<name>.parquet``; the directory appears only when complete."""
-    with atomic_dir(out_dir) as tmp:
-        for name, images in splits.items():
-            write_split(images, tmp / f"{name}.parquet")
+    """Write each split to ``out_dir/<name>.parquet``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, images in splits.items():
+        write_split(images, out_dir / f"{name}.parquet")
 
 
 def summarize(splits: dict[str, ImageSet], batches: Sequence[Batch] = ()) -> dict:
@@ -164,15 +164,23 @@ def _batch_summary(batch: Batch, splits: dict[str, ImageSet]) -> dict:
     }
 
 
+def headline(summary: dict) -> dict:
+    """reports/ingest/metrics.json: images per split and the class count (per-class counts are
+    in summary.json, which is no DVC metric: they would make `dvc metrics show` unreadable)."""
+    images = {name: split["count"] for name, split in summary["splits"].items()}
+    return {"images": images, "classes": len(summary["class_names"])}
+
+
 def run(params: Params, root: Path = Path(".")) -> dict:
-    """Run the ingest stage under ``root``; return the summary it writes."""
+    """Run the ingest stage under ``root``; return the summary it writes. The splits and the
+    reports appear together or not at all (both are swapped in only once everything is drawn)."""
     splits, batches = _build(params.data, root)
-    write_splits(splits, root / PROCESSED_DIR)
     summary = summarize(splits, batches)
-    report_dir = root / INGEST_REPORTS
-    write_json(report_dir / "summary.json", summary)
-    save_figure(class_distribution_figure(summary), report_dir / "class_distribution.png")
-    save_figure(
-        sample_digits_figure(splits["train"], params.data.seed), report_dir / "sample_digits.png"
-    )
+    with atomic_dir(root / PROCESSED_DIR) as data, atomic_dir(root / INGEST_REPORTS) as reports:
+        write_splits(splits, data)
+        write_json(reports / "summary.json", summary)
+        write_json(reports / "metrics.json", headline(summary))
+        save_figure(class_distribution_figure(summary), reports / "class_distribution.png")
+        samples = sample_digits_figure(splits["train"], params.data.seed)
+        save_figure(samples, reports / "sample_digits.png")
     return summary

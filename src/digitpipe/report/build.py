@@ -77,14 +77,15 @@ def model_section(root: Path) -> str:
 
 
 def evaluation_section(reports: Path) -> str:
-    metrics = _json(reports / "evaluate/metrics.json")
+    written = _json(reports / "evaluate/metrics.json")
+    metrics = written["test"]
     scores = [
         ["accuracy", metrics["accuracy"]],
         ["macro F1", metrics["macro_f1"]],
         ["Cohen's kappa", metrics["kappa"]],
         ["log loss", metrics["log_loss"]],
         ["expected calibration error", metrics["ece"]],
-        ["validation accuracy", metrics["val"]["accuracy"]],
+        ["validation accuracy", written["val"]["accuracy"]],
     ]
     return "\n\n".join(
         [
@@ -150,7 +151,7 @@ def run_section(root: Path, run_id: str | None, made: datetime) -> str:
         ["source", f"commit `{commit.describe()}`" if commit else "no git commit"],
         ["made", made.strftime("%Y-%m-%d %H:%M UTC")],
     ]
-    test = _json(root / REPORTS / "evaluate/metrics.json")
+    test = _json(root / REPORTS / "evaluate/metrics.json")["test"]
     headline = (
         f"**Test accuracy {test['accuracy']:.2%}** (95% CI {test['accuracy_lower']:.2%} to "
         f"{test['accuracy_upper']:.2%}), macro F1 {test['macro_f1']:.4f}, log loss "
