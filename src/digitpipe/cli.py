@@ -13,7 +13,7 @@ from digitpipe import __version__
 from digitpipe.core.config import load_params
 from digitpipe.core.errors import DigitpipeError
 from digitpipe.core.paths import PARAMS_FILE
-from digitpipe.core.stage import fail, run_stage
+from digitpipe.core.stage import fail, fail_os, run_stage
 
 # Pipeline stages: `digitpipe NAME` runs the stage's `run(params)` like `dvc repro` would.
 STAGES = {
@@ -46,6 +46,8 @@ def _retrain(args: argparse.Namespace) -> int:
         return 0
     except DigitpipeError as exc:
         return fail(str(exc))
+    except OSError as exc:
+        return fail_os(exc)
     print(f"digitpipe retrain: {outcome.paragraph()}")
     return 0
 
@@ -102,6 +104,8 @@ def _predict(args: argparse.Namespace) -> int:
         print(summary)
     except DigitpipeError as exc:
         return fail(str(exc))
+    except OSError as exc:
+        return fail_os(exc)
     return 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import errno
 import importlib
 import logging
 import os
@@ -19,6 +20,24 @@ def fail(message: str) -> int:
     """Print a user-facing error and return the exit status for it."""
     print(f"digitpipe: error: {message}", file=sys.stderr)
     return 2
+
+
+# OS errors the user can fix (disk full, quota, read-only file system, permissions), as messages
+# about the file ({}). Any other OSError is a bug and keeps its traceback.
+FIXABLE_OS_ERRORS = {
+    errno.ENOSPC: "no space left on the device while writing {}; free space and rerun",
+    errno.EDQUOT: "disk quota exceeded while writing {}; free space or raise the quota and rerun",
+    errno.EROFS: "read-only file system while writing {}; make it writable and rerun",
+    errno.EACCES: "permission denied on {}; give this user access to it and rerun",
+}
+
+
+def fail_os(exc: OSError) -> int:
+    """Report an OS error the user can fix like :func:`fail`; re-raise any other (a bug)."""
+    if exc.errno not in FIXABLE_OS_ERRORS:
+        raise exc
+    where = "the outputs" if exc.filename is None else str(exc.filename)
+    return fail(FIXABLE_OS_ERRORS[exc.errno].format(where) + ".")
 
 
 # Libraries whose INFO lines (hardware probes, tips, database migrations) are noise in a
@@ -62,4 +81,6 @@ def run_stage(module: str, params_file: Path = PARAMS_FILE) -> int:
         importlib.import_module(module).run(params)
     except DigitpipeError as exc:
         return fail(str(exc))
+    except OSError as exc:
+        return fail_os(exc)
     return 0

@@ -1,22 +1,32 @@
 """The trained model on disk: safetensors weights plus a JSON spec to rebuild the network.
 
-Loading never unpickles: weights come from safetensors, the spec from JSON.
+Loading never unpickles: weights come from safetensors, the spec from JSON. Loading is bounded:
+model.json is checked against sane bounds, the network is first built without memory (on
+PyTorch's meta device) and materialised only once the weights are known to fit it.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
-from dataclasses import asdict, dataclass
+import stat
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from digitpipe.core.atomic import atomic_path, write_json
 from digitpipe.core.errors import DigitpipeError
 from digitpipe.core.paths import SPEC_FILE, WEIGHTS_FILE
-from digitpipe.model.zoo import build_model
+from digitpipe.model.zoo import BUILDERS, MIN_SIDE, build_model
+
+MAX_SPEC_BYTES = 1 << 20  # model.json holds a few hundred bytes
+MAX_PIXELS = 4096 * 4096  # the most pixels a model's images may have, as for predict's pictures
+QUOTE_CHARS = 40  # a bad value is quoted up to this length
 
 
 @dataclass(frozen=True)
@@ -36,6 +46,9 @@ class ModelSpec:
         )
 
 
+SPEC_KEYS = {field.name for field in fields(ModelSpec)}
+
+
 def save_model(net: nn.Module, spec: ModelSpec, model_dir: str | os.PathLike) -> None:
     """Write ``model.safetensors`` and ``model.json`` into ``model_dir`` atomically."""
     model_dir = Path(model_dir)
@@ -48,20 +61,133 @@ def save_model(net: nn.Module, spec: ModelSpec, model_dir: str | os.PathLike) ->
 def load_model(model_dir: str | os.PathLike) -> tuple[nn.Sequential, ModelSpec]:
     """Rebuild the network from ``model_dir`` in eval mode, on the CPU."""
     model_dir = Path(model_dir)
-    try:
-        spec = ModelSpec(**json.loads((model_dir / SPEC_FILE).read_text()))
-        state = load_file(str(model_dir / WEIGHTS_FILE))
-    except (OSError, ValueError, TypeError) as exc:
-        raise DigitpipeError(
-            f"{model_dir}: cannot load the model ({exc}); run the train stage first "
-            "(dvc repro train) or point to a folder holding model.json and model.safetensors."
-        ) from exc
-    try:
+    spec = read_spec(model_dir / SPEC_FILE)
+    state = read_weights(model_dir / WEIGHTS_FILE)
+    with torch.device("meta"):  # shapes only: no memory for a network the weights do not fit
         net = spec.build()
-        net.load_state_dict(state)
-    except (KeyError, RuntimeError) as exc:
-        raise DigitpipeError(
-            f"{model_dir}: the weights do not fit the network model.json describes ({exc}); "
-            "retrain the model (dvc repro train)."
-        ) from exc
+    misfit = _misfit(net, state)
+    if misfit:
+        raise _unusable(
+            model_dir / WEIGHTS_FILE,
+            f"the weights do not fit the network model.json describes: {misfit}",
+        )
+    net = net.to_empty(device="cpu")
+    net.load_state_dict(state)
     return net.eval(), spec
+
+
+def _unusable(path: Path, problem: str) -> DigitpipeError:
+    """The error for a model file that cannot be used, and what to do."""
+    return DigitpipeError(
+        f"{path}: cannot load the model ({problem}); run the train stage first (dvc repro train) "
+        "or point to a folder holding a valid model.json and model.safetensors."
+    )
+
+
+def _quote(value: object) -> str:
+    """A bad value for a message, cut to QUOTE_CHARS."""
+    text = repr(value)
+    return text if len(text) <= QUOTE_CHARS else f"{text[: QUOTE_CHARS - 3]}..."
+
+
+def _check_regular(path: Path) -> None:
+    """Refuse anything but a regular file (a FIFO or device could block or never end)."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        raise _unusable(path, f"cannot read the file: {exc.strerror}") from exc
+    if not stat.S_ISREG(mode):
+        raise _unusable(path, "not a regular file")
+
+
+def read_spec(path: Path) -> ModelSpec:
+    """The spec in ``path`` (model.json), checked against sane bounds."""
+    _check_regular(path)
+    try:
+        with path.open("rb") as handle:
+            data = handle.read(MAX_SPEC_BYTES + 1)
+        raw = json.loads(data) if len(data) <= MAX_SPEC_BYTES else None
+    except OSError as exc:
+        raise _unusable(path, f"cannot read the file: {exc.strerror}") from exc
+    except (ValueError, RecursionError) as exc:
+        raise _unusable(path, f"not valid JSON: {exc}") from None
+    problem = _spec_problem(raw)
+    if problem:
+        raise _unusable(path, problem)
+    return ModelSpec(**raw)
+
+
+def _spec_problem(raw: object) -> str | None:
+    """What is wrong with a parsed model.json, or None."""
+    if not isinstance(raw, dict):
+        return f"expected a JSON object of at most {MAX_SPEC_BYTES >> 20} MiB"
+    missing, unknown = sorted(SPEC_KEYS - raw.keys()), sorted(raw.keys() - SPEC_KEYS)
+    if missing or unknown:
+        return f"missing keys {missing}, unknown keys {unknown}"
+    return _size_problem(raw) or _classes_problem(raw["class_names"]) or _stats_problem(raw)
+
+
+def _size_problem(raw: dict) -> str | None:
+    """An unknown arch, or an image size it cannot take or that is absurd."""
+    arch, height, width = raw["arch"], raw["height"], raw["width"]
+    if not isinstance(arch, str) or arch not in BUILDERS:
+        return f"unknown arch {_quote(arch)}; known: {', '.join(BUILDERS)}"
+    if type(height) is not int or type(width) is not int:
+        return f"height and width must be whole numbers, not {_quote(height)}, {_quote(width)}"
+    if min(height, width) < MIN_SIDE[arch] or height * width > MAX_PIXELS:
+        return (
+            f"images of {height}x{width} pixels; {arch} takes at least {MIN_SIDE[arch]} pixels a "
+            f"side and at most {MAX_PIXELS:,} pixels"
+        )
+    return None
+
+
+def _classes_problem(names: object) -> str | None:
+    """Class names that are not a non-empty list of distinct strings."""
+    if (
+        not isinstance(names, list)
+        or not names
+        or not all(isinstance(name, str) for name in names)
+        or len(set(names)) != len(names)
+    ):
+        return f"class_names must be a list of distinct strings, not {_quote(names)}"
+    return None
+
+
+def _stats_problem(raw: dict) -> str | None:
+    """A normalisation mean or std that is not a finite number (std: positive)."""
+    for key in ("mean", "std"):
+        value = raw[key]
+        if type(value) not in (int, float) or not math.isfinite(value):
+            return f"{key} must be a finite number, not {_quote(value)}"
+    if raw["std"] <= 0:
+        return f"std must be positive, not {_quote(raw['std'])}"
+    return None
+
+
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors in ``path`` (model.safetensors), never unpickled."""
+    _check_regular(path)
+    try:
+        return load_file(str(path))
+    except OSError as exc:
+        raise _unusable(path, f"cannot read the file: {exc.strerror}") from exc
+    except SafetensorError as exc:
+        raise _unusable(path, f"not a complete safetensors file: {exc}") from None
+
+
+def _misfit(net: nn.Module, state: dict[str, torch.Tensor]) -> str | None:
+    """How the tensors of ``net`` and ``state`` differ in name or shape (how many, and the
+    first), or None."""
+    expected = {name: tuple(tensor.shape) for name, tensor in net.state_dict().items()}
+    found = {name: tuple(tensor.shape) for name, tensor in state.items()}
+    differ = sorted(
+        name for name in expected.keys() | found.keys() if expected.get(name) != found.get(name)
+    )
+    if not differ:
+        return None
+    name = differ[0]
+    return (
+        f"{len(differ)} tensors differ, e.g. {name!r}: the network has "
+        f"{expected.get(name, 'none')}, the weights {found.get(name, 'none')}"
+    )

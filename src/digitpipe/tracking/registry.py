@@ -37,18 +37,29 @@ def download_weights(uri: str, tracking: str, dst: Path | None = None) -> Path:
             "or models:/NAME/VERSION."
         )
     name, alias, number = match.groups()
-    client = MlflowClient(tracking)
+    from digitpipe.tracking.store import bounded_http, ensure_reachable
+
+    ensure_reachable(tracking, write=False)  # a dead server: one message in seconds
     try:
-        version = (
-            client.get_model_version_by_alias(name, alias)
-            if alias
-            else client.get_model_version(name, number)
-        )
-        folder = client.download_artifacts(
-            version.run_id, WEIGHTS_ARTIFACTS, str(dst or tempfile.mkdtemp())
-        )
+        with bounded_http():
+            client = MlflowClient(tracking)
+            version = (
+                client.get_model_version_by_alias(name, alias)
+                if alias
+                else client.get_model_version(name, number)
+            )
+            folder = client.download_artifacts(
+                version.run_id, WEIGHTS_ARTIFACTS, str(dst or tempfile.mkdtemp())
+            )
     except MlflowException as exc:
-        raise DigitpipeError(f"{uri}: not found in the tracking store {tracking} ({exc}).") from exc
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            raise DigitpipeError(
+                f"{uri}: not found in the tracking store {tracking} ({exc})."
+            ) from exc
+        raise DigitpipeError(
+            f"{uri}: the tracking store {tracking} failed to serve it ({exc.message}); check "
+            "that it is up and reachable, then retry."
+        ) from exc
     return Path(folder)
 
 

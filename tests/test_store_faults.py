@@ -1,0 +1,313 @@
+"""Broken model files, broken tracking stores and OS write errors (issue 17): each is one message
+naming what and where, exit status 2, no traceback, nothing written.
+
+Disk full is tested without filling a disk: writes to /dev/full fail with ENOSPC, so a stand-in
+stage that writes there goes through the real error boundary (`run_stage`); the other fixable
+errors (quota, read-only file system) are OSErrors given to the same boundary, and permission
+denied runs the real ingest stage in a read-only project (skipped as root, which ignores file
+permissions). Subprocess timeouts only guard against hangs.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import edit_params, free_port
+from PIL import Image
+
+from digitpipe.cli import main
+from digitpipe.core.paths import MODEL_DIR, SPEC_FILE, WEIGHTS_FILE
+from digitpipe.core.stage import fail_os, run_stage
+from digitpipe.model.export import ModelSpec, save_model
+
+HANG_GUARD_S = 120
+AS_ROOT = os.geteuid() == 0  # root reads and writes whatever the permissions say
+MEASURE = """
+import json, resource, subprocess, sys
+done = subprocess.run(sys.argv[1:], capture_output=True, text=True, timeout=120)
+print(json.dumps({"rc": done.returncode, "err": done.stderr,
+                  "rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))
+"""
+
+
+def assert_refused(err: str, *words: str) -> None:
+    """One user-facing error naming every word, and no traceback."""
+    assert "digitpipe: error: " in err and "Traceback" not in err, err
+    for word in words:
+        assert word in err, err
+
+
+def listing(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` with its content: what a refused command must leave as is."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+# ---------------------------------------------------------------- model files
+
+
+def saved_model(folder: Path, arch: str = "softmax") -> Path:
+    """An untrained 28x28 model of ``arch``: loading is checked before the network matters."""
+    spec = ModelSpec(arch, 28, 28, [str(i) for i in range(10)], 33.3, 78.6)
+    save_model(spec.build(), spec, folder)
+    return folder
+
+
+def picture(folder: Path) -> Path:
+    path = folder / "digit.png"
+    Image.fromarray(np.full((28, 28), 200, np.uint8)).save(path)
+    return path
+
+
+def edit_spec(model: Path, **changes: object) -> None:
+    spec = json.loads((model / SPEC_FILE).read_text()) | changes
+    (model / SPEC_FILE).write_text(json.dumps({k: v for k, v in spec.items() if v is not None}))
+
+
+@pytest.mark.parametrize(
+    ("changes", "words"),
+    [
+        ({"mean": "abc"}, "mean must be a finite number, not 'abc'"),
+        ({"mean": float("nan")}, "mean must be a finite number, not nan"),
+        ({"std": float("inf")}, "std must be a finite number, not inf"),
+        ({"std": 0}, "std must be positive"),
+        ({"height": 20000, "width": 20000}, "images of 20000x20000 pixels; softmax takes"),
+        ({"width": 0}, "images of 28x0 pixels"),
+        ({"height": 28.5}, "height and width must be whole numbers"),
+        ({"arch": "resnet"}, "unknown arch 'resnet'; known: softmax, mlp"),
+        ({"class_names": "0123456789"}, "class_names must be a list of distinct strings"),
+        ({"std": None}, "missing keys ['std']"),
+    ],
+)
+def test_bad_model_json_is_refused_naming_the_file(tmp_path, monkeypatch, capsys, changes, words):
+    model = saved_model(tmp_path / "model")
+    edit_spec(model, **changes)
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "out.csv"
+    assert main(["predict", str(picture(tmp_path)), "--model", str(model), "--out", str(out)]) == 2
+    assert_refused(capsys.readouterr().err, f"{model / SPEC_FILE}: ", words, "dvc repro train")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("damage", "words"),
+    [
+        ("empty", "not a complete safetensors file"),
+        ("truncated", "not a complete safetensors file"),
+        ("other network", "the weights do not fit the network model.json describes"),
+        ("not JSON", "not valid JSON"),
+    ],
+)
+def test_bad_model_files_are_refused_naming_the_file(tmp_path, monkeypatch, capsys, damage, words):
+    model = saved_model(tmp_path / "model")
+    weights = model / WEIGHTS_FILE
+    if damage == "empty":
+        weights.write_bytes(b"")
+    elif damage == "truncated":
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    elif damage == "other network":
+        saved_model(tmp_path / "lenet", "lenet")
+        weights.write_bytes((tmp_path / "lenet" / WEIGHTS_FILE).read_bytes())
+    else:
+        (model / SPEC_FILE).write_text('{"arch": "softmax",')
+    bad = model / SPEC_FILE if damage == "not JSON" else weights
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "out.csv"
+    assert main(["predict", str(picture(tmp_path)), "--model", str(model), "--out", str(out)]) == 2
+    assert_refused(capsys.readouterr().err, f"{bad}: cannot load the model", words)
+    assert not out.exists()
+
+
+def measured_predict(cwd: Path, model: Path) -> dict:
+    """`digitpipe predict` in a fresh process: exit status, stderr and peak RSS (MiB)."""
+    command = [sys.executable, "-c", MEASURE, sys.executable, "-m", "digitpipe.cli", "predict"]
+    command += [str(picture(cwd)), "--model", str(model), "--out", str(cwd / "out.csv")]
+    done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, check=True)
+    return json.loads(done.stdout)
+
+
+def test_a_huge_network_in_model_json_is_refused_without_building_it(tmp_path):
+    model = saved_model(tmp_path / "model")
+    edit_spec(model, arch="mlp", height=4096, width=4096)  # 2 G weights: 8.6 GB if built
+    baseline = measured_predict(tmp_path, tmp_path / "no-model")
+    run = measured_predict(tmp_path, model)
+    assert run["rc"] == 2
+    assert_refused(run["err"], f"{model / WEIGHTS_FILE}", "do not fit", "6 tensors differ")
+    assert run["rss_mb"] < baseline["rss_mb"] + 100, (run, baseline)
+
+
+# ---------------------------------------------------------------- tracking stores
+
+
+def sqlite_file(path: Path) -> Path:
+    """A real SQLite database of a few dozen pages."""
+    with sqlite3.connect(path) as db:
+        db.execute("create table runs (id integer primary key, note text)")
+        db.executemany("insert into runs (note) values (?)", [("x" * 200,)] * 500)
+    db.close()
+    return path
+
+
+def damage_store(store: Path, kind: str) -> None:
+    if kind == "junk":
+        store.write_text("this is not a database\n")
+    elif kind == "truncated":
+        data = sqlite_file(store).read_bytes()
+        store.write_bytes(data[: len(data) // 2])
+    elif kind == "damaged pages":
+        data = bytearray(sqlite_file(store).read_bytes())
+        for page in range(1, len(data) // 4096):
+            data[page * 4096 : page * 4096 + 16] = b"\x07" * 16
+        store.write_bytes(bytes(data))
+    else:  # read-only
+        sqlite_file(store).chmod(0o444)
+
+
+@pytest.mark.parametrize(
+    ("kind", "words"),
+    [
+        ("junk", "is not an SQLite database"),
+        ("truncated", "is truncated"),
+        ("damaged pages", "cannot be read (database disk image is malformed)"),
+        pytest.param(
+            "read-only",
+            "is not readable and writable by this user",
+            marks=pytest.mark.skipif(AS_ROOT, reason="root ignores file permissions"),
+        ),
+    ],
+)
+def test_broken_store_is_one_message_naming_the_uri(
+    tiny_project, tmp_path, monkeypatch, capsys, kind, words
+):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    store = tmp_path / "stores" / "mlflow.db"
+    store.parent.mkdir()
+    damage_store(store, kind)
+    before = listing(store.parent)
+    uri = f"sqlite:///{store}"
+    edit_params(tiny_project, "track", tracking_uri=uri)
+    monkeypatch.chdir(tiny_project)
+    assert main(["retrain", "--history"]) == 2
+    assert_refused(capsys.readouterr().err, f"MLflow store {uri}: {store}", words, "move the file")
+    assert listing(store.parent) == before
+
+
+def test_unknown_store_schema_is_one_message(tiny_project, tmp_path, monkeypatch, capsys):
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    MlflowClient(f"sqlite:///{tmp_path / 'made.db'}")  # a real store, schema and all
+    store = tmp_path / "mlflow.db"  # a copy: MLflow keeps the first one open
+    store.write_bytes((tmp_path / "made.db").read_bytes())
+    with sqlite3.connect(store) as db:
+        db.execute("update alembic_version set version_num = 'deadbeef'")
+    db.close()
+    edit_params(tiny_project, "track", tracking_uri=f"sqlite:///{store}")
+    monkeypatch.chdir(tiny_project)
+    assert main(["retrain", "--history"]) == 2
+    assert_refused(capsys.readouterr().err, f"MLflow store sqlite:///{store} cannot be opened")
+
+
+def test_junk_store_stops_train_before_it_writes(ingested, tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    store = tmp_path / "mlflow.db"
+    store.write_bytes(b"\0" * 4096)
+    edit_params(ingested, "track", enabled=True, tracking_uri=f"sqlite:///{store}")
+    monkeypatch.chdir(ingested)
+    assert main(["train"]) == 2
+    assert_refused(capsys.readouterr().err, f"{store} is not an SQLite database")
+    assert not (ingested / MODEL_DIR).exists()
+
+
+def test_model_uri_against_a_dead_server_names_it(tmp_path):
+    uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    env = {k: v for k, v in os.environ.items() if k != "DVC_ROOT"} | {"MLFLOW_TRACKING_URI": uri}
+    command = [sys.executable, "-m", "digitpipe.cli", "predict", str(picture(tmp_path))]
+    command += ["--model-uri", "models:/digitpipe@champion", "--out", str(tmp_path / "out.csv")]
+    done = subprocess.run(
+        command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=HANG_GUARD_S
+    )
+    assert done.returncode == 2, done.stderr
+    assert_refused(done.stderr, f"MLflow tracking server {uri} cannot be reached")
+    assert "not found" not in done.stderr
+    assert not (tmp_path / "out.csv").exists()
+
+
+def test_model_uri_against_a_missing_store_creates_none(tmp_path, monkeypatch, capsys):
+    store = tmp_path / "mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store}")
+    monkeypatch.chdir(tmp_path)
+    args = ["predict", str(picture(tmp_path)), "--model-uri", "models:/digitpipe@champion"]
+    assert main(args) == 2
+    assert_refused(capsys.readouterr().err, f"{store} does not exist")
+    assert not store.exists() and not (tmp_path / "predictions.csv").exists()
+
+
+# ---------------------------------------------------------------- OS write errors
+
+FULL_STAGE = """
+def run(params):
+    with open("/dev/full", "w") as handle:
+        handle.write("a stage output")
+"""
+
+
+def stand_in_stage(folder: Path, name: str, body: str, monkeypatch) -> str:
+    """A stage module ``name`` (``run(params)`` is ``body``) importable by run_stage."""
+    (folder / f"{name}.py").write_text(body)
+    monkeypatch.syspath_prepend(str(folder))
+    return name
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full here")
+def test_disk_full_in_a_stage_is_one_message(tiny_project, tmp_path, monkeypatch, capsys):
+    module = stand_in_stage(tmp_path, "full_stage", FULL_STAGE, monkeypatch)
+    assert run_stage(module, tiny_project / "params.yaml") == 2
+    assert_refused(capsys.readouterr().err, "no space left on the device", "free space and rerun")
+
+
+def test_other_os_errors_in_a_stage_stay_bugs(tiny_project, tmp_path, monkeypatch):
+    body = "def run(params):\n    open('/nonexistent/folder/file')\n"
+    module = stand_in_stage(tmp_path, "buggy_stage", body, monkeypatch)
+    with pytest.raises(FileNotFoundError):
+        run_stage(module, tiny_project / "params.yaml")
+
+
+@pytest.mark.parametrize(
+    ("code", "words"),
+    [
+        (errno.ENOSPC, "no space left on the device while writing models/model.safetensors"),
+        (errno.EDQUOT, "disk quota exceeded while writing models/model.safetensors"),
+        (errno.EROFS, "read-only file system while writing models/model.safetensors"),
+        (errno.EACCES, "permission denied on models/model.safetensors"),
+    ],
+)
+def test_fixable_os_errors_name_the_file(capsys, code, words):
+    assert fail_os(OSError(code, os.strerror(code), "models/model.safetensors")) == 2
+    assert_refused(capsys.readouterr().err, words)
+
+
+@pytest.mark.skipif(AS_ROOT, reason="root ignores file permissions")
+def test_read_only_project_stops_ingest_with_one_message(tiny_project, monkeypatch, capsys):
+    before = listing(tiny_project)
+    folders = (tiny_project, tiny_project / "data")
+    for folder in folders:
+        folder.chmod(0o555)
+    monkeypatch.chdir(tiny_project)
+    try:
+        status = main(["ingest"])
+    finally:
+        for folder in folders:
+            folder.chmod(0o755)
+    assert status == 2
+    assert_refused(capsys.readouterr().err, "permission denied on ", "data/.processed")
+    assert listing(tiny_project) == before
