@@ -21,6 +21,7 @@ from mlflow.tracking import MlflowClient
 
 from digitpipe.core.errors import DigitpipeError
 from digitpipe.tracking.runs import WEIGHTS_ARTIFACTS, RunRef
+from digitpipe.tracking.store import bounded_http, ensure_reachable
 
 CHAMPION = "champion"
 MAX_TAG = 5000  # MLflow's limit on a model version tag's value
@@ -37,8 +38,6 @@ def download_weights(uri: str, tracking: str, dst: Path | None = None) -> Path:
             "or models:/NAME/VERSION."
         )
     name, alias, number = match.groups()
-    from digitpipe.tracking.store import bounded_http, ensure_reachable
-
     ensure_reachable(tracking, write=False)  # a dead server: one message in seconds
     try:
         with bounded_http():
