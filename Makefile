@@ -54,6 +54,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/train.py
 	$(BIN)/python bench/pipeline.py
 	$(BIN)/python bench/hostile.py
+	$(BIN)/python bench/track.py
 
 lock: $(STAMP)
 	{ echo "# Exact versions of the whole stack: make installs with -c requirements.lock."; \

@@ -135,6 +135,26 @@ def dvc(project: Path, env: dict[str, str], *args: str) -> str:
     return result.stdout
 
 
+def wait_until(condition, seconds: float, gone=None) -> bool:
+    """Poll ``condition`` until it is true (True), ``seconds`` pass or ``gone()`` is true (a
+    process that died: False). A hang guard, not a speed check: it asserts nothing."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline or (gone is not None and gone()):
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def answers(url: str) -> bool:
+    """Whether an HTTP server answers ``url``."""
+    try:
+        urllib.request.urlopen(url, timeout=2)
+    except OSError:
+        return False
+    return True
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -167,14 +187,8 @@ def mlflow_server(tmp_path_factory):
         stderr=subprocess.DEVNULL,
     )
     uri = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            urllib.request.urlopen(f"{uri}/health", timeout=2)
-            break
-        except OSError:
-            assert process.poll() is None and time.monotonic() < deadline, "server did not start"
-            time.sleep(0.5)
+    started = wait_until(lambda: answers(f"{uri}/health"), 90, lambda: process.poll() is not None)
+    assert started, "the mlflow server did not start"
     yield uri
     process.terminate()
     process.wait(timeout=30)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import numpy as np
@@ -125,13 +126,19 @@ def test_report_shows_every_picture_and_the_numbers_of_the_metrics_files(ingeste
     page = (reports / "report.html").read_text()
     assert page.count('src="data:image/png;base64,') == 10 and '.png"' not in page
     assert "<table>" in page
-    assert json.loads((reports / "evaluate/metrics.json").read_text())["n"] == 200
     assert markdown == (ingested / "reports/report.md").read_text()
     summary = json.loads((reports / "ingest/summary.json").read_text())
     trained = json.loads((reports / "train/metrics.json").read_text())
-    tested = json.loads((reports / "evaluate/metrics.json").read_text())
+    written = json.loads((reports / "evaluate/metrics.json").read_text())
+    tested, validated = written["test"], written["val"]
+    assert tested["n"] == 200
 
     assert markdown.startswith(f"# {params.report.title}\n")
+    run = table_after(markdown, f"# {params.report.title}")
+    digest = hashlib.sha256((ingested / MODEL_DIR / "model.safetensors").read_bytes()).hexdigest()
+    assert run["model"] == [f"`bncnn`, weights SHA-256 `{digest[:12]}`"]
+    assert run["MLflow run"] == ["not tracked (track.enabled: false)"]
+    assert f"**Test accuracy {tested['accuracy']:.2%}** (95% CI " in markdown
     data = table_after(markdown, "## Data")
     assert {name: int(cells[0]) for name, cells in data.items()} == {
         name: split["count"] for name, split in summary["splits"].items()
@@ -156,7 +163,7 @@ def test_report_shows_every_picture_and_the_numbers_of_the_metrics_files(ingeste
         "Cohen's kappa": tested["kappa"],
         "log loss": tested["log_loss"],
         "expected calibration error": tested["ece"],
-        "validation accuracy": tested["val"]["accuracy"],
+        "validation accuracy": validated["accuracy"],
     }
     assert shown.keys() == expected.keys()
     for name, value in expected.items():

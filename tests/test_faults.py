@@ -6,11 +6,10 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
-from conftest import dvc, edit_params, init_pipeline_repo
+from conftest import dvc, edit_params, init_pipeline_repo, wait_until
 from mlflow.tracking import MlflowClient
 
 from digitpipe.cli import main
@@ -37,14 +36,6 @@ def stage_processes(project: Path, script: str) -> list[int]:
     return found
 
 
-def wait_for(condition, seconds: float, what: str) -> None:
-    """Poll ``condition`` until true; a hang guard, not a speed check."""
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.1)
-
-
 @pytest.mark.slow
 def test_killed_repro_leaves_no_orphan_and_no_running_run(tiny_project, tmp_path):
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -60,19 +51,17 @@ def test_killed_repro_leaves_no_orphan_and_no_running_run(tiny_project, tmp_path
         stdout=subprocess.DEVNULL,
         stderr=subprocess.STDOUT,
     )
-    wait_for(
+    checkpointed = wait_until(
         lambda: list((tiny_project / CHECKPOINT_ROOT).glob("*/last.ckpt")),
         300,
-        "training never wrote a checkpoint",
+        lambda: repro.poll() is not None,
     )
+    assert checkpointed, "training never wrote a checkpoint"
     assert stage_processes(tiny_project, "stages/train.py")
     repro.send_signal(signal.SIGKILL)
     repro.wait()
-    wait_for(
-        lambda: not stage_processes(tiny_project, "stages/train.py"),
-        5,
-        "the train stage outlived the killed dvc repro",
-    )
+    orphans_gone = wait_until(lambda: not stage_processes(tiny_project, "stages/train.py"), 5)
+    assert orphans_gone, "the train stage outlived the killed dvc repro"
     rerun = dvc(tiny_project, env, "repro")
     assert "Resuming from" in rerun
     client = MlflowClient(store)

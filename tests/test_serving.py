@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -18,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import edit_params, free_port
+from conftest import answers, edit_params, free_port, wait_until
 
 from digitpipe.core.config import load_params
 from digitpipe.core.paths import MODEL_DIR, PROCESSED_DIR
@@ -68,15 +67,10 @@ def served(model_uri: str, store: str, log: Path) -> Iterator[str]:
         )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/ping", timeout=2)
-                break
-            except OSError:
-                alive = process.poll() is None and time.monotonic() < deadline
-                assert alive, "server did not start:\n" + log.read_text()[-3000:]
-                time.sleep(0.5)
+        started = wait_until(
+            lambda: answers(f"{url}/ping"), 120, lambda: process.poll() is not None
+        )
+        assert started, "server did not start:\n" + log.read_text()[-3000:]
         yield url
     finally:
         os.killpg(process.pid, signal.SIGTERM)

@@ -7,13 +7,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import lightning as L
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, edit_params
+from conftest import REPO, edit_params, wait_until
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -300,10 +299,12 @@ def test_killed_run_resumes_from_its_last_checkpoint(ingested):
     edit_params(ingested, "train", max_epochs=4, limit_batches=12)
     edit_params(ingested, "runtime", progress="lines")
     process = stage(ingested)
-    deadline = time.monotonic() + 120
-    while not list((ingested / CHECKPOINT_ROOT).glob("*/last.ckpt")):
-        assert process.poll() is None and time.monotonic() < deadline, process.stdout.read()
-        time.sleep(0.05)
+    checkpointed = wait_until(
+        lambda: list((ingested / CHECKPOINT_ROOT).glob("*/last.ckpt")),
+        120,
+        lambda: process.poll() is not None,
+    )
+    assert checkpointed, process.stdout.read()
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert not (ingested / TRAIN_REPORTS / "metrics.json").exists()

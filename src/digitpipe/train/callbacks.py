@@ -120,6 +120,11 @@ def wants_bar(progress: str) -> bool:
     return progress == "bar" or (progress == "auto" and sys.stdout.isatty())
 
 
+def wants_lines(progress: str) -> bool:
+    """One plain line per epoch: asked for, or `auto` outside a terminal; `none` prints none."""
+    return progress == "lines" or (progress == "auto" and not sys.stdout.isatty())
+
+
 def weight_average(decay: float) -> WeightAveraging:
     """Exponential moving average of the weights and batch-norm statistics, used for validation,
     checkpoints and the exported model.

@@ -34,7 +34,7 @@ from digitpipe.dataset.parquet import read_split
 from digitpipe.model.export import ModelSpec, save_model
 from digitpipe.model.zoo import check_image_size, count_parameters
 from digitpipe.plotting import save_figure
-from digitpipe.train.callbacks import EpochBar, History, wants_bar, weight_average
+from digitpipe.train.callbacks import EpochBar, History, wants_bar, wants_lines, weight_average
 from digitpipe.train.checkpoint import network_weights, read_checkpoint, write_portable_checkpoint
 from digitpipe.train.data import DigitData
 from digitpipe.train.figures import learning_curves_figure
@@ -189,7 +189,7 @@ def run(params: Params, root: Path = Path(".")) -> dict | None:
     check_image_size(params.model.arch, *train.image_size)
     run_dir = root / CHECKPOINT_ROOT / run_key(params, recipe, list(data_files.values()))
     history = History(
-        root / TRAIN_REPORTS / "history.csv", print_lines=not wants_bar(params.runtime.progress)
+        root / TRAIN_REPORTS / "history.csv", print_lines=wants_lines(params.runtime.progress)
     )
     trainer, checkpoint = build_trainer(params.train, params.runtime, recipe, run_dir, [history])
     recipe = fit_batch(recipe, params.train, trainer.world_size, train)
