@@ -101,6 +101,26 @@ def ingested(tiny_project: Path) -> Path:
     return tiny_project
 
 
+def trained_model(project: Path, images, labels, data: dict, train: dict) -> Path:
+    """A model trained by the ingest and train stages on ``images`` (IDX, raw) in ``project``,
+    tracking off; returns its folder."""
+    write_idx(images, project / "train-images")
+    write_idx(labels, project / "train-labels")
+    sources = {"train": {"images": "train-images", "labels": "train-labels"}}
+    params = default_params(
+        sources | data, train=train, track={"enabled": False}, runtime={"progress": "none"}
+    )
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    from digitpipe.core.config import load_params
+    from digitpipe.ingest.run import run as ingest
+    from digitpipe.train.run import run as train_stage
+
+    loaded = load_params(project / "params.yaml")
+    ingest(loaded, project)
+    train_stage(loaded, project)
+    return project / "models"
+
+
 def edit_params(project: Path, section: str, **changes) -> None:
     """Update keys of one params.yaml section in a test project."""
     path = project / "params.yaml"

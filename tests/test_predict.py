@@ -5,19 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
-from conftest import MNIST, default_params, write_csv
+from conftest import MNIST, trained_model, write_csv
 from PIL import Image
 
 from digitpipe.cli import main
-from digitpipe.core.config import load_params
-from digitpipe.core.paths import MODEL_DIR
 from digitpipe.dataset.idx import read_idx, write_idx
-from digitpipe.ingest.run import run as ingest
 from digitpipe.predict.images import load_digit
 from digitpipe.predict.output import write_submission
 from digitpipe.predict.predictor import Predictor
-from digitpipe.train.run import run as train
 
 TRAIN_IMAGES = 3000
 PICTURES = 1000  # MNIST test images written as PNG for the accuracy parity test
@@ -34,25 +29,14 @@ def mnist_test() -> tuple[np.ndarray, np.ndarray]:
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory, mnist_train):
     """A bncnn trained for 2 epochs on 3000 MNIST training digits by the train stage."""
-    project = tmp_path_factory.mktemp("project")
     images, labels = mnist_train
-    write_idx(images[:TRAIN_IMAGES], project / "train-images", compress=True)
-    write_idx(labels[:TRAIN_IMAGES], project / "train-labels", compress=True)
-    params = default_params(
-        {
-            "train": {"images": "train-images", "labels": "train-labels"},
-            "test": None,
-            "test_fraction": 0.05,
-        },
-        train={"max_epochs": 2},
-        track={"enabled": False},
-        runtime={"progress": "none"},
+    return trained_model(
+        tmp_path_factory.mktemp("project"),
+        images[:TRAIN_IMAGES],
+        labels[:TRAIN_IMAGES],
+        {"test": None, "test_fraction": 0.05},
+        {"max_epochs": 2},
     )
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    params = load_params(project / "params.yaml")
-    ingest(params, project)
-    train(params, project)
-    return project / MODEL_DIR
 
 
 @pytest.fixture(scope="module")

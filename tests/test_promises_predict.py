@@ -8,16 +8,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
-from conftest import QUICK_TRAIN, default_params
+from conftest import QUICK_TRAIN, trained_model
 from PIL import Image
 
 from digitpipe.cli import main
-from digitpipe.core.config import load_params
-from digitpipe.core.paths import MODEL_DIR
 from digitpipe.dataset.idx import write_idx
-from digitpipe.ingest.run import run as ingest
-from digitpipe.train.run import run as train
 
 DIGITS = 6  # test digits written in every format
 
@@ -26,21 +21,9 @@ DIGITS = 6  # test digits written in every format
 def model_dir(tmp_path_factory, mnist_train):
     """A bncnn trained for a few batches on 600 MNIST digits (these tests need a model, not a
     good one)."""
-    project = tmp_path_factory.mktemp("predict-model")
     images, labels = mnist_train
-    write_idx(images[:600], project / "train-images")
-    write_idx(labels[:600], project / "train-labels")
-    params = default_params(
-        {"train": {"images": "train-images", "labels": "train-labels"}, "test_fraction": 0.1},
-        train=QUICK_TRAIN,
-        track={"enabled": False},
-        runtime={"progress": "none"},
-    )
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    params = load_params(project / "params.yaml")
-    ingest(params, project)
-    train(params, project)
-    return project / MODEL_DIR
+    project = tmp_path_factory.mktemp("predict-model")
+    return trained_model(project, images[:600], labels[:600], {"test_fraction": 0.1}, QUICK_TRAIN)
 
 
 def predict(inputs, model_dir, out, *extra) -> int:
