@@ -200,7 +200,7 @@ def test_one_run_per_pipeline_state(tiny_project, mlflow_server):
 
     # Every stage from the run-cache: no new run.
     edit_params(tiny_project, "evaluate", calibration_bins=15)
-    assert "is cached" in dvc(tiny_project, env, "repro")
+    assert "is cached" in dvc(tiny_project, env, "exp", "run")
     assert len(experiment_runs(mlflow_server, "states")) == 2
 
     # A run refused by its checks never starts a run.

@@ -109,16 +109,27 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def described(commands, name: str, text: str) -> argparse.ArgumentParser:
+    """A subcommand whose one-line help is also its description in `digitpipe NAME --help`."""
+    return commands.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="digitpipe", description=__doc__)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     for name, (module, help_text) in STAGES.items():
-        stage = commands.add_parser(name, help=help_text)
-        stage.add_argument("--params", type=Path, default=PARAMS_FILE)
+        stage = commands.add_parser(
+            name,
+            help=help_text,
+            description=f"The {name} stage: {help_text} (as dvc repro runs it).",
+        )
+        stage.add_argument(
+            "--params", type=Path, default=PARAMS_FILE, help="the parameters (default: params.yaml)"
+        )
         stage.set_defaults(handler=_stage(module))
-    stats = commands.add_parser(
-        "stats", help="accuracy CI, kappa, McNemar and per-class statistics of a confusion CSV"
+    stats = described(
+        commands, "stats", "accuracy CI, kappa, McNemar and per-class statistics of a confusion CSV"
     )
     stats.add_argument(
         "confusion",
@@ -128,10 +139,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     stats.add_argument("--json", action="store_true", help="print one JSON object")
     stats.set_defaults(handler=_stats)
-    predict = commands.add_parser(
-        "predict", help="predict digits in pictures (files or folders), pixel CSVs or IDX files"
+    predict = described(
+        commands, "predict", "classify pictures (files or folders), pixel CSVs or IDX files"
     )
-    predict.add_argument("inputs", nargs="+", type=Path, metavar="INPUT")
+    predict.add_argument(
+        "inputs",
+        nargs="+",
+        type=Path,
+        metavar="INPUT",
+        help="a picture, a folder of pictures (searched recursively), a pixel CSV or an IDX file",
+    )
     source = predict.add_mutually_exclusive_group()
     source.add_argument(
         "--model",
@@ -167,12 +184,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--strict", action="store_true", help="fail on an unreadable input instead of skipping it"
     )
     predict.set_defaults(handler=_predict)
-    retrain = commands.add_parser(
+    retrain = described(
+        commands,
         "retrain",
-        help="dvc repro, register the model, promote it if it significantly beats the champion "
+        "dvc repro, register the model, promote it if it significantly beats the champion "
         "on the same test images; write a drift report",
     )
-    retrain.add_argument("--params", type=Path, default=PARAMS_FILE)
+    retrain.add_argument(
+        "--params", type=Path, default=PARAMS_FILE, help="the parameters (default: params.yaml)"
+    )
     retrain.add_argument(
         "--wait",
         type=float,

@@ -33,7 +33,11 @@ HISTORY_FIELDS = [
 class History(L.Callback):
     """Records one row per epoch, rewrites ``path`` after each, and optionally prints it.
 
-    The rows travel in checkpoints, so a resumed run continues its history.
+    The rows travel in checkpoints, so a resumed run continues its history. Hand-written rather
+    than Lightning's CSVLogger: that logger writes one row per logging call (train and validation
+    values on separate rows) into versioned folders and starts a new file on resume, while the
+    learning curves, the epoch lines, MLflow's per-epoch metrics and DVC's plots all want one
+    complete row per epoch, with throughput, in one file.
     """
 
     def __init__(self, path: Path, print_lines: bool) -> None:
