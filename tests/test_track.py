@@ -90,6 +90,9 @@ def test_one_run_holds_the_pipeline_run(ingested, mlflow_server, monkeypatch):
     root_files = {a.path for a in client.list_artifacts(ref.run_id)}
     assert {"learning_curves.png", "confusion.png"} <= root_files
     assert run.data.metrics["test.accuracy"] > 0 and "test.mcnemar_p_value" in run.data.metrics
+    logged = client.get_logged_model(ref.model_uri.rsplit("/", 1)[-1])
+    model_metrics = {m.key: m.value for m in logged.metrics or []}
+    assert model_metrics["test.accuracy"] == run.data.metrics["test.accuracy"]
     assert inputs["test"].digest and run.info.status == "FINISHED"
     later = {
         a.path

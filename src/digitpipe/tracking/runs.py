@@ -280,12 +280,16 @@ def log_stage(
     note: str | None = None,
 ) -> None:
     """Log a later stage's params, metrics, datasets, files (``artifacts``: folder -> files,
-    "" for the root) and run description into the run of this pipeline state."""
+    "" for the root) and run description into the run of this pipeline state. The metrics are
+    also the logged model's (MLflow 3 shows them on the model's page)."""
+    trained = find_training_run(track, root)
+    model_uri = trained.model_uri if trained else None
+    model_id = model_uri.rsplit("/", 1)[-1] if model_uri else None
     with stage_run(track, root, stage, params):
         if note:
             mlflow.set_tag(NOTE_TAG, note)
         if metrics:
-            mlflow.log_metrics(metrics)
+            mlflow.log_metrics(metrics, model_id=model_id)
         if datasets:
             log_datasets(datasets)
         log_artifacts(artifacts)
