@@ -156,49 +156,89 @@ def judge_model(params: Params, root: Path, ref: RunRef) -> Outcome:
     client = MlflowClient(ref.tracking_uri)
     version = registered_version(client, name, ref)
     current = champion_version(client, name)
-    if current is not None and str(current.version) == version:
-        return Outcome(
-            version,
-            False,
-            f"version {version} is already the champion; the pipeline produced no new model",
-            nothing_new=True,
-        )
     test_file = root / split_file("test")
     key = gate_key(current, file_digest(test_file), track)
-    tags = client.get_model_version(name, version).tags
-    if tags.get(GATE_TAG) == key:
-        return Outcome(
-            version,
-            False,
-            f"version {version} was already judged against the same champion on the same test "
-            f"images with the same gate settings: {tags.get('decision')} "
-            f"({tags.get('reason')})",
-            nothing_new=True,
-        )
-
-    test = read_split(test_file)
-    batch_size = params.evaluate.batch_size
+    unchanged = already_judged(client, name, version, current, key)
+    if unchanged is not None:
+        return unchanged
+    test, batch_size = read_split(test_file), params.evaluate.batch_size
     challenger_correct = correct(load_model(root / MODEL_DIR)[0], test, batch_size)
     accuracy = float(challenger_correct.mean())
     train, val = read_split(root / split_file("train")), read_split(root / split_file("val"))
     stats = data_stats(train, batch_counts(train, val))
-    comparison, no_comparison, champion_net = None, None, None
     with tempfile.TemporaryDirectory() as tmp:
-        if current is not None:
-            uri = f"models:/{name}/{current.version}"
-            champion_net, spec = load_model(download_weights(uri, ref.tracking_uri, Path(tmp)))
-            misfit = does_not_fit(spec, test)
-            if misfit:
-                no_comparison = f"champion version {current.version} cannot be compared: {misfit}"
-                champion_net = None
-            else:
-                comparison = compare(challenger_correct, correct(champion_net, test, batch_size))
+        champion_net, comparison, no_comparison = against_champion(
+            name, current, ref, Path(tmp), test, challenger_correct, batch_size
+        )
     verdict = judge(
         accuracy, comparison, current.version if current else None, track, no_comparison
     )
     report = drift_report(
         client, current, champion_net, comparison, train, val, stats, track, batch_size
     )
+    write_drift(client, ref, root, version, current, stats, report)
+    if verdict.promote:
+        check_loads(name, version, test.images[:2, None].astype(np.float32))
+    tags = version_tags(
+        accuracy, comparison, current, test, train, verdict.promote, verdict.reason, key
+    ) | {
+        "drift_report": f"runs:/{ref.run_id}/{ARTIFACTS}/{DRIFT_MD}",
+        "drift_flags": "; ".join(report["flags"]) or "none",
+        "new_images": str(report["new"]["images"]),
+    }
+    record(client, name, version, tags, verdict.promote)
+    return Outcome(version, verdict.promote, verdict.reason, False, report["summary"], ref.run_id)
+
+
+def already_judged(
+    client: MlflowClient, name: str, version: str, current: ModelVersion | None, key: str
+) -> Outcome | None:
+    """ "Nothing new" when the version is the champion, or was judged against the same champion
+    on the same test images with the same gate settings (``key``); else None."""
+    if current is not None and str(current.version) == version:
+        reason = f"version {version} is already the champion; the pipeline produced no new model"
+        return Outcome(version, False, reason, nothing_new=True)
+    tags = client.get_model_version(name, version).tags
+    if tags.get(GATE_TAG) != key:
+        return None
+    reason = (
+        f"version {version} was already judged against the same champion on the same test "
+        f"images with the same gate settings: {tags.get('decision')} ({tags.get('reason')})"
+    )
+    return Outcome(version, False, reason, nothing_new=True)
+
+
+def against_champion(
+    name: str,
+    current: ModelVersion | None,
+    ref: RunRef,
+    folder: Path,
+    test: ImageSet,
+    challenger_correct: np.ndarray,
+    batch_size: int,
+) -> tuple[nn.Module | None, Comparison | None, str | None]:
+    """The champion's network (downloaded into ``folder``, safetensors only) and its paired
+    comparison with the challenger on ``test``; or why there is none to compare."""
+    if current is None:
+        return None, None, None
+    uri = f"models:/{name}/{current.version}"
+    champion_net, spec = load_model(download_weights(uri, ref.tracking_uri, folder))
+    misfit = does_not_fit(spec, test)
+    if misfit:
+        return None, None, f"champion version {current.version} cannot be compared: {misfit}"
+    return champion_net, compare(challenger_correct, correct(champion_net, test, batch_size)), None
+
+
+def write_drift(
+    client: MlflowClient,
+    ref: RunRef,
+    root: Path,
+    version: str,
+    current: ModelVersion | None,
+    stats: dict,
+    report: dict,
+) -> None:
+    """reports/retrain/: the data statistics and the drift report, also logged to the run."""
     title = f"Drift: the new data of version {version}" + (
         f" against champion version {current.version}" if current else ""
     )
@@ -208,23 +248,6 @@ def judge_model(params: Params, root: Path, ref: RunRef) -> Outcome:
     write_text(folder / DRIFT_MD, to_markdown(report, title))
     for file in (STATS_FILE, DRIFT_JSON, DRIFT_MD):
         client.log_artifact(ref.run_id, str(folder / file), ARTIFACTS)
-    if verdict.promote:
-        check_loads(name, version, test.images[:2, None].astype(np.float32))
-    record(
-        client,
-        name,
-        version,
-        version_tags(
-            accuracy, comparison, current, test, train, verdict.promote, verdict.reason, key
-        )
-        | {
-            "drift_report": f"runs:/{ref.run_id}/{ARTIFACTS}/{DRIFT_MD}",
-            "drift_flags": "; ".join(report["flags"]) or "none",
-            "new_images": str(report["new"]["images"]),
-        },
-        verdict.promote,
-    )
-    return Outcome(version, verdict.promote, verdict.reason, False, report["summary"], ref.run_id)
 
 
 def correct(net: nn.Module, images: ImageSet, batch_size: int) -> np.ndarray:
