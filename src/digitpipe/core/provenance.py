@@ -1,7 +1,8 @@
-"""Where a result came from: the git commit of the source, and whether it had changes."""
+"""Where a result came from: the git commit of the source, and the digests of files."""
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,12 @@ class Commit:
 
     def describe(self) -> str:
         return f"{self.sha[:10]}{' with uncommitted changes' if self.dirty else ''}"
+
+
+def file_digest(path: Path, length: int = 64) -> str:
+    """The first ``length`` hex digits of the file's SHA-256, read in chunks."""
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()[:length]
 
 
 def git_commit(root: Path) -> Commit | None:

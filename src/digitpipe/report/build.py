@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from datetime import UTC, datetime
@@ -10,7 +9,7 @@ from pathlib import Path
 
 from digitpipe.core.config import Params
 from digitpipe.core.paths import MODEL_DIR, RECIPE_FILE, REPORTS, SPEC_FILE, WEIGHTS_FILE
-from digitpipe.core.provenance import git_commit
+from digitpipe.core.provenance import file_digest, git_commit
 
 
 def _json(path: Path) -> dict:
@@ -142,7 +141,7 @@ def activations_section(reports: Path) -> str:
 def run_section(root: Path, run_id: str | None, made: datetime) -> str:
     """Which run this is (model, MLflow run, DVC experiment, commit, date) and its headline."""
     spec = _json(root / MODEL_DIR / SPEC_FILE)
-    digest = hashlib.sha256((root / MODEL_DIR / WEIGHTS_FILE).read_bytes()).hexdigest()
+    digest = file_digest(root / MODEL_DIR / WEIGHTS_FILE)
     commit = git_commit(root)
     facts = [
         ["model", f"`{spec['arch']}`, weights SHA-256 `{digest[:12]}`"],

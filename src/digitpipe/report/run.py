@@ -26,8 +26,8 @@ def run(params: Params, root: Path = Path(".")) -> str:
         return write_reports(params, root, None)
     from digitpipe.tracking.runs import log_artifacts, stage_run
 
-    with stage_run(params.track, root, "report", params.report.model_dump()) as run_id:
-        markdown = write_reports(params, root, run_id)
+    with stage_run(params.track, root, "report", params.report.model_dump()) as run:
+        markdown = write_reports(params, root, run.run_id)
         reports = root / REPORTS
         log_artifacts({"report": [reports / "report.html", reports / "report.md"]})
     return markdown

@@ -36,6 +36,7 @@ from digitpipe.core.atomic import write_json, write_text
 from digitpipe.core.config import Params, TrackParams
 from digitpipe.core.errors import DigitpipeError
 from digitpipe.core.paths import MODEL_DIR, STATE_DIR, split_file
+from digitpipe.core.provenance import file_digest
 from digitpipe.dataset.images import ImageSet
 from digitpipe.dataset.parquet import read_split
 from digitpipe.model.export import ModelSpec, load_model
@@ -60,7 +61,7 @@ from digitpipe.tracking.registry import (
     run_json,
     versions,
 )
-from digitpipe.tracking.runs import RunRef, file_digest, find_training_run
+from digitpipe.tracking.runs import RunRef, find_training_run
 from digitpipe.tracking.store import ensure_reachable, tracking_uri
 
 LOCK_FILE = STATE_DIR / "retrain.lock"

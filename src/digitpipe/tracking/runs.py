@@ -8,7 +8,6 @@ where the stage runs: no run id or store path is ever written into a DVC output.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import json
 import os
@@ -29,7 +28,7 @@ from mlflow.tracking import MlflowClient
 
 from digitpipe.core.config import Params, TrackParams
 from digitpipe.core.paths import MODEL_DIR, SPEC_FILE, WEIGHTS_FILE
-from digitpipe.core.provenance import git_commit
+from digitpipe.core.provenance import file_digest, git_commit
 from digitpipe.core.stage import quiet_libraries
 from digitpipe.tracking.store import ensure_reachable, repo_root, tracking_uri
 
@@ -98,19 +97,13 @@ def loggable(values: dict[str, Any]) -> dict[str, str]:
     return {key: str(value) for key, value in values.items() if value is not None}
 
 
-def file_digest(path: Path, length: int = 16) -> str:
-    """The first ``length`` hex digits of the file's SHA-256, read in chunks."""
-    with path.open("rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()[:length]
-
-
 def log_datasets(files: dict[str, Path]) -> None:
     """Log Parquet splits as dataset inputs with their content digests, one context each."""
     for context, path in files.items():
         with warnings.catch_warnings():  # a local path matches two equivalent source types
             warnings.simplefilter("ignore", UserWarning)
             source = resolve_dataset_source(str(path.resolve()))
-        dataset = MetaDataset(source, name=path.name, digest=file_digest(path))
+        dataset = MetaDataset(source, name=path.name, digest=file_digest(path, length=16))
         mlflow.log_input(dataset, context=context)
 
 
@@ -190,7 +183,7 @@ def mark(ref: RunRef, status: str) -> None:
 
 def model_digest(root: Path) -> str:
     """The SHA-256 of the trained weights: what ties a model to the runs that used it."""
-    return file_digest(root / MODEL_DIR / WEIGHTS_FILE, length=64)
+    return file_digest(root / MODEL_DIR / WEIGHTS_FILE)
 
 
 def runs_of_model(uri: str, experiment_id: str, digest: str) -> list[Run]:
@@ -212,11 +205,16 @@ def find_training_run(track: TrackParams, root: Path) -> RunRef | None:
     experiment = mlflow.get_experiment_by_name(track.experiment)
     if experiment is None:
         return None
-    for run in runs_of_model(uri, experiment.experiment_id, model_digest(root)):
-        if MODEL_URI_TAG in run.data.tags:
-            model_uri = run.data.tags[MODEL_URI_TAG]
-            return RunRef(uri, experiment.experiment_id, run.info.run_id, model_uri)
-    return None
+    run = training_run(runs_of_model(uri, experiment.experiment_id, model_digest(root)))
+    if run is None:
+        return None
+    model_uri = run.data.tags[MODEL_URI_TAG]
+    return RunRef(uri, experiment.experiment_id, run.info.run_id, model_uri)
+
+
+def training_run(runs: list[Run]) -> Run | None:
+    """The newest of ``runs`` that trained and logged the model."""
+    return next((run for run in runs if MODEL_URI_TAG in run.data.tags), None)
 
 
 @contextmanager
@@ -228,9 +226,18 @@ def pipeline_run(ref: RunRef) -> Iterator[None]:
         yield
 
 
+@dataclass(frozen=True)
+class StageRun:
+    """The run a later stage logs into, and the logged model it evaluates (when known)."""
+
+    run_id: str
+    model_id: str | None
+
+
 @contextmanager
 def stage_run(track: TrackParams, root: Path, stage: str, params: dict[str, Any]):
-    """Make the run of this pipeline state active for a later stage, and log its params.
+    """Make the run of this pipeline state active for a later stage, log its params, and yield
+    which run it is (:class:`StageRun`).
 
     That is the latest run of the model in ``models/`` if the stage has not logged into it yet;
     otherwise (the stage reran: new params, new code) a new run, linked to the training run,
@@ -245,9 +252,11 @@ def stage_run(track: TrackParams, root: Path, stage: str, params: dict[str, Any]
         run_id = runs[0].info.run_id
     else:
         run_id = derived_run(uri, experiment_id, root, digest, runs[0] if runs else None)
+    trained = training_run(runs)
+    model_id = trained.data.tags[MODEL_URI_TAG].rsplit("/", 1)[-1] if trained else None
     with mlflow.start_run(run_id=run_id):
         mlflow.log_params(loggable(flatten({stage: params})))
-        yield run_id
+        yield StageRun(run_id, model_id)
         mlflow.set_tag(done, "done")
 
 
@@ -282,14 +291,11 @@ def log_stage(
     """Log a later stage's params, metrics, datasets, files (``artifacts``: folder -> files,
     "" for the root) and run description into the run of this pipeline state. The metrics are
     also the logged model's (MLflow 3 shows them on the model's page)."""
-    trained = find_training_run(track, root)
-    model_uri = trained.model_uri if trained else None
-    model_id = model_uri.rsplit("/", 1)[-1] if model_uri else None
-    with stage_run(track, root, stage, params):
+    with stage_run(track, root, stage, params) as run:
         if note:
             mlflow.set_tag(NOTE_TAG, note)
         if metrics:
-            mlflow.log_metrics(metrics, model_id=model_id)
+            mlflow.log_metrics(metrics, model_id=run.model_id)
         if datasets:
             log_datasets(datasets)
         log_artifacts(artifacts)

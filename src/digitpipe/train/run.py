@@ -29,6 +29,7 @@ from digitpipe.core.paths import (
     WEIGHTS_FILE,
     split_file,
 )
+from digitpipe.core.provenance import file_digest
 from digitpipe.dataset.images import ImageSet
 from digitpipe.dataset.parquet import read_split
 from digitpipe.model.export import ModelSpec, save_model
@@ -119,14 +120,9 @@ def run_key(params: Params, recipe: Recipe, data_files: list[Path]) -> str:
         params.model.model_dump(),
         params.train.model_dump(),
         recipe.model_dump(),
-        [_sha256(path) for path in data_files],
+        [file_digest(path) for path in data_files],
     ]
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _sha256(path: Path) -> str:
-    with path.open("rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def build_trainer(
