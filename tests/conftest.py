@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import pytest
 import yaml
 
 from digitpipe.core.config import DataParams, Params
+from digitpipe.core.paths import CHECKPOINT_ROOT
 from digitpipe.dataset.idx import read_idx, write_idx
 
 REPO = Path(__file__).resolve().parents[1]
@@ -164,6 +166,21 @@ def wait_until(condition, seconds: float, gone=None) -> bool:
             return False
         time.sleep(0.1)
     return True
+
+
+def stopped_after_a_checkpoint(project: Path, pid, gone) -> int:
+    """Wait for the training under ``project`` to save its last checkpoint, then stop its
+    process (SIGSTOP), so a kill lands mid-training however late the test looked; return that
+    process's pid, ``pid()``. ``gone()`` says the training died first."""
+
+    def saved() -> list[Path]:
+        return list((project / CHECKPOINT_ROOT).glob("*/last.ckpt"))
+
+    assert wait_until(saved, 300, gone), "training never wrote a checkpoint"
+    stopped = pid()
+    os.kill(stopped, signal.SIGSTOP)
+    assert saved(), "training ended before the test could stop it: give it more epochs"
+    return stopped
 
 
 def answers(url: str) -> bool:

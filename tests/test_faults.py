@@ -9,7 +9,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import dvc, edit_params, init_pipeline_repo, wait_until
+from conftest import (
+    dvc,
+    edit_params,
+    init_pipeline_repo,
+    stopped_after_a_checkpoint,
+    wait_until,
+)
 from mlflow.tracking import MlflowClient
 
 from digitpipe.cli import main
@@ -39,7 +45,7 @@ def stage_processes(project: Path, script: str) -> list[int]:
 @pytest.mark.slow
 def test_killed_repro_leaves_no_orphan_and_no_running_run(tiny_project, tmp_path):
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    edit_params(tiny_project, "train", max_epochs=4, batch_size=32, limit_batches=12)
+    edit_params(tiny_project, "train", max_epochs=8, batch_size=32, limit_batches=12)
     edit_params(tiny_project, "track", enabled=True, tracking_uri=store, experiment="faults")
     edit_params(tiny_project, "runtime", progress="lines")
     env = init_pipeline_repo(tiny_project)
@@ -51,19 +57,19 @@ def test_killed_repro_leaves_no_orphan_and_no_running_run(tiny_project, tmp_path
         stdout=subprocess.DEVNULL,
         stderr=subprocess.STDOUT,
     )
-    checkpointed = wait_until(
-        lambda: list((tiny_project / CHECKPOINT_ROOT).glob("*/last.ckpt")),
-        300,
-        lambda: repro.poll() is not None,
-    )
-    assert checkpointed, "training never wrote a checkpoint"
-    assert stage_processes(tiny_project, "stages/train.py")
+
+    def train_pid() -> int:
+        (pid,) = stage_processes(tiny_project, "stages/train.py")
+        return pid
+
+    train = stopped_after_a_checkpoint(tiny_project, train_pid, lambda: repro.poll() is not None)
     repro.send_signal(signal.SIGKILL)
     repro.wait()
+    os.kill(train, signal.SIGCONT)  # it now gets the parent-death signal dvc's end sent it
     orphans_gone = wait_until(lambda: not stage_processes(tiny_project, "stages/train.py"), 5)
     assert orphans_gone, "the train stage outlived the killed dvc repro"
     rerun = dvc(tiny_project, env, "repro")
-    assert "Resuming from" in rerun
+    assert "Resuming from" in rerun, rerun
     client = MlflowClient(store)
     experiment = client.get_experiment_by_name("faults")
     runs = client.search_runs([experiment.experiment_id])

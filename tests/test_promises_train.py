@@ -8,12 +8,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, edit_params
+from conftest import REPO, edit_params, stopped_after_a_checkpoint
 from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
 
@@ -78,18 +77,11 @@ def killed_after_first_epoch(project) -> list:
     """Start the training and kill it once it has saved its last checkpoint (after epoch 1 of
     EPOCHS); return those checkpoints."""
     process = stage(project)
-    for _ in range(6000):  # polls for up to 5 minutes: a hang guard, not a measurement
-        if saved := list((project / CHECKPOINT_ROOT).glob("*/last.ckpt")):
-            break
-        assert process.poll() is None, process.stdout.read()
-        time.sleep(0.05)
-    else:
-        process.kill()
-        pytest.fail("no checkpoint after 6000 polls")
+    stopped_after_a_checkpoint(project, lambda: process.pid, lambda: process.poll() is not None)
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert not (project / TRAIN_REPORTS / "metrics.json").exists()
-    return saved
+    return list((project / CHECKPOINT_ROOT).glob("*/last.ckpt"))
 
 
 @pytest.mark.slow

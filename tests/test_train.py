@@ -12,7 +12,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, edit_params, wait_until
+from conftest import REPO, edit_params, stopped_after_a_checkpoint
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -296,25 +296,20 @@ def test_ddp_with_two_cpu_processes(ingested):
 
 @pytest.mark.slow
 def test_killed_run_resumes_from_its_last_checkpoint(ingested):
-    edit_params(ingested, "train", max_epochs=4, limit_batches=12)
+    edit_params(ingested, "train", max_epochs=6, limit_batches=12)
     edit_params(ingested, "runtime", progress="lines")
     process = stage(ingested)
-    checkpointed = wait_until(
-        lambda: list((ingested / CHECKPOINT_ROOT).glob("*/last.ckpt")),
-        120,
-        lambda: process.poll() is not None,
-    )
-    assert checkpointed, process.stdout.read()
+    stopped_after_a_checkpoint(ingested, lambda: process.pid, lambda: process.poll() is not None)
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert not (ingested / TRAIN_REPORTS / "metrics.json").exists()
     resumed = stage(ingested)
     output = resumed.communicate(timeout=300)[0]
     assert resumed.returncode == 0, output
-    assert "Resuming from" in output and "epoch 1/4 " not in output
+    assert "Resuming from" in output and "epoch 1/6 " not in output
     history = np.genfromtxt(ingested / TRAIN_REPORTS / "history.csv", delimiter=",", names=True)
-    assert history["epoch"].tolist() == [1, 2, 3, 4]
-    assert json.loads((ingested / TRAIN_REPORTS / "metrics.json").read_text())["epochs"] == 4
+    assert history["epoch"].tolist() == [1, 2, 3, 4, 5, 6]
+    assert json.loads((ingested / TRAIN_REPORTS / "metrics.json").read_text())["epochs"] == 6
     assert not list((ingested / CHECKPOINT_ROOT).glob("*/last.ckpt"))
 
 
