@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # Stage commands in dvc.yaml call `python`: make it the virtual environment's.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install repro test test-fast lint bench lock clean remote push pull
+.PHONY: install repro test test-fast test-matrix lint bench lock clean remote push pull
 
 install: $(STAMP)
 
@@ -42,6 +42,10 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(PYTEST) -m "not slow"
+
+# Every zoo model x 5 image sizes x 3 class counts through every stage (make test runs 26 of them).
+test-matrix: $(STAMP)
+	$(PYTEST) --full-matrix tests/test_datasets.py -k every_stage
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -24,6 +24,24 @@ REPO = Path(__file__).resolve().parents[1]
 MNIST = REPO / "data" / "raw" / "mnist"
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--full-matrix",
+        action="store_true",
+        help="also run the tests marked matrix (make test-matrix)",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deselect the tests marked matrix unless --full-matrix is given."""
+    if config.getoption("--full-matrix"):
+        return
+    deselected = [item for item in items if item.get_closest_marker("matrix")]
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = [item for item in items if not item.get_closest_marker("matrix")]
+
+
 @pytest.fixture(scope="session")
 def mnist_train() -> tuple[np.ndarray, np.ndarray]:
     """The full MNIST training images and labels, read once."""
