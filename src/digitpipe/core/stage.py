@@ -78,7 +78,9 @@ def run_stage(module: str, params_file: Path = PARAMS_FILE) -> int:
     die_with_parent()
     try:
         params = load_params(params_file)
-        importlib.import_module(module).run(params)
+        stage = importlib.import_module(module)
+        quiet_libraries()  # importing Lightning set its INFO level again
+        stage.run(params)
     except DigitpipeError as exc:
         return fail(str(exc))
     except OSError as exc:

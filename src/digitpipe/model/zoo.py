@@ -140,14 +140,28 @@ def best(height: int, width: int, classes: int) -> Layers:
     return _bn_cnn(((32, False), (48, True), (96, True)), height, width, classes, hidden=512)
 
 
+GEOMETRY = ("kernel_size", "stride", "padding", "dilation")  # of convolutions and pools
+
+
+def _pair(value: int | tuple[int, int]) -> tuple[int, int]:
+    return value if isinstance(value, tuple) else (value, value)
+
+
 def _flat_size(features: Layers, height: int, width: int) -> int:
-    """Values per image after ``features``: one blank image through them in eval mode, so batch
-    norm statistics stay untouched."""
-    probe = nn.Sequential(features).eval()
-    with torch.no_grad():
-        size = probe(torch.zeros(1, 1, height, width)).numel()
-    probe.train()
-    return int(size)
+    """Values per image after ``features``, from the geometry of its convolutions and max pools
+    (the other layers keep the shape). Arithmetic, not a probe image: a network built on the
+    meta device (model.export.load_model) would pay ~1 s for the meta kernels' first use."""
+    channels, sides = 1, (height, width)
+    for layer in features.values():
+        if isinstance(layer, nn.Conv2d | nn.MaxPool2d):
+            geometry = zip(*(_pair(getattr(layer, key)) for key in GEOMETRY), strict=True)
+            sides = tuple(
+                (side + 2 * pad - dilation * (kernel - 1) - 1) // stride + 1
+                for side, (kernel, stride, pad, dilation) in zip(sides, geometry, strict=True)
+            )
+        if isinstance(layer, nn.Conv2d):
+            channels = layer.out_channels
+    return channels * sides[0] * sides[1]
 
 
 BUILDERS: dict[str, Callable[[int, int, int], Layers]] = {
