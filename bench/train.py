@@ -25,12 +25,13 @@ import torch.nn.functional as F
 
 from digitpipe.core.config import Augment, Params, RuntimeParams, load_params
 from digitpipe.core.paths import PROCESSED_DIR
+from digitpipe.core.stage import quiet_libraries
 from digitpipe.dataset.parquet import read_split
 from digitpipe.train.callbacks import History
 from digitpipe.train.data import DigitData, as_tensors
 from digitpipe.train.module import DigitClassifier, build_optimizer
 from digitpipe.train.recipes import resolve_recipe
-from digitpipe.train.run import build_module, build_trainer, seed_process
+from digitpipe.train.run import build_module, build_trainer, fit, seed_process
 
 REPO = Path(__file__).resolve().parents[1]
 BATCHES = 300
@@ -76,7 +77,7 @@ def lightning_loop(module: DigitClassifier, train, val, batch_size: int, seed: i
         use_distributed_sampler=False,
         callbacks=[history],
     )
-    trainer.fit(module, datamodule=DigitData(train, val, batch_size, seed, Augment()))
+    fit(trainer, module, DigitData(train, val, batch_size, seed, Augment()), None)
     return history.rows[-1]["images_per_s"]
 
 
@@ -90,7 +91,7 @@ def recipe_to_99(params: Params, train, test) -> None:
         trainer, _ = build_trainer(params.train, quiet, recipe, Path(scratch), [history])
         seed_process(params.train)
         data = DigitData(train, test, recipe.batch_size, params.train.seed, recipe.augment)
-        trainer.fit(module, datamodule=data)
+        fit(trainer, module, data, None)
     trained, reached = 0.0, None
     for row in history.rows:
         trained += row["train_seconds"]
@@ -110,6 +111,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--skip-recipe", action="store_true", help="only the LeNet comparison")
     args = parser.parse_args()
+    quiet_libraries()
     params = load_params(REPO / "params.yaml")
     train, val, test = (
         read_split(REPO / PROCESSED_DIR / f"{s}.parquet") for s in ("train", "val", "test")
