@@ -197,7 +197,9 @@ def stopped_after_a_checkpoint(project: Path, pid, gone) -> int:
     assert wait_until(saved, 300, gone), "training never wrote a checkpoint"
     stopped = pid()
     os.kill(stopped, signal.SIGSTOP)
-    assert saved(), "training ended before the test could stop it: give it more epochs"
+    if not saved():
+        os.kill(stopped, signal.SIGCONT)  # never leave a stopped process behind
+        pytest.fail("training ended before the test could stop it: give it more epochs")
     return stopped
 
 
