@@ -66,8 +66,11 @@ def test_killed_repro_leaves_no_orphan_and_no_running_run(tiny_project, tmp_path
     repro.send_signal(signal.SIGKILL)
     repro.wait()
     os.kill(train, signal.SIGCONT)  # it now gets the parent-death signal dvc's end sent it
-    orphans_gone = wait_until(lambda: not stage_processes(tiny_project, "stages/train.py"), 5)
+    # 30 s guards against a hang on a loaded machine; a stage that trained on to the end instead
+    # of dying would have exported its model (and left its run FINISHED, not KILLED).
+    orphans_gone = wait_until(lambda: not stage_processes(tiny_project, "stages/train.py"), 30)
     assert orphans_gone, "the train stage outlived the killed dvc repro"
+    assert not (tiny_project / MODEL_DIR).exists(), "the killed train stage trained on"
     rerun = dvc(tiny_project, env, "repro")
     assert "Resuming from" in rerun, rerun
     client = MlflowClient(store)
