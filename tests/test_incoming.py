@@ -13,8 +13,8 @@ from digitpipe.core.config import load_params
 from digitpipe.core.errors import DigitpipeError
 from digitpipe.core.paths import INGEST_REPORTS, PROCESSED_DIR
 from digitpipe.dataset.idx import write_idx
+from digitpipe.dataset.images import INCOMING_PREFIX, batch_of, make_ids
 from digitpipe.dataset.parquet import read_split
-from digitpipe.ingest import sources
 from digitpipe.ingest.run import run
 from digitpipe.tracking import drift
 
@@ -153,7 +153,7 @@ def test_a_held_out_test_split_never_takes_batch_images(tiny_project, incoming, 
     assert summary["incoming"]["batches"]["week1"]["in_splits"]["train"] > 0
 
 
-def test_the_id_prefix_is_shared_with_the_tracking_layer():
-    assert sources.INCOMING_PREFIX == drift.INCOMING_PREFIX
-    assert drift.batch_of("incoming/2025-06-02-a-000012") == "2025-06-02-a"
-    assert drift.batch_of("train-000012") is None
+def test_batch_ids_name_their_batch():
+    ids = make_ids(f"{INCOMING_PREFIX}2025-06-02-a", 13)
+    assert ids[12] == "incoming/2025-06-02-a-000012" and batch_of(ids[12]) == "2025-06-02-a"
+    assert batch_of("train-000012") is None

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from digitpipe import __version__
 from digitpipe.core.config import load_params
-from digitpipe.core.errors import DigitpipeError
+from digitpipe.core.numbers import json_safe
 from digitpipe.core.paths import PARAMS_FILE
-from digitpipe.core.stage import fail, fail_os, run_stage
+from digitpipe.core.stage import run_stage, user_errors
 
 # Pipeline stages: `digitpipe NAME` runs the stage's `run(params)` like `dvc repro` would.
 STAGES = {
@@ -32,33 +31,21 @@ def _stage(module: str) -> Callable[[argparse.Namespace], int]:
     return handler
 
 
+@user_errors
 def _retrain(args: argparse.Namespace) -> int:
     from digitpipe.tracking.retrain import Busy, history, retrain
 
+    params = load_params(args.params)
+    if args.history:
+        print(history(params.track))
+        return 0
     try:
-        params = load_params(args.params)
-        if args.history:
-            print(history(params.track))
-            return 0
         outcome = retrain(params, wait_s=args.wait)
     except Busy as busy:
         print(f"digitpipe retrain: skipped: {busy}.")
         return 0
-    except DigitpipeError as exc:
-        return fail(str(exc))
-    except OSError as exc:
-        return fail_os(exc)
     print(f"digitpipe retrain: {outcome.paragraph()}")
     return 0
-
-
-def nan_to_null(value: object) -> object:
-    """``value`` with every NaN replaced by None, so it serialises as standard JSON (null)."""
-    if isinstance(value, dict):
-        return {key: nan_to_null(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [nan_to_null(item) for item in value]
-    return None if isinstance(value, float) and math.isnan(value) else value
 
 
 def stats_command(path: Path, as_json: bool) -> str:
@@ -68,44 +55,39 @@ def stats_command(path: Path, as_json: bool) -> str:
 
     stats = confusion_stats(*read_confusion_csv(path))
     if as_json:
-        return json.dumps(nan_to_null(stats.to_dict()), indent=2, allow_nan=False)
+        return json.dumps(json_safe(stats.to_dict()), indent=2, allow_nan=False)
     return to_markdown(stats).rstrip("\n")
 
 
+@user_errors
 def _stats(args: argparse.Namespace) -> int:
-    try:
-        print(stats_command(args.confusion, args.json))
-    except DigitpipeError as exc:
-        return fail(str(exc))
+    print(stats_command(args.confusion, args.json))
     return 0
 
 
+@user_errors
 def _predict(args: argparse.Namespace) -> int:
     from digitpipe.predict.command import predict
+    from digitpipe.predict.inputs import LABEL_COLUMN
     from digitpipe.predict.predictor import Predictor
 
-    try:
-        predictor = (
-            Predictor.from_uri(args.model_uri, args.params)
-            if args.model_uri
-            else Predictor.from_dir(args.model)
-        )
-        label_column = (
-            load_params(args.params).data.csv_label_column if args.params.exists() else "label"
-        )
-        summary = predict(
-            args.inputs,
-            predictor,
-            args.out,
-            args.submission,
-            strict=args.strict,
-            label_column=label_column,
-        )
-        print(summary)
-    except DigitpipeError as exc:
-        return fail(str(exc))
-    except OSError as exc:
-        return fail_os(exc)
+    predictor = (
+        Predictor.from_uri(args.model_uri, args.params)
+        if args.model_uri
+        else Predictor.from_dir(args.model)
+    )
+    label_column = (
+        load_params(args.params).data.csv_label_column if args.params.exists() else LABEL_COLUMN
+    )
+    summary = predict(
+        args.inputs,
+        predictor,
+        args.out,
+        args.submission,
+        strict=args.strict,
+        label_column=label_column,
+    )
+    print(summary)
     return 0
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import reprlib
 import stat
 from pathlib import Path
 from typing import Annotated, Literal
@@ -11,7 +10,7 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from digitpipe.core.errors import DigitpipeError
+from digitpipe.core.errors import DigitpipeError, excerpt
 from digitpipe.core.paths import PARAMS_FILE
 
 MAX_CLASSES = 1000  # labels are stored as int16; a thousand classes is far beyond digit-style data
@@ -215,22 +214,14 @@ ECHO = 80  # characters of a bad value (or key) a message quotes
 YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
-def _echo(value: object, limit: int = ECHO, *, quote: bool = True) -> str:
-    """``value`` (its repr, or with ``quote=False`` its text) cut to about ``limit`` characters."""
-    short = reprlib.Repr()
-    short.maxstring = short.maxother = limit
-    text = short.repr(value) if quote else str(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def _describe(error: ValidationError, source: str) -> str:
     """One line per bad key (the first MAX_ERRORS), quoting at most ECHO characters of input."""
     items = error.errors()
     lines = [f"{source}: invalid parameters; fix these keys:"]
     for item in items[:MAX_ERRORS]:
-        key = ".".join(_echo(part, quote=False) for part in item["loc"]) or "(top level)"
-        got = "" if item["type"] == "missing" else f" (got {_echo(item['input'])})"
-        lines.append(f"  - {key}: {_echo(item['msg'], 300, quote=False)}{got}")
+        key = ".".join(excerpt(part, ECHO, quote=False) for part in item["loc"]) or "(top level)"
+        got = "" if item["type"] == "missing" else f" (got {excerpt(item['input'], ECHO)})"
+        lines.append(f"  - {key}: {excerpt(item['msg'], 300, quote=False)}{got}")
     if len(items) > MAX_ERRORS:
         lines.append(f"  ... and {len(items) - MAX_ERRORS} more")
     return "\n".join(lines)
@@ -295,7 +286,7 @@ def _parse_yaml(path: Path, text: str) -> object:
         finally:
             loader.dispose()
     except (yaml.YAMLError, ValueError) as exc:  # ValueError: a value YAML cannot build
-        raise DigitpipeError(f"{path}: not valid YAML: {_echo(exc, 500, quote=False)}") from None
+        raise DigitpipeError(f"{path}: not valid YAML: {excerpt(exc, 500, quote=False)}") from None
 
 
 def _check_depth(path: Path, text: str) -> None:

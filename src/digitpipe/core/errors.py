@@ -1,5 +1,18 @@
 """User-facing errors: one clear message, no traceback."""
 
+from __future__ import annotations
+
+import reprlib
+
 
 class DigitpipeError(Exception):
     """An error caused by bad input or bad parameters; its message tells the user how to fix it."""
+
+
+def excerpt(value: object, limit: int = 60, *, quote: bool = True) -> str:
+    """``value`` shortened for a message to at most ``limit`` characters: its repr (a long string
+    elided in the middle), or with ``quote=False`` its text (cut at the end)."""
+    short = reprlib.Repr()
+    short.maxstring = short.maxother = limit
+    text = short.repr(value) if quote else str(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import functools
 import importlib
 import logging
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import ParamSpec
 
 from digitpipe.core.config import load_params
 from digitpipe.core.errors import DigitpipeError
 from digitpipe.core.paths import PARAMS_FILE
+
+P = ParamSpec("P")
 
 
 def fail(message: str) -> int:
@@ -67,6 +72,23 @@ def die_with_parent() -> None:
             sys.exit(128 + signal.SIGTERM)
 
 
+def user_errors(handler: Callable[P, int]) -> Callable[P, int]:
+    """``handler`` (returning an exit status) with user errors, a DigitpipeError or an OS error
+    the user can fix, turned into one message and exit status 2."""
+
+    @functools.wraps(handler)
+    def guarded(*args: P.args, **kwargs: P.kwargs) -> int:
+        try:
+            return handler(*args, **kwargs)
+        except DigitpipeError as exc:
+            return fail(str(exc))
+        except OSError as exc:
+            return fail_os(exc)
+
+    return guarded
+
+
+@user_errors
 def run_stage(module: str, params_file: Path = PARAMS_FILE) -> int:
     """Validate the params, then import the stage ``module`` and call its ``run(params)``;
     user errors become one message and exit status 2.
@@ -76,13 +98,8 @@ def run_stage(module: str, params_file: Path = PARAMS_FILE) -> int:
     """
     quiet_libraries()
     die_with_parent()
-    try:
-        params = load_params(params_file)
-        stage = importlib.import_module(module)
-        quiet_libraries()  # importing Lightning set its INFO level again
-        stage.run(params)
-    except DigitpipeError as exc:
-        return fail(str(exc))
-    except OSError as exc:
-        return fail_os(exc)
+    params = load_params(params_file)
+    stage = importlib.import_module(module)
+    quiet_libraries()  # importing Lightning set its INFO level again
+    stage.run(params)
     return 0

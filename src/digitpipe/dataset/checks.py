@@ -2,24 +2,12 @@
 
 from __future__ import annotations
 
-import reprlib
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from digitpipe.core.errors import DigitpipeError
-
-
-def excerpt(value: object, limit: int = 60, *, quote: bool = True) -> str:
-    """``value`` shortened for a message to about ``limit`` characters: its repr (elided in the
-    middle), or with ``quote=False`` the text itself (cut at the end)."""
-    if not quote:
-        text = str(value)
-        return text if len(text) <= limit else text[: limit - 3] + "..."
-    short = reprlib.Repr()
-    short.maxstring = short.maxother = limit
-    return short.repr(value)
 
 
 def first_invalid(values: np.ndarray, bounds: tuple[int, int] | None) -> tuple[int, ...] | None:

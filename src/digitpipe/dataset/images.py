@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,3 +41,25 @@ def make_ids(prefix: str, count: int) -> np.ndarray:
     """Stable ids ``prefix-000000`` numbering the rows of a source file from 0."""
     width = max(6, len(str(max(count - 1, 0))))
     return np.array([f"{prefix}-{i:0{width}d}" for i in range(count)], dtype=object)
+
+
+def concat(parts: Sequence[ImageSet]) -> ImageSet:
+    """The rows of every labelled part, in order (same image size and classes)."""
+    if len(parts) == 1:
+        return parts[0]
+    return ImageSet(
+        np.concatenate([part.ids for part in parts]),
+        np.concatenate([part.images for part in parts]),
+        np.concatenate([part.labels for part in parts]),
+        parts[0].class_names,
+    )
+
+
+INCOMING_PREFIX = "incoming/"  # ids of a drop-folder batch's images: incoming/<batch>-000000
+
+
+def batch_of(image_id: str) -> str | None:
+    """The drop-folder batch an image came from (``incoming/week1-000012`` -> ``week1``)."""
+    if not image_id.startswith(INCOMING_PREFIX):
+        return None
+    return image_id[len(INCOMING_PREFIX) :].rsplit("-", 1)[0]

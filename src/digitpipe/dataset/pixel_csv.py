@@ -15,8 +15,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from digitpipe.core.errors import DigitpipeError
-from digitpipe.dataset.checks import excerpt, first_invalid
+from digitpipe.core.errors import DigitpipeError, excerpt
+from digitpipe.dataset.checks import first_invalid
 from digitpipe.dataset.idx import read_bytes
 
 MAX_HEADER_BYTES = 64 * 2**20

@@ -13,10 +13,10 @@ from digitpipe.core.config import DataParams, Params, Source
 from digitpipe.core.errors import DigitpipeError
 from digitpipe.core.paths import INGEST_REPORTS, PROCESSED_DIR
 from digitpipe.dataset.checks import check_labels
-from digitpipe.dataset.images import ImageSet
+from digitpipe.dataset.images import ImageSet, batch_of, concat
 from digitpipe.dataset.parquet import write_split
 from digitpipe.ingest.figures import class_distribution_figure, sample_digits_figure
-from digitpipe.ingest.sources import INCOMING_PREFIX, Batch, concat, load_batches, load_source
+from digitpipe.ingest.sources import Batch, load_batches, load_source
 from digitpipe.ingest.split import split_off, stratified_sample
 from digitpipe.plotting import save_figure
 
@@ -151,9 +151,8 @@ def summarize(splits: dict[str, ImageSet], batches: Sequence[Batch] = ()) -> dic
 
 
 def _batch_summary(batch: Batch, splits: dict[str, ImageSet]) -> dict:
-    source = f"{INCOMING_PREFIX}{batch.name}"
     placed = {
-        name: sum(1 for image_id in splits[name].ids if image_id.rsplit("-", 1)[0] == source)
+        name: sum(1 for image_id in splits[name].ids if batch_of(image_id) == batch.name)
         for name in ("train", "val")
     }
     return {

@@ -13,7 +13,7 @@ from digitpipe.core.config import MAX_CLASSES, DataParams, Source
 from digitpipe.core.errors import DigitpipeError
 from digitpipe.dataset.checks import check_labels
 from digitpipe.dataset.idx import RawFile, parse_idx, read_bytes
-from digitpipe.dataset.images import ImageSet, make_ids
+from digitpipe.dataset.images import INCOMING_PREFIX, ImageSet, make_ids
 from digitpipe.dataset.pixel_csv import read_pixel_csv
 from digitpipe.dataset.shapes import as_images
 
@@ -90,7 +90,6 @@ def _verify_checksum(raw: RawFile, relative: Path, data: DataParams) -> None:
 # The drop folder: <batch>.csv, or <batch>-images* + <batch>-labels* (IDX, gzip or raw).
 IDX_BATCH = re.compile(r"(?P<batch>.+?)-(?P<kind>images|labels)(?P<rest>.*)")
 NOT_BATCHES = (".md", ".txt")  # notes beside the batches (and dotfiles) are skipped
-INCOMING_PREFIX = "incoming/"  # image ids of a batch: incoming/<batch>-000000
 
 
 @dataclass(frozen=True)
@@ -173,15 +172,3 @@ def load_batches(data: DataParams, root: Path, image_size: tuple[int, int]) -> l
             )
         batches.append(Batch(name, source, images))
     return batches
-
-
-def concat(parts: list[ImageSet]) -> ImageSet:
-    """The rows of every part, in order (same image size and classes)."""
-    if len(parts) == 1:
-        return parts[0]
-    return ImageSet(
-        np.concatenate([part.ids for part in parts]),
-        np.concatenate([part.images for part in parts]),
-        np.concatenate([part.labels for part in parts]),
-        parts[0].class_names,
-    )

@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from digitpipe.core.atomic import atomic_path, write_json
-from digitpipe.core.errors import DigitpipeError
+from digitpipe.core.errors import DigitpipeError, excerpt
 from digitpipe.core.paths import SPEC_FILE, WEIGHTS_FILE
 from digitpipe.model.zoo import BUILDERS, MIN_SIDE, build_model
 
@@ -84,12 +84,6 @@ def _unusable(path: Path, problem: str) -> DigitpipeError:
     )
 
 
-def _quote(value: object) -> str:
-    """A bad value for a message, cut to QUOTE_CHARS."""
-    text = repr(value)
-    return text if len(text) <= QUOTE_CHARS else f"{text[: QUOTE_CHARS - 3]}..."
-
-
 def _check_regular(path: Path) -> None:
     """Refuse anything but a regular file (a FIFO or device could block or never end)."""
     try:
@@ -131,9 +125,12 @@ def _size_problem(raw: dict) -> str | None:
     """An unknown arch, or an image size it cannot take or that is absurd."""
     arch, height, width = raw["arch"], raw["height"], raw["width"]
     if not isinstance(arch, str) or arch not in BUILDERS:
-        return f"unknown arch {_quote(arch)}; known: {', '.join(BUILDERS)}"
+        return f"unknown arch {excerpt(arch, QUOTE_CHARS)}; known: {', '.join(BUILDERS)}"
     if type(height) is not int or type(width) is not int:
-        return f"height and width must be whole numbers, not {_quote(height)}, {_quote(width)}"
+        return (
+            "height and width must be whole numbers, not "
+            f"{excerpt(height, QUOTE_CHARS)}, {excerpt(width, QUOTE_CHARS)}"
+        )
     if min(height, width) < MIN_SIDE[arch] or height * width > MAX_PIXELS:
         return (
             f"images of {height}x{width} pixels; {arch} takes at least {MIN_SIDE[arch]} pixels a "
@@ -150,7 +147,7 @@ def _classes_problem(names: object) -> str | None:
         or not all(isinstance(name, str) for name in names)
         or len(set(names)) != len(names)
     ):
-        return f"class_names must be a list of distinct strings, not {_quote(names)}"
+        return f"class_names must be a list of distinct strings, not {excerpt(names, QUOTE_CHARS)}"
     return None
 
 
@@ -159,9 +156,9 @@ def _stats_problem(raw: dict) -> str | None:
     for key in ("mean", "std"):
         value = raw[key]
         if type(value) not in (int, float) or not math.isfinite(value):
-            return f"{key} must be a finite number, not {_quote(value)}"
+            return f"{key} must be a finite number, not {excerpt(value, QUOTE_CHARS)}"
     if raw["std"] <= 0:
-        return f"std must be positive, not {_quote(raw['std'])}"
+        return f"std must be positive, not {excerpt(raw['std'], QUOTE_CHARS)}"
     return None
 
 

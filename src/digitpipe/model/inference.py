@@ -1,4 +1,4 @@
-"""Class probabilities of a trained network over uint8 images, batch by batch."""
+"""Class probabilities of a trained network over images, batch by batch."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from torch import nn
 
 
 def predict_probabilities(net: nn.Module, images: np.ndarray, batch_size: int) -> np.ndarray:
-    """Softmax probabilities (N, classes), float32, of N >= 1 uint8 images (N, H, W).
+    """Softmax probabilities (N, classes), float32, of N >= 1 images (N, H, W) of pixel values
+    0..255 (uint8, or float as the served model takes them).
 
     Batch by batch under ``torch.inference_mode``; ``net`` is put in eval mode, channels-last.
     """

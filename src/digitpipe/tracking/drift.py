@@ -18,17 +18,10 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.stats import binomtest, chisquare, ttest_ind_from_stats
 
-from digitpipe.dataset.images import ImageSet
+from digitpipe.core.numbers import json_safe
+from digitpipe.dataset.images import ImageSet, batch_of
 
-INCOMING_PREFIX = "incoming/"  # how the ingest stage names batch images (ingest.sources)
 MIN_EFFECT = 0.2  # a pixel shift is flagged only from this standardized size (Cohen's small)
-
-
-def batch_of(image_id: str) -> str | None:
-    """The drop-folder batch an image came from (``incoming/week1-000012`` -> ``week1``)."""
-    if not image_id.startswith(INCOMING_PREFIX):
-        return None
-    return image_id[len(INCOMING_PREFIX) :].rsplit("-", 1)[0]
 
 
 def batch_counts(*splits: ImageSet) -> dict[str, int]:
@@ -133,7 +126,7 @@ def drift(
                 f"one-sided exact binomial p = {p:.3g}"
             )
     report["summary"] = "; ".join(report["flags"]) or "nothing flagged"
-    return _finite(report)
+    return json_safe(report)
 
 
 def _class_frequencies(
@@ -209,15 +202,6 @@ def _pixel_shifts(
             f"pixel statistics shifted (Welch, Bonferroni level {level:.2g}): {', '.join(shifted)}"
         )
     return {"per_class": rows, "tests": len(tests), "level": level}
-
-
-def _finite(value: object) -> object:
-    """``value`` with NaN and infinities as None, so it is standard JSON."""
-    if isinstance(value, dict):
-        return {key: _finite(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_finite(item) for item in value]
-    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def to_markdown(report: dict, title: str) -> str:

@@ -37,14 +37,13 @@ from digitpipe.core.config import Params, TrackParams
 from digitpipe.core.errors import DigitpipeError
 from digitpipe.core.paths import MODEL_DIR, STATE_DIR, split_file
 from digitpipe.core.provenance import file_digest
-from digitpipe.dataset.images import ImageSet
+from digitpipe.dataset.images import ImageSet, batch_of, concat
 from digitpipe.dataset.parquet import read_split
 from digitpipe.model.export import ModelSpec, load_model
 from digitpipe.model.inference import predict_probabilities
 from digitpipe.tracking.drift import (
     ChampionOnNew,
     batch_counts,
-    batch_of,
     data_stats,
     drift,
     rows_of,
@@ -294,7 +293,7 @@ def drift_report(
             else " (no champion yet)"
         )
     fresh = {batch for batch in stats["batches"] if batch not in seen}
-    new = joined(rows_of(train, fresh, inside=True), rows_of(val, fresh, inside=True))
+    new = concat([rows_of(train, fresh, inside=True), rows_of(val, fresh, inside=True)])
     champion = None
     if champion_net is not None and comparison is not None and len(new):
         right = correct(champion_net, new, batch_size)
@@ -320,17 +319,6 @@ def drift_report(
             for batch, (k, n) in per_batch.items()
         }
     return report
-
-
-def joined(first: ImageSet, second: ImageSet) -> ImageSet:
-    """The rows of both sets, in order."""
-    labels = np.concatenate([first.labels, second.labels])
-    return ImageSet(
-        np.concatenate([first.ids, second.ids]),
-        np.concatenate([first.images, second.images]),
-        labels,
-        first.class_names,
-    )
 
 
 def version_tags(

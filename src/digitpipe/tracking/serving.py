@@ -23,12 +23,12 @@ from typing import Any
 import mlflow.pyfunc
 import numpy as np
 import pandas as pd
-import torch
 from mlflow.exceptions import INVALID_PARAMETER_VALUE, MlflowException
 from mlflow.models import ModelSignature, set_model
 from mlflow.types import ColSpec, Schema
 
 from digitpipe.model.export import ModelSpec, load_model
+from digitpipe.model.inference import predict_probabilities
 
 MODEL_ARTIFACT = "model"  # the folder holding model.safetensors and model.json
 BATCH = 512
@@ -118,14 +118,8 @@ class DigitModel(mlflow.pyfunc.PythonModel):
         model_input: np.ndarray,  # or a DataFrame; MLflow reads a union as a schema to enforce
         params: dict[str, Any] | None = None,
     ) -> pd.DataFrame:
-        images = torch.from_numpy(as_images(model_input, self.spec))
-        with torch.inference_mode():
-            probabilities = torch.cat(
-                [
-                    torch.softmax(self.net(images[start : start + BATCH]), dim=1)
-                    for start in range(0, len(images), BATCH)
-                ]
-            ).numpy()
+        images = as_images(model_input, self.spec)[:, 0]
+        probabilities = predict_probabilities(self.net, images, BATCH)
         return prediction_table(probabilities, self.spec.class_names)
 
 

@@ -5,14 +5,11 @@ training loop never calls MLflow itself."""
 from __future__ import annotations
 
 import importlib.metadata
-import json
-import os
 import shutil
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from unittest.mock import patch
 
 import lightning as L
 import mlflow
@@ -21,12 +18,11 @@ import numpy as np
 import pandas as pd
 import torch
 from mlflow.entities import Metric
-from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
 from mlflow.tracking import MlflowClient
 
 import digitpipe
 from digitpipe.core.paths import MODEL_DIR, SPEC_FILE, WEIGHTS_FILE
-from digitpipe.model.export import ModelSpec
+from digitpipe.model.export import read_spec
 from digitpipe.tracking import serving
 from digitpipe.tracking.runs import (
     MODEL_DIGEST_TAG,
@@ -67,28 +63,27 @@ def log_model(model_dir: Path, example: np.ndarray) -> str:
     [N,H,W], [N,H*W] or [N,1,H,W] as float pixels 0..255 in; label, its probability and every
     class's probability out) with its safetensors weights and spec, an output signature and an
     input example; return its model URI."""
-    spec = ModelSpec(**json.loads((model_dir / SPEC_FILE).read_text()))
+    spec = read_spec(model_dir / SPEC_FILE)
     with tempfile.TemporaryDirectory() as tmp:
         weights = Path(tmp) / serving.MODEL_ARTIFACT  # only these two files, not the checkpoint
         weights.mkdir()
         for name in (WEIGHTS_FILE, SPEC_FILE):
             shutil.copyfile(model_dir / name, weights / name)
-        with patch.dict(os.environ, {MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name: "false"}):
-            info = mlflow.pyfunc.log_model(
-                name="model",
-                python_model=serving.__file__,
-                artifacts={serving.MODEL_ARTIFACT: str(weights)},
-                signature=serving.signature(spec),
-                input_example=example.reshape(len(example), spec.height, spec.width),
-                metadata={"input": serving.expected_shapes(spec)},
-                code_paths=[str(Path(digitpipe.__file__).parent)],
-                pip_requirements=[
-                    f"torch=={torch.__version__.split('+')[0]}",
-                    f"numpy=={np.__version__}",
-                    f"pandas=={pd.__version__}",
-                    f"safetensors=={importlib.metadata.version('safetensors')}",
-                ],
-            )
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=serving.__file__,
+            artifacts={serving.MODEL_ARTIFACT: str(weights)},
+            signature=serving.signature(spec),
+            input_example=example.reshape(len(example), spec.height, spec.width),
+            metadata={"input": serving.expected_shapes(spec)},
+            code_paths=[str(Path(digitpipe.__file__).parent)],
+            pip_requirements=[
+                f"torch=={torch.__version__.split('+')[0]}",
+                f"numpy=={np.__version__}",
+                f"pandas=={pd.__version__}",
+                f"safetensors=={importlib.metadata.version('safetensors')}",
+            ],
+        )
     return info.model_uri
 
 

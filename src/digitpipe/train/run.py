@@ -191,9 +191,9 @@ def run(params: Params, root: Path = Path(".")) -> dict | None:
     recipe = fit_batch(recipe, params.train, trainer.world_size, train)
     seed_process(params.train)
     module = build_module(params.model.arch, recipe, train)
-    if rank_zero_only.rank == 0:
+    on_rank_zero = rank_zero_only.rank == 0  # under DDP only rank 0 prints and talks to MLflow
+    if on_rank_zero:
         print(describe(params, recipe, module, train, trainer), flush=True)
-    on_rank_zero = rank_zero_only.rank == 0  # under DDP only rank 0 talks to MLflow
     tracking = start_tracking(params, root, recipe, history) if on_rank_zero else None
     if tracking is not None:
         trainer.callbacks.append(tracking)
