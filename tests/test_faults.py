@@ -27,19 +27,23 @@ from digitpipe.train.run import run_key
 
 
 def stage_processes(project: Path, script: str) -> list[int]:
-    """Pids of processes running ``script`` with ``project`` as their working directory."""
-    found = []
+    """Pids of the Python processes running ``script`` with ``project`` as their working
+    directory. A child forked by such a process (a `git` call between fork and exec) shows the
+    same command line for a moment; it is left out by its parent, as is a shell wrapper."""
+    found = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            argv = (entry / "cmdline").read_bytes().decode().split("\0")
             cwd = os.readlink(entry / "cwd")
-        except OSError:
+            parent = int((entry / "stat").read_text().rpartition(")")[2].split()[1])
+        except (OSError, ValueError, IndexError):
             continue
-        if script in command and Path(cwd) == project:
-            found.append(int(entry.name))
-    return found
+        python = Path(argv[0]).name.startswith("python")
+        if python and argv[1:2] == [script] and Path(cwd) == project:
+            found[int(entry.name)] = parent
+    return [pid for pid, parent in found.items() if parent not in found]
 
 
 @pytest.mark.slow
