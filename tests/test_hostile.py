@@ -174,7 +174,7 @@ def test_devices_and_fifos_are_refused_unopened(tiny_project, kind):
         words = ["data/raw/pipe: not a regular file (a FIFO (named pipe))"]
     run = digitpipe(tiny_project, "ingest")
     assert run.rc == 2
-    assert_refused(run.err, *words, "data is read only from regular files")
+    assert_refused(run.err, *words, "give the path of a regular file holding the data")
     assert_no_ingest_output(tiny_project)
 
 

@@ -103,6 +103,9 @@ def test_bad_model_json_is_refused_naming_the_file(tmp_path, monkeypatch, capsys
         ("truncated", "not a complete safetensors file"),
         ("other network", "the weights do not fit the network model.json describes"),
         ("not JSON", "not valid JSON"),
+        ("huge JSON", "larger than 1 MiB"),
+        ("a folder", "not a regular file (a folder)"),
+        ("missing", "cannot read the file (No such file or directory)"),
     ],
 )
 def test_bad_model_files_are_refused_naming_the_file(tmp_path, monkeypatch, capsys, damage, words):
@@ -115,9 +118,16 @@ def test_bad_model_files_are_refused_naming_the_file(tmp_path, monkeypatch, caps
     elif damage == "other network":
         saved_model(tmp_path / "lenet", "lenet")
         weights.write_bytes((tmp_path / "lenet" / WEIGHTS_FILE).read_bytes())
-    else:
+    elif damage == "not JSON":
         (model / SPEC_FILE).write_text('{"arch": "softmax",')
-    bad = model / SPEC_FILE if damage == "not JSON" else weights
+    elif damage == "huge JSON":
+        (model / SPEC_FILE).write_text(" " * 2**20 + (model / SPEC_FILE).read_text())
+    elif damage == "a folder":
+        weights.unlink()
+        weights.mkdir()
+    else:
+        weights.unlink()
+    bad = model / SPEC_FILE if "JSON" in damage else weights
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "out.csv"
     assert main(["predict", str(picture(tmp_path)), "--model", str(model), "--out", str(out)]) == 2

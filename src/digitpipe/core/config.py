@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import stat
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -11,6 +10,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from digitpipe.core.errors import DigitpipeError, excerpt
+from digitpipe.core.files import read_bounded
 from digitpipe.core.paths import PARAMS_FILE
 
 MAX_CLASSES = 1000  # labels are stored as int16; a thousand classes is far beyond digit-style data
@@ -248,18 +248,7 @@ def load_params(path: str | os.PathLike = PARAMS_FILE) -> Params:
 def _read_text(path: Path) -> str:
     """The text of ``path``: a regular file (checked before opening it) of at most
     MAX_PARAMS_BYTES of UTF-8."""
-    try:
-        if not stat.S_ISREG(path.stat().st_mode):
-            raise DigitpipeError(f"{path}: not a regular file; parameters are read from a file.")
-        with path.open("rb") as handle:
-            data = handle.read(MAX_PARAMS_BYTES + 1)
-    except OSError as exc:
-        raise DigitpipeError(f"{path}: cannot read parameters ({exc.strerror}).") from exc
-    if len(data) > MAX_PARAMS_BYTES:
-        raise DigitpipeError(
-            f"{path}: larger than {MAX_PARAMS_BYTES >> 20} MiB; parameters are a YAML file of a "
-            "few KB. Is it the right file?"
-        )
+    data = read_bounded(path, MAX_PARAMS_BYTES, "parameters are a YAML file of a few KB.")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -12,7 +12,6 @@ import gzip
 import hashlib
 import math
 import os
-import stat
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,6 +23,7 @@ import numpy as np
 
 from digitpipe.core.atomic import atomic_path
 from digitpipe.core.errors import DigitpipeError
+from digitpipe.core.files import check_regular
 
 GZIP_MAGIC = b"\x1f\x8b"
 MAX_IDX_BYTES = 4 * 2**30  # the most data an IDX header may declare (decompressed)
@@ -41,13 +41,6 @@ IDX_DTYPES: dict[int, np.dtype] = {
     0x0E: np.dtype(">f8"),
 }
 DTYPE_CODES = {dtype: code for code, dtype in IDX_DTYPES.items()}
-FILE_KINDS = {
-    stat.S_IFDIR: "a folder",
-    stat.S_IFIFO: "a FIFO (named pipe)",
-    stat.S_IFCHR: "a character device",
-    stat.S_IFBLK: "a block device",
-    stat.S_IFSOCK: "a socket",
-}
 Kind = Literal["auto", "idx", "text"]
 
 
@@ -86,26 +79,11 @@ class IdxHeader:
         return f"header dims {'x'.join(map(str, self.shape))} of {self.dtype.itemsize}-byte values"
 
 
-def regular_file(path: Path) -> None:
-    """Refuse anything but a regular file (a folder, device, FIFO or socket could block or never
-    end), without opening it."""
-    try:
-        info = path.stat()
-    except OSError as exc:
-        raise DigitpipeError(f"{path}: cannot read the file ({exc.strerror}).") from exc
-    if not stat.S_ISREG(info.st_mode):
-        kind = FILE_KINDS.get(stat.S_IFMT(info.st_mode), "not a plain file")
-        raise DigitpipeError(
-            f"{path}: not a regular file ({kind}); data is read only from regular files, "
-            "give the path of one."
-        )
-
-
 @contextmanager
 def open_data(path: Path) -> Iterator[BinaryIO]:
     """A regular file opened for reading, through gzip when its content starts with the gzip
     magic bytes (not by its name)."""
-    regular_file(path)
+    check_regular(path, "give the path of a regular file holding the data.")
     try:
         handle = path.open("rb")
     except OSError as exc:

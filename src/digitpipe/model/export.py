@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import stat
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -21,11 +20,12 @@ from torch import nn
 
 from digitpipe.core.atomic import atomic_path, write_json
 from digitpipe.core.errors import DigitpipeError, excerpt
+from digitpipe.core.files import UnreadableFile, check_regular, read_bounded
 from digitpipe.core.paths import SPEC_FILE, WEIGHTS_FILE
 from digitpipe.model.zoo import BUILDERS, MIN_SIDE, build_model
 
 MAX_SPEC_BYTES = 1 << 20  # model.json holds a few hundred bytes
-MAX_PIXELS = 4096 * 4096  # the most pixels a model's images may have, as for predict's pictures
+MAX_PIXELS = 4096 * 4096  # the most pixels a model's images may have (and predict decodes)
 QUOTE_CHARS = 40  # a bad value is quoted up to this length
 
 
@@ -84,25 +84,12 @@ def _unusable(path: Path, problem: str) -> DigitpipeError:
     )
 
 
-def _check_regular(path: Path) -> None:
-    """Refuse anything but a regular file (a FIFO or device could block or never end)."""
-    try:
-        mode = path.stat().st_mode
-    except OSError as exc:
-        raise _unusable(path, f"cannot read the file: {exc.strerror}") from exc
-    if not stat.S_ISREG(mode):
-        raise _unusable(path, "not a regular file")
-
-
 def read_spec(path: Path) -> ModelSpec:
     """The spec in ``path`` (model.json), checked against sane bounds."""
-    _check_regular(path)
     try:
-        with path.open("rb") as handle:
-            data = handle.read(MAX_SPEC_BYTES + 1)
-        raw = json.loads(data) if len(data) <= MAX_SPEC_BYTES else None
-    except OSError as exc:
-        raise _unusable(path, f"cannot read the file: {exc.strerror}") from exc
+        raw = json.loads(read_bounded(path, MAX_SPEC_BYTES))
+    except UnreadableFile as exc:
+        raise _unusable(path, exc.problem) from exc
     except (ValueError, RecursionError) as exc:
         raise _unusable(path, f"not valid JSON: {exc}") from None
     problem = _spec_problem(raw)
@@ -114,7 +101,7 @@ def read_spec(path: Path) -> ModelSpec:
 def _spec_problem(raw: object) -> str | None:
     """What is wrong with a parsed model.json, or None."""
     if not isinstance(raw, dict):
-        return f"expected a JSON object of at most {MAX_SPEC_BYTES >> 20} MiB"
+        return "expected a JSON object"
     missing, unknown = sorted(SPEC_KEYS - raw.keys()), sorted(raw.keys() - SPEC_KEYS)
     if missing or unknown:
         return f"missing keys {missing}, unknown keys {unknown}"
@@ -164,11 +151,13 @@ def _stats_problem(raw: dict) -> str | None:
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
     """The tensors in ``path`` (model.safetensors), never unpickled."""
-    _check_regular(path)
     try:
+        check_regular(path)
         return load_file(str(path))
+    except UnreadableFile as exc:
+        raise _unusable(path, exc.problem) from exc
     except OSError as exc:
-        raise _unusable(path, f"cannot read the file: {exc.strerror}") from exc
+        raise _unusable(path, f"cannot read the file ({exc.strerror})") from exc
     except SafetensorError as exc:
         raise _unusable(path, f"not a complete safetensors file: {exc}") from None
 

@@ -28,18 +28,18 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from digitpipe.core.errors import DigitpipeError
-from digitpipe.dataset.idx import regular_file
+from digitpipe.core.files import check_regular
+from digitpipe.model.export import MAX_PIXELS
 
 BOX_FRACTION = 20 / 28  # MNIST: the digit fits a 20x20 box inside the 28x28 image
 INK_FRACTION = 0.05  # ink: brighter than this fraction of the brightest pixel (for the crop)
 MIN_CONTRAST = 0.1  # ink this faint (fraction of full scale) or less: a blank picture
-MAX_SIDE = 4096
-MAX_PIXELS = MAX_SIDE * MAX_SIDE  # bigger pictures: JPEG decodes reduced, others are refused
+MAX_SIDE = math.isqrt(MAX_PIXELS)  # bigger pictures: JPEG decodes reduced, others are refused
 
 
 def load_digit(path: Path, size: tuple[int, int]) -> np.ndarray:
     """The digit pictured in ``path`` as a uint8 (H, W) MNIST-style image of ``size``."""
-    regular_file(path)
+    check_regular(path, "give the path of a picture file.")
     try:
         with warnings.catch_warnings():  # PIL's bomb warning: the pixel cap below replaces it
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)

@@ -1,0 +1,49 @@
+"""Files that may be hostile: only regular files are opened (a folder, device, FIFO or socket
+could block or never end), and small files are read only up to their bound."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+from digitpipe.core.errors import DigitpipeError
+
+FILE_KINDS = {
+    stat.S_IFDIR: "a folder",
+    stat.S_IFIFO: "a FIFO (named pipe)",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFSOCK: "a socket",
+}
+
+
+class UnreadableFile(DigitpipeError):
+    """A file that cannot be read as asked: ``problem`` says why, the message adds ``advice``."""
+
+    def __init__(self, path: Path, problem: str, advice: str) -> None:
+        super().__init__(f"{path}: {problem}; {advice}" if advice else f"{path}: {problem}.")
+        self.problem = problem
+
+
+def check_regular(path: Path, advice: str = "") -> None:
+    """Refuse, without opening it, anything but an existing regular file."""
+    try:
+        info = path.stat()
+    except OSError as exc:
+        raise UnreadableFile(path, f"cannot read the file ({exc.strerror})", advice) from exc
+    if not stat.S_ISREG(info.st_mode):
+        kind = FILE_KINDS.get(stat.S_IFMT(info.st_mode), "not a plain file")
+        raise UnreadableFile(path, f"not a regular file ({kind})", advice)
+
+
+def read_bounded(path: Path, limit: int, advice: str = "") -> bytes:
+    """The bytes of the regular file ``path``, refused unread beyond ``limit`` of them."""
+    check_regular(path, advice)
+    try:
+        with path.open("rb") as handle:
+            data = handle.read(limit + 1)
+    except OSError as exc:
+        raise UnreadableFile(path, f"cannot read the file ({exc.strerror})", advice) from exc
+    if len(data) > limit:
+        raise UnreadableFile(path, f"larger than {limit / 2**20:g} MiB", advice)
+    return data
