@@ -2,7 +2,7 @@
 
 import sys
 
-from digitpipe.core.stage import run_stage
+from _entry import main
 
 if __name__ == "__main__":
-    sys.exit(run_stage("digitpipe.ingest.run"))
+    sys.exit(main("digitpipe.ingest.run"))

@@ -153,7 +153,7 @@ def test_report_shows_every_picture_and_the_numbers_of_the_metrics_files(ingeste
     assert loss == pytest.approx(trained["val_loss"], abs=5e-5)
     assert accuracy == pytest.approx(trained["val_accuracy"], abs=5e-5)
 
-    assert f"On {tested['n']} test images:" in markdown
+    assert f"On {tested['n']:,} test images:" in markdown
     shown = {
         name: float(cells[0]) for name, cells in table_after(markdown, "## Test results").items()
     }

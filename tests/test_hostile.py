@@ -425,4 +425,4 @@ def test_large_jpeg_is_decoded_at_a_reduced_scale(tmp_path, model_dir, mnist_tra
     )
     captured = capsys.readouterr()
     assert status == 0, captured.err
-    assert "predicted 1 images" in captured.out and "Warning" not in captured.err
+    assert "predicted 1 image -> " in captured.out and "Warning" not in captured.err

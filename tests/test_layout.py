@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +23,7 @@ DVC_STAGES = ["ingest", "train", "evaluate", "activations", "report"]
 
 # Runs a stage script as DVC would, then prints the digitpipe files the process imported.
 TRACE = """
-import atexit, json, runpy, sys
+import atexit, json, os, runpy, sys
 def dump():
     files = sorted(
         module.__file__ for name, module in list(sys.modules.items())
@@ -31,6 +32,7 @@ def dump():
     print("IMPORTED " + json.dumps(files))
 atexit.register(dump)
 sys.argv = [sys.argv[1]]
+sys.path.insert(0, os.path.dirname(sys.argv[0]))  # as `python stages/NAME.py` would
 runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
@@ -174,3 +176,13 @@ def test_artifact_paths_match_dvc_yaml():
     # Nothing that varies run to run (checkpoints, local state) is an output.
     for local in (paths.CHECKPOINT_ROOT, paths.STATE_DIR):
         assert not any(Path(out).is_relative_to(local) for out in outputs)
+
+
+def test_a_python_without_digitpipe_gets_advice_not_a_traceback(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    for stage in DVC_STAGES:  # -S: no site-packages, so no digitpipe, as outside the venv
+        command = [sys.executable, "-S", str(REPO / "stages" / f"{stage}.py")]
+        done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.startswith("digitpipe: error: ") and "Traceback" not in done.stderr
+        assert "has no digitpipe installed" in done.stderr and "make install" in done.stderr

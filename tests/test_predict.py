@@ -61,7 +61,7 @@ def test_pictures_are_predicted_as_accurately_as_the_tensor_path(
         folder.mkdir(parents=True, exist_ok=True)
         Image.fromarray(image).save(folder / f"{i:04d}.png")
     assert predict([tmp_path / "digits"], model_dir, tmp_path / "out.csv") == 0
-    assert f"predicted {PICTURES} images -> {tmp_path / 'out.csv'}" in capsys.readouterr().out
+    assert f"predicted {PICTURES:,} images -> {tmp_path / 'out.csv'}" in capsys.readouterr().out
     frame = pd.read_csv(tmp_path / "out.csv")
     assert list(frame.columns) == ["source", "id", "predicted", "probability", "top3"]
     index = frame["id"].str.extract(r"(\d+)\.png$")[0].astype(int).to_numpy()
@@ -135,7 +135,7 @@ def test_kaggle_test_csv_gives_a_submission(tmp_path, model_dir, mnist_test, cap
     write_csv(tmp_path / "test.csv", images, None)
     out, submission = tmp_path / "predictions.csv", tmp_path / "submission.csv"
     assert predict([tmp_path / "test.csv"], model_dir, out, submission) == 0
-    assert capsys.readouterr().out.strip() == f"predicted 28000 images -> {out} and {submission}"
+    assert capsys.readouterr().out.strip() == f"predicted 28,000 images -> {out} and {submission}"
     lines = submission.read_text().splitlines()
     assert lines[0] == "ImageId,Label" and len(lines) == 28001
     frame = pd.read_csv(submission)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -51,6 +52,9 @@ def test_progress_modes(ingested, capfd, progress):
         "lines": (False, [True, True]),
         "none": (False, [False, False]),
     }[progress], shown
+    if progress == "bar":  # each bar is followed by its epoch's figures
+        figures = r"(?m)^  train_loss [\d.]+  train_acc [\d.]+  val_loss [\d.]+  val_acc [\d.]+$"
+        assert len(re.findall(figures, shown)) == 2, shown
     assert history_of(ingested)["epoch"].tolist() == [1, 2]  # the history is kept in every mode
 
 

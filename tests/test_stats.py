@@ -332,3 +332,10 @@ def test_to_markdown_escapes_pipes_and_shows_nan() -> None:
     text = to_markdown(confusion_stats(EDGE["absent-actual-class"], ["a|b", "c", "d"]))
     assert "| a\\|b |" in text
     assert "NaN" in text
+
+
+def test_a_p_value_below_double_precision_is_written_as_a_bound():
+    names = [str(k) for k in range(10)]
+    stats = confusion_stats(np.diag([1000] * 10), names)  # perfect: P[Acc > NIR] underflows to 0
+    assert stats.accuracy_p_value == 0.0
+    assert "| P-value [Acc > NIR] | < 1e-300 |" in to_markdown(stats)

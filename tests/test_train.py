@@ -63,9 +63,7 @@ def test_each_zoo_model_trains_and_exports(ingested, arch):
     accuracy = (logits.argmax(1).numpy() == val.labels).mean()
     assert row["val_acc"] == pytest.approx(accuracy, abs=1e-6)
     assert np.isfinite(row["train_loss"])
-    assert not (ingested / CHECKPOINT_ROOT).exists() or not any(
-        (ingested / CHECKPOINT_ROOT).iterdir()
-    )
+    assert not (ingested / CHECKPOINT_ROOT).exists()  # nor the empty folder
 
 
 @pytest.mark.parametrize("arch", ["softmax", "lenet"])

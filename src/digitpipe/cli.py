@@ -104,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
         stage = commands.add_parser(
             name,
             help=help_text,
-            description=f"The {name} stage: {help_text} (as dvc repro runs it).",
+            description=f"The {name} stage, as dvc repro runs it: {help_text}.",
         )
         stage.add_argument(
             "--params", type=Path, default=PARAMS_FILE, help="the parameters (default: params.yaml)"
@@ -169,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     retrain = described(
         commands,
         "retrain",
-        "dvc repro, register the model, promote it if it significantly beats the champion "
+        "run dvc repro, register the model, promote it if it significantly beats the champion "
         "on the same test images; write a drift report",
     )
     retrain.add_argument(

@@ -1,5 +1,5 @@
-"""How results are written: six decimals, since the metrics come from float32 computations and
-more digits would only show their rounding."""
+"""How numbers are written: results with six decimals, since the metrics come from float32
+computations and more digits would only show their rounding; counts with their noun."""
 
 from __future__ import annotations
 
@@ -21,3 +21,8 @@ def json_safe(value: object) -> object:
     if isinstance(value, list):
         return [json_safe(item) for item in value]
     return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def counted(count: int, noun: str) -> str:
+    """``count`` with its noun, in the singular for one: "1 image", "10,000 images"."""
+    return f"{count:,} {noun}" if count == 1 else f"{count:,} {noun}s"

@@ -279,8 +279,11 @@ def _fmt(value: float) -> str:
 
 
 def _fmt_p(value: float) -> str:
+    """A p-value; one below double precision's range (it underflowed to 0) as "< 1e-300"."""
     if math.isnan(value):
         return "NaN"
+    if value < 1e-300:
+        return "< 1e-300"
     return f"{value:.3e}" if value < 1e-4 else f"{value:.4f}"
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from digitpipe.core.errors import DigitpipeError
+from digitpipe.core.numbers import counted
 from digitpipe.predict.inputs import LABEL_COLUMN, read_inputs
 from digitpipe.predict.output import (
     check_format,
@@ -51,7 +52,7 @@ def predict(
     write_predictions(frame, out)
     if submission is not None:
         write_submission(submission, frame["predicted"])
-    summary = f"predicted {len(frame)} images -> {out}"
+    summary = f"predicted {counted(len(frame), 'image')} -> {out}"
     if submission is not None:
         summary += f" and {submission}"
     if "label" in frame:

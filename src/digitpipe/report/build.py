@@ -89,7 +89,7 @@ def evaluation_section(reports: Path) -> str:
     return "\n\n".join(
         [
             "## Test results",
-            f"On {metrics['n']} test images:",
+            f"On {metrics['n']:,} test images:",
             _table(["metric", "value"], [[name, f"{value:.4f}"] for name, value in scores]),
             _image("evaluate/confusion.png", "confusion matrix"),
             "### Statistics",

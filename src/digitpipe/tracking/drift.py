@@ -208,10 +208,12 @@ def to_markdown(report: dict, title: str) -> str:
     """The report as a short Markdown page."""
     lines = [f"# {title}", ""]
     new, ref = report["new"], report["reference"]
-    batches = ", ".join(f"{name} ({count})" for name, count in new["batches"].items()) or "none"
+    batches = ", ".join(f"{name} ({count:,})" for name, count in new["batches"].items())
     lines += [
-        f"- New data: {new['images']} images from the drop-folder batches {batches}.",
-        f"- Reference: {ref['what']} ({ref['images']} images).",
+        f"- New data: {new['images']:,} images from the drop-folder batches {batches}."
+        if batches
+        else "- New data: none (no drop-folder batch in the training data).",
+        f"- Reference: {ref['what']}: {ref['images']:,} images.",
         f"- Flagged (level {report['alpha']}): {report['summary']}.",
         "",
     ]

@@ -103,11 +103,24 @@ class History(L.Callback):
 
 
 class EpochBar(TQDMProgressBar):
-    """Lightning's bar, counting epochs from 1 as the plain lines do; each finished epoch stays
-    on screen with its figures (train loss and accuracy, validation loss and accuracy)."""
+    """Lightning's bar, counting epochs from 1 as the plain lines do; each finished epoch's bar
+    stays on screen, followed by a line with its figures (a bar's postfix would be cut off in a
+    narrow terminal)."""
+
+    FIGURES = ("train/loss", "train/acc", "val/loss", "val/acc")
 
     def __init__(self) -> None:
         super().__init__(leave=True)
+
+    def get_metrics(self, *args: Any) -> dict[str, Any]:
+        """No postfix: the epoch's figures are known at its end, and get a line of their own."""
+        return {}
+
+    def on_train_epoch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        super().on_train_epoch_end(trainer, *args)  # closes the epoch's bar, left on screen
+        metrics = trainer.callback_metrics
+        figures = [f"{key.replace('/', '_')} {float(metrics[key]):.4f}" for key in self.FIGURES]
+        print("  " + "  ".join(figures), flush=True)
 
     def on_train_start(self, *args: Any) -> None:
         """No bar yet: each epoch opens its own (Lightning's would stay behind, empty)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -19,6 +20,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from digitpipe.core.atomic import write_json
 from digitpipe.core.config import ACCELERATORS, Params, Recipe, RuntimeParams, TrainParams
 from digitpipe.core.errors import DigitpipeError
+from digitpipe.core.numbers import counted
 from digitpipe.core.paths import (
     CHECKPOINT_FILE,
     CHECKPOINT_ROOT,
@@ -212,6 +214,8 @@ def run(params: Params, root: Path = Path(".")) -> dict | None:
     if tracking is not None:
         log_results(tracking.ref, root, metrics, speed, val, data_files)
     shutil.rmtree(run_dir, ignore_errors=True)
+    with contextlib.suppress(OSError):  # the root too, unless other runs' checkpoints are there
+        run_dir.parent.rmdir()
     return metrics
 
 
@@ -222,7 +226,7 @@ def describe(
     height, width = train.image_size
     return (
         f"train: {params.model.arch} ({count_parameters(module.net):,} parameters) on "
-        f"{len(train):,} {height}x{width} images, {recipe.max_epochs} epochs of batch "
+        f"{len(train):,} {height}x{width} images, {counted(recipe.max_epochs, 'epoch')} of batch "
         f"{recipe.batch_size}, {trainer.world_size} x {trainer.strategy.root_device.type} "
         f"({trainer.precision})"
     )
