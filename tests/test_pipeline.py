@@ -18,7 +18,6 @@ STAGES = ["ingest", "train", "evaluate", "activations", "report"]
 # they differ between identical runs by design.
 TIMINGS = {
     "reports/train/speed.json",
-    "reports/train/history.csv",
     "reports/report.md",
     "reports/report.html",
 }

@@ -18,26 +18,20 @@ from digitpipe.core.atomic import write_text
 from digitpipe.core.errors import DigitpipeError
 from digitpipe.core.numbers import rounded
 
-HISTORY_FIELDS = [
-    "epoch",
-    "train_loss",
-    "train_acc",
-    "val_loss",
-    "val_acc",
-    "lr",
-    "train_seconds",
-    "images_per_s",
-]
+# The file's columns: results only, so the same training writes the same bytes. Each row also
+# holds the epoch's train_seconds and images_per_s, for the epoch lines, MLflow and speed.json.
+HISTORY_FIELDS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr"]
 
 
 class History(L.Callback):
-    """Records one row per epoch, rewrites ``path`` after each, and optionally prints it.
+    """Records one row per epoch, rewrites ``path`` (without the timings) after each, and
+    optionally prints it.
 
     The rows travel in checkpoints, so a resumed run continues its history. Hand-written rather
     than Lightning's CSVLogger: that logger writes one row per logging call (train and validation
     values on separate rows) into versioned folders and starts a new file on resume, while the
     learning curves, the epoch lines, MLflow's per-epoch metrics and DVC's plots all want one
-    complete row per epoch, with throughput, in one file.
+    complete row per epoch in one file.
     """
 
     def __init__(self, path: Path, print_lines: bool) -> None:
@@ -81,7 +75,7 @@ class History(L.Callback):
 
     def _write(self) -> None:
         buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, HISTORY_FIELDS, lineterminator="\n")
+        writer = csv.DictWriter(buffer, HISTORY_FIELDS, lineterminator="\n", extrasaction="ignore")
         writer.writeheader()
         writer.writerows(self.rows)
         write_text(self.path, buffer.getvalue())
