@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from digitpipe.core.config import Params
+from digitpipe.core.numbers import counted
 from digitpipe.core.paths import MODEL_DIR, RECIPE_FILE, REPORTS, SPEC_FILE, WEIGHTS_FILE
 from digitpipe.core.provenance import file_digest, git_commit
 
@@ -89,7 +90,7 @@ def evaluation_section(reports: Path) -> str:
     return "\n\n".join(
         [
             "## Test results",
-            f"On {metrics['n']:,} test images:",
+            f"On {counted(metrics['n'], 'test image')}:",
             _table(["metric", "value"], [[name, f"{value:.4f}"] for name, value in scores]),
             _image("evaluate/confusion.png", "confusion matrix"),
             "### Statistics",

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.stats import binomtest, chisquare, ttest_ind_from_stats
 
-from digitpipe.core.numbers import json_safe
+from digitpipe.core.numbers import counted, json_safe
 from digitpipe.dataset.images import ImageSet, batch_of
 
 MIN_EFFECT = 0.2  # a pixel shift is flagged only from this standardized size (Cohen's small)
@@ -210,10 +210,10 @@ def to_markdown(report: dict, title: str) -> str:
     new, ref = report["new"], report["reference"]
     batches = ", ".join(f"{name} ({count:,})" for name, count in new["batches"].items())
     lines += [
-        f"- New data: {new['images']:,} images from the drop-folder batches {batches}."
+        f"- New data: {counted(new['images'], 'image')} from the drop-folder batches {batches}."
         if batches
         else "- New data: none (no drop-folder batch in the training data).",
-        f"- Reference: {ref['what']}: {ref['images']:,} images.",
+        f"- Reference: {ref['what']}: {counted(ref['images'], 'image')}.",
         f"- Flagged (level {report['alpha']}): {report['summary']}.",
         "",
     ]

@@ -21,6 +21,12 @@ from digitpipe.core.numbers import rounded
 # The file's columns: results only, so the same training writes the same bytes. Each row also
 # holds the epoch's train_seconds and images_per_s, for the epoch lines, MLflow and speed.json.
 HISTORY_FIELDS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr"]
+FIGURES = ("train_loss", "train_acc", "val_loss", "val_acc")  # what each epoch shows
+
+
+def epoch_figures(values: dict[str, float]) -> str:
+    """The epoch's FIGURES as printed: ``train_loss 0.2360  train_acc 0.9439  ...``."""
+    return "  ".join(f"{name} {values[name]:.4f}" for name in FIGURES)
 
 
 class History(L.Callback):
@@ -83,10 +89,8 @@ class History(L.Callback):
     @staticmethod
     def _line(row: dict[str, float], max_epochs: int) -> str:
         return (
-            f"epoch {row['epoch']}/{max_epochs}  train_loss {row['train_loss']:.4f}  "
-            f"train_acc {row['train_acc']:.4f}  val_loss {row['val_loss']:.4f}  "
-            f"val_acc {row['val_acc']:.4f}  {row['train_seconds']:.1f}s "
-            f"{row['images_per_s']:.0f} img/s"
+            f"epoch {row['epoch']}/{max_epochs}  {epoch_figures(row)}  "
+            f"{row['train_seconds']:.1f}s {row['images_per_s']:.0f} img/s"
         )
 
     def state_dict(self) -> dict[str, Any]:
@@ -101,8 +105,6 @@ class EpochBar(TQDMProgressBar):
     stays on screen, followed by a line with its figures (a bar's postfix would be cut off in a
     narrow terminal)."""
 
-    FIGURES = ("train/loss", "train/acc", "val/loss", "val/acc")
-
     def __init__(self) -> None:
         super().__init__(leave=True)
 
@@ -112,9 +114,9 @@ class EpochBar(TQDMProgressBar):
 
     def on_train_epoch_end(self, trainer: L.Trainer, *args: Any) -> None:
         super().on_train_epoch_end(trainer, *args)  # closes the epoch's bar, left on screen
-        metrics = trainer.callback_metrics
-        figures = [f"{key.replace('/', '_')} {float(metrics[key]):.4f}" for key in self.FIGURES]
-        print("  " + "  ".join(figures), flush=True)
+        logged = trainer.callback_metrics  # "train/loss" is the row's "train_loss"
+        metrics = {key.replace("/", "_"): float(value) for key, value in logged.items()}
+        print(f"  {epoch_figures(metrics)}", flush=True)
 
     def on_train_start(self, *args: Any) -> None:
         """No bar yet: each epoch opens its own (Lightning's would stay behind, empty)."""
