@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -21,6 +23,7 @@ from mlflow.tracking import MlflowClient
 from digitpipe.cli import main
 from digitpipe.core.atomic import write_text
 from digitpipe.core.config import load_params
+from digitpipe.core.lifetime import POLL_SECONDS
 from digitpipe.core.paths import CHECKPOINT_ROOT, MODEL_DIR, split_file
 from digitpipe.train.recipes import resolve_recipe
 from digitpipe.train.run import run_key
@@ -47,13 +50,17 @@ def stage_processes(project: Path, script: str) -> list[int]:
 
 
 @pytest.mark.slow
-def test_killed_repro_leaves_no_orphan_and_no_running_run(tiny_project, tmp_path):
+@pytest.mark.parametrize("shell", ["/bin/sh", "/bin/bash"], ids=["shell-stays", "shell-execs"])
+def test_killed_repro_leaves_no_orphan_and_no_running_run(tiny_project, tmp_path, shell):
+    """DVC runs a stage's command with $SHELL -c: bash execs it, dash (Debian's /bin/sh) stays
+    as the stage's parent and outlives the killed dvc."""
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     edit_params(tiny_project, "train", max_epochs=8, batch_size=32, limit_batches=12)
     edit_params(tiny_project, "track", enabled=True, tracking_uri=store, experiment="faults")
     edit_params(tiny_project, "runtime", progress="lines")
     env = init_pipeline_repo(tiny_project)
     env.pop("MLFLOW_TRACKING_URI", None)
+    env["SHELL"] = shell
     repro = subprocess.Popen(
         ["dvc", "repro"],
         cwd=tiny_project,
@@ -69,7 +76,10 @@ def test_killed_repro_leaves_no_orphan_and_no_running_run(tiny_project, tmp_path
     train = stopped_after_a_checkpoint(tiny_project, train_pid, lambda: repro.poll() is not None)
     repro.send_signal(signal.SIGKILL)
     repro.wait()
-    os.kill(train, signal.SIGCONT)  # it now gets the parent-death signal dvc's end sent it
+    # Continued, it gets the parent-death signal dvc's end sent it, or (beyond a shell that
+    # stays) its watch thread, which looks every POLL_SECONDS, sees dvc gone at its next look.
+    time.sleep(2 * POLL_SECONDS)
+    os.kill(train, signal.SIGCONT)
     # 30 s guards against a hang on a loaded machine; a stage that trained on to the end instead
     # of dying would have exported its model (and left its run FINISHED, not KILLED).
     orphans_gone = wait_until(lambda: not stage_processes(tiny_project, "stages/train.py"), 30)
@@ -81,6 +91,28 @@ def test_killed_repro_leaves_no_orphan_and_no_running_run(tiny_project, tmp_path
     experiment = client.get_experiment_by_name("faults")
     runs = client.search_runs([experiment.experiment_id])
     assert sorted(run.info.status for run in runs) == ["FINISHED", "KILLED"]
+
+
+def test_a_stage_ends_with_its_launcher_beyond_a_shell(tmp_path):
+    """A shell that stays between the launcher and the stage outlives a launcher killed with
+    SIGKILL; the stage still ends, through its cleanups."""
+    (tmp_path / "stage.py").write_text(
+        "import pathlib, time\n"
+        "from digitpipe.core.lifetime import die_with_launcher\n"
+        "die_with_launcher()\n"
+        "try:\n"
+        "    pathlib.Path('started').touch()\n"
+        "    time.sleep(120)\n"
+        "finally:\n"
+        "    pathlib.Path('cleaned up').touch()\n"
+    )
+    command = f"{sys.executable} stage.py; true"  # `; true`: no shell execs the stage
+    spawn = f"import subprocess; subprocess.run(['/bin/sh', '-c', {command!r}])"
+    launcher = subprocess.Popen([sys.executable, "-c", spawn], cwd=tmp_path)
+    assert wait_until(lambda: (tmp_path / "started").exists(), 60)
+    launcher.kill()
+    launcher.wait()
+    assert wait_until(lambda: (tmp_path / "cleaned up").exists(), 30), "the stage outlived it"
 
 
 def test_diverging_training_stops_and_exports_nothing(ingested, monkeypatch, capsys):

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import functools
 import importlib
 import logging
 import os
-import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +14,7 @@ from typing import ParamSpec
 
 from digitpipe.core.config import load_params
 from digitpipe.core.errors import DigitpipeError
+from digitpipe.core.lifetime import die_with_launcher
 from digitpipe.core.paths import PARAMS_FILE
 
 P = ParamSpec("P")
@@ -58,20 +57,6 @@ def quiet_libraries() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-PR_SET_PDEATHSIG = 1  # prctl(2) option: the signal this process gets when its parent dies
-
-
-def die_with_parent() -> None:
-    """End this process when its parent ends (Linux): a `dvc repro` killed with SIGKILL leaves
-    no stage running on as an orphan beside the next run. SIGTERM then ends the stage through
-    SystemExit, so cleanups run (temporary files, the MLflow run marked KILLED)."""
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-        if os.getppid() == 1:  # the parent died before prctl took effect
-            sys.exit(128 + signal.SIGTERM)
-
-
 def user_errors(handler: Callable[P, int]) -> Callable[P, int]:
     """``handler`` (returning an exit status) with user errors, a DigitpipeError or an OS error
     the user can fix, turned into one message and exit status 2."""
@@ -97,7 +82,7 @@ def run_stage(module: str, params_file: Path = PARAMS_FILE) -> int:
     import, and a typo in params.yaml should be reported at once.
     """
     quiet_libraries()
-    die_with_parent()
+    die_with_launcher()
     params = load_params(params_file)
     stage = importlib.import_module(module)
     quiet_libraries()  # importing Lightning set its INFO level again

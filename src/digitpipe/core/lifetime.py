@@ -1,0 +1,71 @@
+"""A stage process ends with the command that launched it, even through a shell wrapper."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import NamedTuple
+
+PR_SET_PDEATHSIG = 1  # prctl(2) option: the signal this process gets when its parent dies
+
+# Shells that run a stage's command: DVC runs it with `$SHELL -c` (or /bin/sh), and dash stays
+# as the stage's parent instead of exec-ing it, so the parent's death says nothing about DVC's.
+WRAPPER_SHELLS = frozenset({"sh", "dash", "bash", "zsh", "ksh", "fish"})
+POLL_SECONDS = 0.5
+
+
+class Process(NamedTuple):
+    """What /proc/PID/stat says of a process that is still alive."""
+
+    name: str
+    parent: int
+    started: str  # clock ticks after boot: a reused pid has another
+
+
+def alive(pid: int) -> Process | None:
+    """Process ``pid``, or None once it has ended (a zombie counts as ended)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    name, _, rest = stat.partition("(")[2].rpartition(")")
+    state, parent, *fields = rest.split()
+    return None if state in {"Z", "X"} else Process(name, int(parent), fields[17])
+
+
+def launcher() -> tuple[int, Process] | None:
+    """The nearest ancestor that is not a shell wrapper; None when that is init (or gone)."""
+    pid = os.getppid()
+    while pid > 1 and (process := alive(pid)) is not None:
+        if process.name not in WRAPPER_SHELLS:
+            return pid, process
+        pid = process.parent
+    return None
+
+
+def watch(pid: int, process: Process) -> None:
+    """Send this process SIGTERM once ``process`` (``pid``) has ended."""
+    while (now := alive(pid)) is not None and now.started == process.started:
+        time.sleep(POLL_SECONDS)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def die_with_launcher() -> None:
+    """End this process when the command that launched it ends (Linux): a `dvc repro` killed
+    with SIGKILL leaves no stage running on as an orphan beside the next run. The kernel ends
+    it with its parent; a thread watches a launcher beyond a shell wrapper. SIGTERM then ends
+    the stage through SystemExit, so cleanups run (temporary files, the MLflow run KILLED)."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    if not sys.platform.startswith("linux"):
+        return
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() == 1:  # the parent died before prctl took effect
+        sys.exit(128 + signal.SIGTERM)
+    found = launcher()
+    if found is not None and found[0] != os.getppid():
+        threading.Thread(target=watch, args=found, name="launcher-watch", daemon=True).start()
