@@ -23,7 +23,7 @@ from mlflow.tracking import MlflowClient
 from digitpipe.cli import main
 from digitpipe.core.atomic import write_text
 from digitpipe.core.config import load_params
-from digitpipe.core.lifetime import POLL_SECONDS
+from digitpipe.core.lifetime import POLL_SECONDS, alive
 from digitpipe.core.paths import CHECKPOINT_ROOT, MODEL_DIR, split_file
 from digitpipe.train.recipes import resolve_recipe
 from digitpipe.train.run import run_key
@@ -40,12 +40,12 @@ def stage_processes(project: Path, script: str) -> list[int]:
         try:
             argv = (entry / "cmdline").read_bytes().decode().split("\0")
             cwd = os.readlink(entry / "cwd")
-            parent = int((entry / "stat").read_text().rpartition(")")[2].split()[1])
-        except (OSError, ValueError, IndexError):
+        except (OSError, ValueError):  # gone meanwhile, or a command line that is not UTF-8
             continue
         python = Path(argv[0]).name.startswith("python")
-        if python and argv[1:2] == [script] and Path(cwd) == project:
-            found[int(entry.name)] = parent
+        process = alive(int(entry.name))
+        if python and argv[1:2] == [script] and Path(cwd) == project and process is not None:
+            found[process.pid] = process.parent
     return [pid for pid, parent in found.items() if parent not in found]
 
 

@@ -20,9 +20,14 @@ FILE_KINDS = {
 class UnreadableFile(DigitpipeError):
     """A file that cannot be read as asked: ``problem`` says why, the message adds ``advice``."""
 
-    def __init__(self, path: Path, problem: str, advice: str) -> None:
+    def __init__(self, path: Path, problem: str, advice: str = "") -> None:
         super().__init__(f"{path}: {problem}; {advice}" if advice else f"{path}: {problem}.")
         self.problem = problem
+
+
+def cannot_read(exc: OSError) -> str:
+    """The problem when opening or reading a file failed with ``exc``."""
+    return f"cannot read the file ({exc.strerror})"
 
 
 def check_regular(path: Path, advice: str = "") -> None:
@@ -30,7 +35,7 @@ def check_regular(path: Path, advice: str = "") -> None:
     try:
         info = path.stat()
     except OSError as exc:
-        raise UnreadableFile(path, f"cannot read the file ({exc.strerror})", advice) from exc
+        raise UnreadableFile(path, cannot_read(exc), advice) from exc
     if not stat.S_ISREG(info.st_mode):
         kind = FILE_KINDS.get(stat.S_IFMT(info.st_mode), "not a plain file")
         raise UnreadableFile(path, f"not a regular file ({kind})", advice)
@@ -43,7 +48,7 @@ def read_bounded(path: Path, limit: int, advice: str = "") -> bytes:
         with path.open("rb") as handle:
             data = handle.read(limit + 1)
     except OSError as exc:
-        raise UnreadableFile(path, f"cannot read the file ({exc.strerror})", advice) from exc
+        raise UnreadableFile(path, cannot_read(exc), advice) from exc
     if len(data) > limit:
         raise UnreadableFile(path, f"larger than {limit / 2**20:g} MiB", advice)
     return data

@@ -22,6 +22,7 @@ POLL_SECONDS = 0.5
 class Process(NamedTuple):
     """What /proc/PID/stat says of a process that is still alive."""
 
+    pid: int
     name: str
     parent: int
     started: str  # clock ticks after boot: a reused pid has another
@@ -35,22 +36,22 @@ def alive(pid: int) -> Process | None:
         return None
     name, _, rest = stat.partition("(")[2].rpartition(")")
     state, parent, *fields = rest.split()
-    return None if state in {"Z", "X"} else Process(name, int(parent), fields[17])
+    return None if state in {"Z", "X"} else Process(pid, name, int(parent), fields[17])
 
 
-def launcher() -> tuple[int, Process] | None:
+def launcher() -> Process | None:
     """The nearest ancestor that is not a shell wrapper; None when that is init (or gone)."""
     pid = os.getppid()
     while pid > 1 and (process := alive(pid)) is not None:
         if process.name not in WRAPPER_SHELLS:
-            return pid, process
+            return process
         pid = process.parent
     return None
 
 
-def watch(pid: int, process: Process) -> None:
-    """Send this process SIGTERM once ``process`` (``pid``) has ended."""
-    while (now := alive(pid)) is not None and now.started == process.started:
+def watch(process: Process) -> None:
+    """Send this process SIGTERM once ``process`` has ended."""
+    while (now := alive(process.pid)) is not None and now.started == process.started:
         time.sleep(POLL_SECONDS)
     os.kill(os.getpid(), signal.SIGTERM)
 
@@ -67,5 +68,5 @@ def die_with_launcher() -> None:
     if os.getppid() == 1:  # the parent died before prctl took effect
         sys.exit(128 + signal.SIGTERM)
     found = launcher()
-    if found is not None and found[0] != os.getppid():
-        threading.Thread(target=watch, args=found, name="launcher-watch", daemon=True).start()
+    if found is not None and found.pid != os.getppid():
+        threading.Thread(target=watch, args=(found,), name="launcher-watch", daemon=True).start()

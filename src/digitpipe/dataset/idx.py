@@ -23,7 +23,7 @@ import numpy as np
 
 from digitpipe.core.atomic import atomic_path
 from digitpipe.core.errors import DigitpipeError
-from digitpipe.core.files import check_regular
+from digitpipe.core.files import UnreadableFile, cannot_read, check_regular
 
 GZIP_MAGIC = b"\x1f\x8b"
 MAX_IDX_BYTES = 4 * 2**30  # the most data an IDX header may declare (decompressed)
@@ -87,7 +87,7 @@ def open_data(path: Path) -> Iterator[BinaryIO]:
     try:
         handle = path.open("rb")
     except OSError as exc:
-        raise DigitpipeError(f"{path}: cannot read the file ({exc.strerror}).") from exc
+        raise UnreadableFile(path, cannot_read(exc)) from exc
     with handle:
         compressed = handle.read(2) == GZIP_MAGIC
         handle.seek(0)

@@ -20,7 +20,7 @@ from torch import nn
 
 from digitpipe.core.atomic import atomic_path, write_json
 from digitpipe.core.errors import DigitpipeError, excerpt
-from digitpipe.core.files import UnreadableFile, check_regular, read_bounded
+from digitpipe.core.files import UnreadableFile, cannot_read, check_regular, read_bounded
 from digitpipe.core.paths import SPEC_FILE, WEIGHTS_FILE
 from digitpipe.model.zoo import BUILDERS, MIN_SIDE, build_model
 
@@ -157,7 +157,7 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
     except UnreadableFile as exc:
         raise _unusable(path, exc.problem) from exc
     except OSError as exc:
-        raise _unusable(path, f"cannot read the file ({exc.strerror})") from exc
+        raise _unusable(path, cannot_read(exc)) from exc
     except SafetensorError as exc:
         raise _unusable(path, f"not a complete safetensors file: {exc}") from None
 

@@ -7,6 +7,7 @@ import io
 import math
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,18 @@ from digitpipe.core.numbers import rounded
 # The file's columns: results only, so the same training writes the same bytes. Each row also
 # holds the epoch's train_seconds and images_per_s, for the epoch lines, MLflow and speed.json.
 HISTORY_FIELDS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr"]
-FIGURES = ("train_loss", "train_acc", "val_loss", "val_acc")  # what each epoch shows
+# What each epoch shows: its column (and printed name), and the name the module logs it under.
+FIGURES = {
+    "train_loss": "train/loss",
+    "train_acc": "train/acc",
+    "val_loss": "val/loss",
+    "val_acc": "val/acc",
+}
+
+
+def logged_figures(logged: Mapping[str, Any]) -> dict[str, float]:
+    """The epoch's FIGURES from Lightning's logged metrics, rounded (NaN for one not logged)."""
+    return {name: rounded(logged.get(key, float("nan"))) for name, key in FIGURES.items()}
 
 
 def epoch_figures(values: dict[str, float]) -> str:
@@ -55,14 +67,10 @@ class History(L.Callback):
         self._end = time.perf_counter()
 
     def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        metrics = trainer.callback_metrics
         seconds = self._end - self._start
         row = {
             "epoch": trainer.current_epoch + 1,
-            "train_loss": rounded(metrics["train/loss"]),
-            "train_acc": rounded(metrics["train/acc"]),
-            "val_loss": rounded(metrics.get("val/loss", float("nan"))),
-            "val_acc": rounded(metrics.get("val/acc", float("nan"))),
+            **logged_figures(trainer.callback_metrics),
             "lr": rounded(trainer.optimizers[0].param_groups[0]["lr"]),
             "train_seconds": round(seconds, 3),
             "images_per_s": round(self._images / seconds, 1) if seconds else float("nan"),
@@ -114,9 +122,7 @@ class EpochBar(TQDMProgressBar):
 
     def on_train_epoch_end(self, trainer: L.Trainer, *args: Any) -> None:
         super().on_train_epoch_end(trainer, *args)  # closes the epoch's bar, left on screen
-        logged = trainer.callback_metrics  # "train/loss" is the row's "train_loss"
-        metrics = {key.replace("/", "_"): float(value) for key, value in logged.items()}
-        print(f"  {epoch_figures(metrics)}", flush=True)
+        print(f"  {epoch_figures(logged_figures(trainer.callback_metrics))}", flush=True)
 
     def on_train_start(self, *args: Any) -> None:
         """No bar yet: each epoch opens its own (Lightning's would stay behind, empty)."""
