@@ -22,7 +22,7 @@ from digitpipe.evaluate.run import run as evaluate
 from digitpipe.explain.run import run as activations
 from digitpipe.model.export import load_model
 from digitpipe.report.run import run as report
-from digitpipe.tracking.runs import find_training_run
+from digitpipe.tracking.runs import find_training_run, package_version
 from digitpipe.tracking.store import tracking_uri
 from digitpipe.train.run import run as train
 
@@ -39,6 +39,13 @@ def test_tracking_uri_is_absolute_and_belongs_to_the_repo(tmp_path, monkeypatch)
     assert tracking_uri(TrackParams(), tmp_path / "copy") == "sqlite:////srv/repo/mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
     assert tracking_uri(TrackParams(), tmp_path) == "http://127.0.0.1:5000"
+
+
+def test_a_package_without_metadata_is_tagged_not_installed():
+    """Run from a checkout on PYTHONPATH, digitpipe has no installed metadata: the run is still
+    tagged (it crashed the train stage on a GPU machine that ran the stages from source)."""
+    assert package_version("torch") == torch.__version__
+    assert package_version("digitpipe-not-a-distribution") == "not installed"
 
 
 def test_unreachable_server_stops_train_naming_the_uri(ingested):

@@ -78,12 +78,21 @@ def git_tags(root: Path) -> dict[str, str]:
     return {"mlflow.source.git.commit": commit.sha, "git.dirty": str(commit.dirty).lower()}
 
 
+def package_version(package: str) -> str:
+    """The installed version of ``package``; "not installed" when it runs from source (a
+    checkout on PYTHONPATH) or the distribution's metadata is missing."""
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
 def run_tags(root: Path) -> dict[str, str]:
     tags = git_tags(root)
     if os.environ.get("DVC_EXP_NAME"):
         tags["dvc.experiment"] = os.environ["DVC_EXP_NAME"]
     for package in VERSIONED_PACKAGES:
-        tags[f"version.{package}"] = importlib.metadata.version(package)
+        tags[f"version.{package}"] = package_version(package)
     return tags
 
 
