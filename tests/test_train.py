@@ -161,7 +161,8 @@ class LinearProbe(L.LightningModule):
         return torch.nn.functional.mse_loss(self.layer(inputs), targets)
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
-        self.raw.append(self.layer.weight.detach().cpu())  # Lightning returns the module to the CPU
+        # A copy on the CPU: after training on a GPU, Lightning returns the module to the CPU.
+        self.raw.append(self.layer.weight.detach().to("cpu", copy=True))
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.1)
