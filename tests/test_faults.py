@@ -93,26 +93,70 @@ def test_killed_repro_leaves_no_orphan_and_no_running_run(tiny_project, tmp_path
     assert sorted(run.info.status for run in runs) == ["FINISHED", "KILLED"]
 
 
-def test_a_stage_ends_with_its_launcher_beyond_a_shell(tmp_path):
-    """A shell that stays between the launcher and the stage outlives a launcher killed with
-    SIGKILL; the stage still ends, through its cleanups."""
-    (tmp_path / "stage.py").write_text(
-        "import pathlib, time\n"
-        "from digitpipe.core.lifetime import die_with_launcher\n"
-        "die_with_launcher()\n"
-        "try:\n"
-        "    pathlib.Path('started').touch()\n"
-        "    time.sleep(120)\n"
-        "finally:\n"
-        "    pathlib.Path('cleaned up').touch()\n"
-    )
-    command = f"{sys.executable} stage.py; true"  # `; true`: no shell execs the stage
+SLEEPING_STAGE = (
+    "import os, pathlib, time\n"
+    "from digitpipe.core.lifetime import die_with_launcher\n"
+    "die_with_launcher()\n"
+    "try:\n"
+    "    pathlib.Path('started').write_text(str(os.getpid()))\n"
+    "    time.sleep(120)\n"
+    "finally:\n"
+    "    pathlib.Path('cleaned up').touch()\n"
+)
+
+
+def start_stage_beyond_a_shell(folder: Path, env: dict[str, str]) -> tuple[subprocess.Popen, int]:
+    """A launcher running the sleeping stage through `sh -c` (`; true`: no shell execs it);
+    the launcher and the stage's pid once it has started."""
+    (folder / "stage.py").write_text(SLEEPING_STAGE)
+    command = f"{sys.executable} stage.py; true"
     spawn = f"import subprocess; subprocess.run(['/bin/sh', '-c', {command!r}])"
-    launcher = subprocess.Popen([sys.executable, "-c", spawn], cwd=tmp_path)
-    assert wait_until(lambda: (tmp_path / "started").exists(), 60)
+    launcher = subprocess.Popen([sys.executable, "-c", spawn], cwd=folder, env=env)
+    assert wait_until(lambda: (folder / "started").exists(), 60)
+    return launcher, int((folder / "started").read_text())
+
+
+def test_a_dvc_stage_ends_with_its_launcher_beyond_a_shell(tmp_path):
+    """A shell that stays between DVC and the stage outlives a dvc killed with SIGKILL; the
+    stage still ends, through its cleanups."""
+    launcher, _ = start_stage_beyond_a_shell(tmp_path, os.environ | {"DVC_STAGE": "train"})
     launcher.kill()
     launcher.wait()
     assert wait_until(lambda: (tmp_path / "cleaned up").exists(), 30), "the stage outlived it"
+
+
+def test_a_stage_run_by_hand_outlives_its_launcher_and_ends_on_sigterm(tmp_path):
+    """Outside DVC a stage is an ordinary program (`nohup python stages/train.py &` must survive
+    its terminal); SIGTERM still ends it through its cleanups."""
+    env = {key: value for key, value in os.environ.items() if key != "DVC_STAGE"}
+    launcher, stage = start_stage_beyond_a_shell(tmp_path, env)
+    launcher.kill()
+    launcher.wait()
+    time.sleep(4 * POLL_SECONDS)
+    assert alive(stage) is not None and not (tmp_path / "cleaned up").exists()
+    os.kill(stage, signal.SIGTERM)
+    assert wait_until(lambda: (tmp_path / "cleaned up").exists(), 30)
+
+
+@pytest.mark.parametrize("nohup", [False, True], ids=["terminal", "nohup"])
+def test_a_hangup_ends_a_stage_through_its_cleanups_unless_ignored(tmp_path, nohup):
+    """A closed terminal (SIGHUP) ends the stage through its cleanups, so no MLflow run stays
+    RUNNING; under nohup (SIGHUP ignored) it goes on."""
+    (tmp_path / "stage.py").write_text(SLEEPING_STAGE)
+    hangup = signal.SIG_IGN if nohup else signal.SIG_DFL
+    stage = subprocess.Popen(
+        [sys.executable, "stage.py"],
+        cwd=tmp_path,
+        preexec_fn=lambda: signal.signal(signal.SIGHUP, hangup),
+    )
+    assert wait_until(lambda: (tmp_path / "started").exists(), 60)
+    stage.send_signal(signal.SIGHUP)
+    if nohup:
+        time.sleep(2 * POLL_SECONDS)
+        assert stage.poll() is None
+        stage.terminate()
+    assert stage.wait(30) == 128 + (signal.SIGTERM if nohup else signal.SIGHUP)
+    assert (tmp_path / "cleaned up").exists()
 
 
 def test_diverging_training_stops_and_exports_nothing(ingested, monkeypatch, capsys):

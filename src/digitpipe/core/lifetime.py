@@ -1,4 +1,5 @@
-"""A stage process ends with the command that launched it, even through a shell wrapper."""
+"""A stage process ends with the `dvc` that launched it, even through a shell wrapper; SIGTERM
+and SIGHUP end it through its cleanups."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ PR_SET_PDEATHSIG = 1  # prctl(2) option: the signal this process gets when its p
 # as the stage's parent instead of exec-ing it, so the parent's death says nothing about DVC's.
 WRAPPER_SHELLS = frozenset({"sh", "dash", "bash", "zsh", "ksh", "fish"})
 POLL_SECONDS = 0.5
+DVC_STAGE_VARIABLE = "DVC_STAGE"  # set by DVC for every stage command it runs
 
 
 class Process(NamedTuple):
@@ -56,13 +58,25 @@ def watch(process: Process) -> None:
     os.kill(os.getpid(), signal.SIGTERM)
 
 
+def exit_on(signum: int) -> None:
+    """Turn ``signum`` into SystemExit, so cleanups run (temporary files, the MLflow run
+    KILLED)."""
+    signal.signal(signum, lambda received, frame: sys.exit(128 + received))
+
+
 def die_with_launcher() -> None:
-    """End this process when the command that launched it ends (Linux): a `dvc repro` killed
-    with SIGKILL leaves no stage running on as an orphan beside the next run. The kernel ends
-    it with its parent; a thread watches a launcher beyond a shell wrapper. SIGTERM then ends
-    the stage through SystemExit, so cleanups run (temporary files, the MLflow run KILLED)."""
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    if not sys.platform.startswith("linux"):
+    """End this process when the `dvc repro` that launched it ends (Linux): a dvc killed with
+    SIGKILL leaves no stage running on as an orphan beside the next run. The kernel ends it with
+    its parent; a thread watches a launcher beyond a shell wrapper. Only under DVC (it sets
+    DVC_STAGE for each stage command): a stage started by hand is an ordinary program, so
+    `nohup python stages/train.py &` outlives its terminal.
+
+    SIGTERM, and SIGHUP unless it is ignored (nohup), end the stage through its cleanups.
+    """
+    exit_on(signal.SIGTERM)
+    if signal.getsignal(signal.SIGHUP) is signal.SIG_DFL:
+        exit_on(signal.SIGHUP)
+    if DVC_STAGE_VARIABLE not in os.environ or not sys.platform.startswith("linux"):
         return
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     if os.getppid() == 1:  # the parent died before prctl took effect
