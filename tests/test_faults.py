@@ -39,12 +39,12 @@ def stage_processes(project: Path, script: str) -> list[int]:
             continue
         try:
             argv = (entry / "cmdline").read_bytes().decode().split("\0")
+            if not (Path(argv[0]).name.startswith("python") and argv[1:2] == [script]):
+                continue
             cwd = os.readlink(entry / "cwd")
         except (OSError, ValueError):  # gone meanwhile, or a command line that is not UTF-8
             continue
-        python = Path(argv[0]).name.startswith("python")
-        process = alive(int(entry.name))
-        if python and argv[1:2] == [script] and Path(cwd) == project and process is not None:
+        if Path(cwd) == project and (process := alive(int(entry.name))) is not None:
             found[process.pid] = process.parent
     return [pid for pid, parent in found.items() if parent not in found]
 
