@@ -152,7 +152,7 @@ def main() -> int:
         read_split(REPO / PROCESSED_DIR / f"{s}.parquet") for s in ("train", "val", "test")
     )
     runs = [paired_run(params, train, val) for _ in range(ROUNDS)]
-    plain, lightning = ([run[i] for run in runs] for i in (0, 1))
+    plain, lightning = zip(*runs, strict=True)
     ratios = sorted(light / hand for hand, light in runs)
     print(
         f"LeNet, batch {BATCH_SIZE}, {BATCHES} steps each, interleaved, x {ROUNDS} runs: plain "
