@@ -41,12 +41,12 @@ def main() -> int:
         with torch.inference_mode():
             bare_net(pixels)
 
-    probabilities = predict_probabilities(net, test.images, settings.batch_size)
+    probabilities = predict_probabilities(net, test.images, settings.batch_size, 0)
     with tempfile.TemporaryDirectory() as tmp:
         times = {
             "bare net(x)": median_time(bare),
             "prediction pass": median_time(
-                lambda: predict_probabilities(net, test.images, settings.batch_size)
+                lambda: predict_probabilities(net, test.images, settings.batch_size, 0)
             ),
             "full report": median_time(
                 lambda: write_reports(test, probabilities, settings, Path(tmp))

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from digitpipe.core.config import DataParams, Params
@@ -139,6 +140,25 @@ def trained_model(project: Path, images, labels, data: dict, train: dict) -> Pat
     ingest(loaded, project)
     train_stage(loaded, project)
     return project / "models"
+
+
+def model_probabilities(net, spec, images: np.ndarray) -> np.ndarray:
+    """What a saved model predicts for (N, H, W) images, worked out here with numpy (float64):
+    the network's softmax, averaged over each image and its four copies moved
+    ``spec.test_time_shift`` pixels (edge pixels repeated into the opened space)."""
+    shift, (height, width) = spec.test_time_shift, images.shape[1:]
+    padded = np.pad(images.astype(np.float32), ((0, 0), (shift, shift), (shift, shift)), "edge")
+    moves = [(0, 0), (0, -1), (0, 1), (-1, 0), (1, 0)] if shift else [(0, 0)]
+    corners = [(shift * (1 + dy), shift * (1 + dx)) for dy, dx in moves]
+    views = [padded[:, top : top + height, left : left + width] for top, left in corners]
+    with torch.inference_mode():
+        return np.mean(
+            [
+                torch.softmax(net(torch.from_numpy(view[:, None].copy())).double(), 1).numpy()
+                for view in views
+            ],
+            axis=0,
+        )
 
 
 def edit_params(project: Path, section: str, **changes) -> None:

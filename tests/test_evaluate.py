@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-import torch
+from conftest import model_probabilities
 from PIL import Image
 from sklearn.metrics import (
     cohen_kappa_score,
@@ -59,11 +59,11 @@ def test_predictions_and_metrics_agree_with_sklearn(evaluated):
     assert len(frame) == 200 and frame["image_id"].iloc[0] == "test-000000"
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
     np.testing.assert_array_equal(frame["predicted"], probabilities.argmax(axis=1))
-    net, _ = load_model(project / MODEL_DIR)
+    net, spec = load_model(project / MODEL_DIR)
+    assert spec.test_time_shift == 1  # the default recipe's test-time augmentation
     test = read_split(project / PROCESSED_DIR / "test.parquet")
-    with torch.inference_mode():
-        logits = net(torch.from_numpy(test.images[:16, None].astype(np.float32)))
-    np.testing.assert_allclose(probabilities[:16], torch.softmax(logits, 1).numpy(), atol=1e-6)
+    expected = model_probabilities(net, spec, test.images[:16])
+    np.testing.assert_allclose(probabilities[:16], expected, atol=1e-6)
     labels, predicted = frame["label"].to_numpy(), frame["predicted"].to_numpy()
     assert 0 < metrics["accuracy"] < 1, "the quick model should make some mistakes"
     expected = {
@@ -111,11 +111,9 @@ def l1_calibration_error(probabilities: np.ndarray, labels: np.ndarray, bins: in
 
 def test_validation_metrics_are_the_models_on_the_val_split(evaluated):
     project, metrics = evaluated
-    net, _ = load_model(project / MODEL_DIR)
+    net, spec = load_model(project / MODEL_DIR)
     val = read_split(project / PROCESSED_DIR / "val.parquet")
-    with torch.inference_mode():
-        logits = net(torch.from_numpy(val.images[:, None].astype(np.float32)))
-    probabilities = torch.softmax(logits.double(), dim=1).numpy()
+    probabilities = model_probabilities(net, spec, val.images)
     assert metrics["val"]["n"] == len(val) == 60
     assert metrics["val"]["accuracy"] == pytest.approx(
         np.mean(probabilities.argmax(axis=1) == val.labels), abs=TOL

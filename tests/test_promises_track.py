@@ -11,8 +11,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
-import torch
-from conftest import QUICK_TRAIN, dvc, edit_params, init_pipeline_repo
+from conftest import QUICK_TRAIN, dvc, edit_params, init_pipeline_repo, model_probabilities
 from mlflow.models import Model
 from mlflow.tracking import MlflowClient
 
@@ -69,9 +68,7 @@ def test_logged_model_signature_input_example_and_git_tags(ingested, no_tracking
     assert signature is not None and signature.outputs is not None
     assert signature.outputs.input_names() == list(answer.columns)
     net, spec = load_model(ingested / MODEL_DIR)
-    with torch.inference_mode():
-        pixels = torch.from_numpy(val.images[: len(example), None].astype(np.float32))
-        expected = torch.softmax(net(pixels), dim=1).numpy()
+    expected = model_probabilities(net, spec, val.images[: len(example)])
     probabilities = answer[[f"prob_{name}" for name in spec.class_names]].to_numpy()
     np.testing.assert_allclose(probabilities, expected, atol=1e-6)
     for column in signature.outputs.inputs:

@@ -49,8 +49,9 @@ def retrain(project: Path, env: dict[str, str], *args: str) -> str:
 
 
 def correct(model_dir: Path, images: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    net, _ = load_model(model_dir)
-    return predict_probabilities(net, images, 256).argmax(axis=1) == labels
+    net, spec = load_model(model_dir)
+    probabilities = predict_probabilities(net, images, 256, spec.test_time_shift)
+    return probabilities.argmax(axis=1) == labels
 
 
 def experiment_runs(client: MlflowClient) -> int:

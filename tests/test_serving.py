@@ -107,7 +107,7 @@ def test_mlflow_models_serve_answers_every_layout(ingested, tmp_path, monkeypatc
 
     images = read_split(ingested / PROCESSED_DIR / "test.parquet").images[:24]
     net, spec = load_model(ingested / MODEL_DIR)
-    expected = predict_probabilities(net, images, batch_size=len(images))
+    expected = predict_probabilities(net, images, len(images), spec.test_time_shift)
     labels = [spec.class_names[i] for i in expected.argmax(axis=1)]
     pixels = images.astype(np.float64)
     flat = pixels.reshape(len(images), -1)

@@ -20,13 +20,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import edit_params, free_port
+from conftest import edit_params, free_port, write_csv
 from PIL import Image
 
 from digitpipe.cli import main
 from digitpipe.core.paths import MODEL_DIR, SPEC_FILE, WEIGHTS_FILE
 from digitpipe.core.stage import fail_os, run_stage
 from digitpipe.model.export import ModelSpec, save_model
+from digitpipe.predict.predictor import Predictor
 
 HANG_GUARD_S = 120
 AS_ROOT = os.geteuid() == 0  # root reads and writes whatever the permissions say
@@ -84,6 +85,9 @@ def edit_spec(model: Path, **changes: object) -> None:
         ({"arch": "resnet"}, "unknown arch 'resnet'; known: softmax, mlp"),
         ({"class_names": "0123456789"}, "class_names must be a list of distinct strings"),
         ({"std": None}, "missing keys ['std']"),
+        ({"test_time_shift": -1}, "test_time_shift must be a whole number of pixels from 0 to 4"),
+        ({"test_time_shift": 9}, "test_time_shift must be a whole number of pixels from 0 to 4"),
+        ({"test_time_shift": True}, "test_time_shift must be a whole number of pixels"),
     ],
 )
 def test_bad_model_json_is_refused_naming_the_file(tmp_path, monkeypatch, capsys, changes, words):
@@ -94,6 +98,18 @@ def test_bad_model_json_is_refused_naming_the_file(tmp_path, monkeypatch, capsys
     assert main(["predict", str(picture(tmp_path)), "--model", str(model), "--out", str(out)]) == 2
     assert_refused(capsys.readouterr().err, f"{model / SPEC_FILE}: ", words, "dvc repro train")
     assert not out.exists()
+
+
+def test_model_json_of_earlier_versions_predicts_without_moved_copies(
+    tmp_path, monkeypatch, mnist_train
+):
+    model = saved_model(tmp_path / "model")
+    edit_spec(model, test_time_shift=None)  # written before test-time augmentation existed
+    monkeypatch.chdir(tmp_path)
+    rows = write_csv(tmp_path / "digits.csv", mnist_train[0][:5], None)
+    out = tmp_path / "out.csv"
+    assert main(["predict", str(rows), "--model", str(model), "--out", str(out)]) == 0
+    assert Predictor.from_dir(model).spec.test_time_shift == 0 and out.exists()
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,15 @@ import mlflow
 import numpy as np
 import pytest
 import torch
-from conftest import QUICK_TRAIN, REPO, dvc, edit_params, free_port, init_pipeline_repo
+from conftest import (
+    QUICK_TRAIN,
+    REPO,
+    dvc,
+    edit_params,
+    free_port,
+    init_pipeline_repo,
+    model_probabilities,
+)
 from mlflow.tracking import MlflowClient
 
 from digitpipe.cli import main
@@ -120,9 +128,8 @@ def test_one_run_holds_the_pipeline_run(ingested, mlflow_server, monkeypatch):
     served = mlflow.pyfunc.load_model(ref.model_uri)
     test = read_split(ingested / PROCESSED_DIR / "test.parquet")
     example = test.images[:32, None].astype(np.float32)
-    net, _ = load_model(ingested / MODEL_DIR)
-    with torch.inference_mode():
-        expected = torch.softmax(net(torch.from_numpy(example)), dim=1).numpy()
+    net, spec = load_model(ingested / MODEL_DIR)
+    expected = model_probabilities(net, spec, test.images[:32])
     predicted = served.predict(example)
     np.testing.assert_allclose(predicted.filter(like="prob_").to_numpy(), expected, atol=1e-6)
     assert predicted["label"].tolist() == [str(i) for i in expected.argmax(axis=1)]

@@ -44,6 +44,7 @@ def test_each_zoo_model_trains_and_exports(ingested, arch):
     metrics = train_in(ingested, arch=arch)
     net, spec = load_model(ingested / MODEL_DIR)
     assert spec.arch == arch and metrics["parameters"] == sum(p.numel() for p in net.parameters())
+    assert spec.test_time_shift == (arch in ("bncnn", "best"))  # references predict plainly
     test = read_split(ingested / PROCESSED_DIR / "test.parquet")
     with torch.no_grad():
         logits = net(torch.from_numpy(test.images[:16].copy()).unsqueeze(1).float())
@@ -331,6 +332,7 @@ def test_killed_run_resumes_from_its_last_checkpoint(ingested):
             ["train.batch_size 33", "not divisible by the 2 processes"],
         ),
         ("train", {"nesterov": True, "momentum": 0}, ["train.nesterov", "momentum"]),
+        ("train", {"test_time_shift": 5}, ["train.test_time_shift", "less than or equal to 4"]),
     ],
 )
 def test_bad_params_fail_before_training(ingested, monkeypatch, capsys, section, changes, words):

@@ -17,6 +17,7 @@ MAX_CLASSES = 1000  # labels are stored as int16; a thousand classes is far beyo
 Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
 Count = Annotated[int, Field(gt=0)]
 Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]  # the range numpy and Lightning seed from
+MAX_TEST_TIME_SHIFT = 4  # pixels: a larger move pushes a small image's digit out of the frame
 
 
 class Section(BaseModel):
@@ -115,6 +116,9 @@ class Recipe(Section):
     label_smoothing: Annotated[float, Field(ge=0, lt=1)] | None = None
     ema: Annotated[float, Field(ge=0, lt=1)] | None = None  # weight-average decay; 0: off
     augment: Augment | None = None
+    # Predict by the mean over each image and its copies moved this many pixels right, left,
+    # down and up (test-time augmentation: five forward passes); 0: off.
+    test_time_shift: Annotated[int, Field(ge=0, le=MAX_TEST_TIME_SHIFT)] | None = None
 
 
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")

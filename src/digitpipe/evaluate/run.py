@@ -124,12 +124,14 @@ def run(params: Params, root: Path = Path(".")) -> dict:
     settings = params.evaluate
     test, val = (load_labelled(root / split_file(s), spec) for s in ("test", "val"))
     val_metrics = classification_metrics(
-        predict_probabilities(net, val.images, settings.batch_size),
+        predict_probabilities(net, val.images, settings.batch_size, spec.test_time_shift),
         val.labels,
         spec.class_names,
         settings.calibration_bins,
     )
-    probabilities = predict_probabilities(net, test.images, settings.batch_size)
+    probabilities = predict_probabilities(
+        net, test.images, settings.batch_size, spec.test_time_shift
+    )
     with atomic_dir(root / EVALUATE_REPORTS) as out_dir:
         metrics = write_reports(test, probabilities, settings, out_dir)
         metrics["val"] = {key: val_metrics[key] for key in ("accuracy", "log_loss", "n")}

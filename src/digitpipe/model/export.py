@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from digitpipe.core.atomic import atomic_path, write_json
+from digitpipe.core.config import MAX_TEST_TIME_SHIFT
 from digitpipe.core.errors import DigitpipeError, excerpt
 from digitpipe.core.files import UnreadableFile, cannot_read, check_regular, read_bounded
 from digitpipe.core.paths import SPEC_FILE, WEIGHTS_FILE
@@ -39,6 +40,7 @@ class ModelSpec:
     class_names: list[str]
     mean: float
     std: float
+    test_time_shift: int = 0  # predictions average 1 + 4 moved copies (inference.py); 0: off
 
     def build(self) -> nn.Sequential:
         return build_model(
@@ -47,6 +49,7 @@ class ModelSpec:
 
 
 SPEC_KEYS = {field.name for field in fields(ModelSpec)}
+OPTIONAL_KEYS = {"test_time_shift"}  # absent from the model.json of earlier versions
 
 
 def save_model(net: nn.Module, spec: ModelSpec, model_dir: str | os.PathLike) -> None:
@@ -102,10 +105,16 @@ def _spec_problem(raw: object) -> str | None:
     """What is wrong with a parsed model.json, or None."""
     if not isinstance(raw, dict):
         return "expected a JSON object"
-    missing, unknown = sorted(SPEC_KEYS - raw.keys()), sorted(raw.keys() - SPEC_KEYS)
+    missing = sorted(SPEC_KEYS - OPTIONAL_KEYS - raw.keys())
+    unknown = sorted(raw.keys() - SPEC_KEYS)
     if missing or unknown:
         return f"missing keys {missing}, unknown keys {unknown}"
-    return _size_problem(raw) or _classes_problem(raw["class_names"]) or _stats_problem(raw)
+    return (
+        _size_problem(raw)
+        or _classes_problem(raw["class_names"])
+        or _stats_problem(raw)
+        or _shift_problem(raw.get("test_time_shift", 0))
+    )
 
 
 def _size_problem(raw: dict) -> str | None:
@@ -146,6 +155,16 @@ def _stats_problem(raw: dict) -> str | None:
             return f"{key} must be a finite number, not {excerpt(value, QUOTE_CHARS)}"
     if raw["std"] <= 0:
         return f"std must be positive, not {excerpt(raw['std'], QUOTE_CHARS)}"
+    return None
+
+
+def _shift_problem(shift: object) -> str | None:
+    """A test-time shift that is not a whole number of pixels in the allowed range."""
+    if type(shift) is not int or not 0 <= shift <= MAX_TEST_TIME_SHIFT:
+        return (
+            f"test_time_shift must be a whole number of pixels from 0 to {MAX_TEST_TIME_SHIFT}, "
+            f"not {excerpt(shift, QUOTE_CHARS)}"
+        )
     return None
 
 

@@ -64,4 +64,4 @@ class Predictor:
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         """Class probabilities (N, classes) of uint8 images (N, H, W) of the model's size."""
-        return predict_probabilities(self.net, images, BATCH_SIZE)
+        return predict_probabilities(self.net, images, BATCH_SIZE, self.spec.test_time_shift)

@@ -162,19 +162,19 @@ def judge_model(params: Params, root: Path, ref: RunRef) -> Outcome:
     if unchanged is not None:
         return unchanged
     test, batch_size = read_split(test_file), params.evaluate.batch_size
-    challenger_correct = correct(load_model(root / MODEL_DIR)[0], test, batch_size)
+    challenger_correct = correct(*load_model(root / MODEL_DIR), test, batch_size)
     accuracy = float(challenger_correct.mean())
     train, val = read_split(root / split_file("train")), read_split(root / split_file("val"))
     stats = data_stats(train, batch_counts(train, val))
     with tempfile.TemporaryDirectory() as tmp:
-        champion_net, comparison, no_comparison = against_champion(
+        champion, comparison, no_comparison = against_champion(
             name, current, ref, Path(tmp), test, challenger_correct, batch_size
         )
     verdict = judge(
         accuracy, comparison, current.version if current else None, track, no_comparison
     )
     report = drift_report(
-        client, current, champion_net, comparison, train, val, stats, track, batch_size
+        client, current, champion, comparison, train, val, stats, track, batch_size
     )
     write_drift(client, ref, root, version, current, stats, report)
     if verdict.promote:
@@ -216,17 +216,17 @@ def against_champion(
     test: ImageSet,
     challenger_correct: np.ndarray,
     batch_size: int,
-) -> tuple[nn.Module | None, Comparison | None, str | None]:
-    """The champion's network (downloaded into ``folder``, safetensors only) and its paired
-    comparison with the challenger on ``test``; or why there is none to compare."""
+) -> tuple[tuple[nn.Module, ModelSpec] | None, Comparison | None, str | None]:
+    """The champion's network and spec (downloaded into ``folder``, safetensors only) and its
+    paired comparison with the challenger on ``test``; or why there is none to compare."""
     if current is None:
         return None, None, None
     uri = f"models:/{name}/{current.version}"
-    champion_net, spec = load_model(download_weights(uri, ref.tracking_uri, folder))
-    misfit = does_not_fit(spec, test)
+    champion = load_model(download_weights(uri, ref.tracking_uri, folder))
+    misfit = does_not_fit(champion[1], test)
     if misfit:
         return None, None, f"champion version {current.version} cannot be compared: {misfit}"
-    return champion_net, compare(challenger_correct, correct(champion_net, test, batch_size)), None
+    return champion, compare(challenger_correct, correct(*champion, test, batch_size)), None
 
 
 def write_drift(
@@ -250,9 +250,9 @@ def write_drift(
         client.log_artifact(ref.run_id, str(folder / file), ARTIFACTS)
 
 
-def correct(net: nn.Module, images: ImageSet, batch_size: int) -> np.ndarray:
-    """Whether ``net`` classifies each labelled image correctly."""
-    probabilities = predict_probabilities(net, images.images, batch_size)
+def correct(net: nn.Module, spec: ModelSpec, images: ImageSet, batch_size: int) -> np.ndarray:
+    """Whether ``net`` (as ``spec`` says it predicts) classifies each labelled image correctly."""
+    probabilities = predict_probabilities(net, images.images, batch_size, spec.test_time_shift)
     return probabilities.argmax(axis=1) == images.labels
 
 
@@ -271,7 +271,7 @@ def does_not_fit(spec: ModelSpec, test: ImageSet) -> str | None:
 def drift_report(
     client: MlflowClient,
     current: ModelVersion | None,
-    champion_net: nn.Module | None,
+    champion_model: tuple[nn.Module, ModelSpec] | None,
     comparison: Comparison | None,
     train: ImageSet,
     val: ImageSet,
@@ -295,8 +295,8 @@ def drift_report(
     fresh = {batch for batch in stats["batches"] if batch not in seen}
     new = concat([rows_of(train, fresh, inside=True), rows_of(val, fresh, inside=True)])
     champion = None
-    if champion_net is not None and comparison is not None and len(new):
-        right = correct(champion_net, new, batch_size)
+    if champion_model is not None and comparison is not None and len(new):
+        right = correct(*champion_model, new, batch_size)
         per_batch = {
             batch: [int(right[mask].sum()), int(mask.sum())]
             for batch in sorted(fresh)

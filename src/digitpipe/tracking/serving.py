@@ -119,7 +119,7 @@ class DigitModel(mlflow.pyfunc.PythonModel):
         params: dict[str, Any] | None = None,
     ) -> pd.DataFrame:
         images = as_images(model_input, self.spec)[:, 0]
-        probabilities = predict_probabilities(self.net, images, BATCH)
+        probabilities = predict_probabilities(self.net, images, BATCH, self.spec.test_time_shift)
         return prediction_table(probabilities, self.spec.class_names)
 
 

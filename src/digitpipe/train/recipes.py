@@ -19,6 +19,7 @@ BNCNN = Recipe(
     final_lr_fraction=0.1,  # the average of a still-moving model generalises better
     ema=0.995,
     augment=Augment(rotation=5, translation=0.05, scale=0.05),
+    test_time_shift=1,
 )
 
 # The reference recipes (see the README's model zoo table for their sources and results).
@@ -64,6 +65,7 @@ FALLBACK = Recipe(
     label_smoothing=0.0,
     ema=0.0,
     augment=NO_AUGMENT,
+    test_time_shift=0,
 )
 
 

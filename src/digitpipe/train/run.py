@@ -275,7 +275,15 @@ def export(
     """Write the best epoch's network (safetensors + spec), its recipe and a portable Lightning
     checkpoint into ``model_dir``; every file is the same bytes for the same training."""
     hp = module.hparams
-    spec = ModelSpec(hp.arch, hp.height, hp.width, list(hp.class_names), hp.mean, hp.std)
+    spec = ModelSpec(
+        hp.arch,
+        hp.height,
+        hp.width,
+        list(hp.class_names),
+        hp.mean,
+        hp.std,
+        recipe.test_time_shift,
+    )
     checkpoint = read_checkpoint(best_checkpoint)
     net = spec.build()
     net.load_state_dict(network_weights(checkpoint))
