@@ -76,8 +76,16 @@ def model_section(root: Path) -> str:
     )
 
 
-def evaluation_section(reports: Path) -> str:
+def evaluation_section(root: Path) -> str:
+    reports = root / REPORTS
     written = _json(reports / "evaluate/metrics.json")
+    shift = _json(root / MODEL_DIR / SPEC_FILE).get("test_time_shift", 0)
+    how = (
+        f", each predicted as the mean over the image and its four copies moved "
+        f"{counted(shift, 'pixel')} (so is the validation accuracy)"
+        if shift
+        else ""
+    )
     metrics = written["test"]
     scores = [
         ["accuracy", metrics["accuracy"]],
@@ -90,7 +98,7 @@ def evaluation_section(reports: Path) -> str:
     return "\n\n".join(
         [
             "## Test results",
-            f"On {counted(metrics['n'], 'test image')}:",
+            f"On {counted(metrics['n'], 'test image')}{how}:",
             _table(["metric", "value"], [[name, f"{value:.4f}"] for name, value in scores]),
             _image("evaluate/confusion.png", "confusion matrix"),
             "### Statistics",
@@ -171,7 +179,7 @@ def build_markdown(
         run_section(root, run_id, made or datetime.now(UTC)),
         data_section(reports),
         model_section(root),
-        evaluation_section(reports),
+        evaluation_section(root),
         worst_cases_section(reports),
         activations_section(reports),
     ]
