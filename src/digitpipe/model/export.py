@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 
 import torch
@@ -49,7 +49,8 @@ class ModelSpec:
 
 
 SPEC_KEYS = {field.name for field in fields(ModelSpec)}
-OPTIONAL_KEYS = {"test_time_shift"}  # absent from the model.json of earlier versions
+# Keys with a default may be absent: the model.json of earlier versions lacks them.
+OPTIONAL_KEYS = {field.name for field in fields(ModelSpec) if field.default is not MISSING}
 
 
 def save_model(net: nn.Module, spec: ModelSpec, model_dir: str | os.PathLike) -> None:
@@ -113,7 +114,7 @@ def _spec_problem(raw: object) -> str | None:
         _size_problem(raw)
         or _classes_problem(raw["class_names"])
         or _stats_problem(raw)
-        or _shift_problem(raw.get("test_time_shift", 0))
+        or _shift_problem(raw.get("test_time_shift", ModelSpec.test_time_shift))
     )
 
 

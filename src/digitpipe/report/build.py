@@ -50,16 +50,15 @@ def data_section(reports: Path) -> str:
     )
 
 
-def model_section(root: Path) -> str:
+def model_section(root: Path, spec: dict) -> str:
     train = _json(root / REPORTS / "train/metrics.json")
-    arch = _json(root / MODEL_DIR / SPEC_FILE)["arch"]
     recipe = ", ".join(
         f"{key} {_setting(value)}"
         for key, value in _json(root / MODEL_DIR / RECIPE_FILE).items()
         if value not in (None, {}, 0.0, False)
     )
     facts = [
-        ["architecture", f"`{arch}` ({train['parameters']:,} parameters)"],
+        ["architecture", f"`{spec['arch']}` ({train['parameters']:,} parameters)"],
         ["recipe", recipe],
         ["epochs (exported)", f"{train['epochs']} ({train['best_epoch']})"],
         [
@@ -76,10 +75,9 @@ def model_section(root: Path) -> str:
     )
 
 
-def evaluation_section(root: Path) -> str:
-    reports = root / REPORTS
+def evaluation_section(reports: Path, spec: dict) -> str:
     written = _json(reports / "evaluate/metrics.json")
-    shift = _json(root / MODEL_DIR / SPEC_FILE).get("test_time_shift", 0)
+    shift = spec.get("test_time_shift", 0)  # absent from the model.json of earlier versions
     how = (
         f", each predicted as the mean over the image and its four copies moved "
         f"{counted(shift, 'pixel')} (so is the validation accuracy)"
@@ -147,9 +145,8 @@ def activations_section(reports: Path) -> str:
     )
 
 
-def run_section(root: Path, run_id: str | None, made: datetime) -> str:
+def run_section(root: Path, spec: dict, run_id: str | None, made: datetime) -> str:
     """Which run this is (model, MLflow run, DVC experiment, commit, date) and its headline."""
-    spec = _json(root / MODEL_DIR / SPEC_FILE)
     digest = file_digest(root / MODEL_DIR / WEIGHTS_FILE)
     commit = git_commit(root)
     facts = [
@@ -173,13 +170,13 @@ def build_markdown(
 ) -> str:
     """The whole report of the project at ``root``, led by the run that made it; image links are
     relative to ``reports/``."""
-    reports = root / REPORTS
+    reports, spec = root / REPORTS, _json(root / MODEL_DIR / SPEC_FILE)
     sections = [
         f"# {params.report.title}",
-        run_section(root, run_id, made or datetime.now(UTC)),
+        run_section(root, spec, run_id, made or datetime.now(UTC)),
         data_section(reports),
-        model_section(root),
-        evaluation_section(root),
+        model_section(root, spec),
+        evaluation_section(reports, spec),
         worst_cases_section(reports),
         activations_section(reports),
     ]
