@@ -228,6 +228,19 @@ def _csv(text: str | bytes):
 
 
 PIXELS = ",".join(f"pixel{i}" for i in range(4))
+
+
+def _pixel_rows(rows: int, pixels: int) -> str:
+    """A labelled pixel CSV: labels 0..9 in turn, random pixels."""
+    rng = np.random.default_rng(0)
+    header = ",".join(["label", *(f"pixel{i}" for i in range(pixels))])
+    body = (
+        ",".join(map(str, [row % 10, *values]))
+        for row, values in enumerate(rng.integers(0, 256, (rows, pixels)))
+    )
+    return "\n".join([header, *body]) + "\n"
+
+
 FILE_CASES = {
     "idx dims overflow int64 to 0": (
         _raw_idx("test-images", idx_header(0x08, 65536, 65536, 65536, 65536) + bytes(16)),
@@ -274,6 +287,10 @@ FILE_CASES = {
     "csv non-numeric cell": (
         _csv(f"label,{PIXELS}\n1,2,3,4,5\n1,2,3,4,5\n1,2,x,4,5\n"),
         ["train.csv", "column 'pixel1' is not numeric: value 'x' at data row 3"],
+    ),
+    "csv stray quote in a file over pyarrow's 1 MB block": (
+        _csv(_pixel_rows(2000, 784).replace("\n3,", '\n"3,', 1)),
+        ["train.csv", "line 5 has an unpaired double quote", "Remove the stray quote"],
     ),
     "csv utf-16": (
         _csv(f"label,{PIXELS}\n1,2,3,4,5\n".encode("utf-16")),
@@ -346,6 +363,22 @@ def test_deeply_nested_yaml_is_refused(tiny_project, monkeypatch, capsys):
     status, err = ingest(tiny_project, monkeypatch, capsys)
     assert status == 2
     assert_refused(err, "params.yaml: YAML nested more than 32 levels deep")
+
+
+def test_a_key_given_twice_is_refused_with_both_lines(tiny_project, monkeypatch, capsys):
+    path = tiny_project / "params.yaml"
+    text = path.read_text()
+    path.write_text(text.replace("data:\n", "data:\n  val_fraction: 0.2\n", 1))
+    lines = path.read_text().splitlines()
+    first = lines.index("  val_fraction: 0.2") + 1
+    second = next(n for n, line in enumerate(lines, 1) if line.startswith("  val_fraction: 0.1"))
+    status, err = ingest(tiny_project, monkeypatch, capsys)
+    assert status == 2
+    assert_refused(
+        err,
+        f"params.yaml: key 'val_fraction' appears twice in one section (lines {first} and "
+        f"{second})",
+    )
 
 
 def test_params_that_are_not_utf8_are_refused(tiny_project, monkeypatch, capsys):

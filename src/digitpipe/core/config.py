@@ -67,7 +67,7 @@ class DataParams(Section):
     class_names: Annotated[list[str], Field(min_length=2, max_length=MAX_CLASSES)] | None = None
     image_size: tuple[Count, Count] | None = None
     csv_label_column: str = "label"
-    val_fraction: Fraction = 0.1
+    val_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.1  # training selects on it
     test_fraction: Fraction = 0.0
     seed: Seed = 42
     limit: Limits = Limits()
@@ -154,7 +154,7 @@ class EvaluateParams(Section):
     batch_size: Count = 1000
     pair_gallery_size: Count = 24  # misclassified images of the most confused pair shown
     confident_mistakes: Count = 24  # top-k mistakes by predicted probability
-    calibration_bins: Count = 15  # expected calibration error bins
+    calibration_bins: Annotated[int, Field(gt=0, le=1000)] = 15  # expected calibration error
 
 
 class ActivationsParams(Section):
@@ -275,7 +275,10 @@ def _parse_yaml(path: Path, text: str) -> object:
                     f"{path}: YAML aliases (*name) expand the file to more than "
                     f"{MAX_YAML_NODES:,} values; write the values out instead."
                 )
-            return None if node is None else loader.construct_document(node)
+            if node is None:
+                return None
+            _check_unique_keys(path, node)
+            return loader.construct_document(node)
         finally:
             loader.dispose()
     except (yaml.YAMLError, ValueError) as exc:  # ValueError: a value YAML cannot build
@@ -296,6 +299,28 @@ def _check_depth(path: Path, text: str) -> None:
                 )
         elif isinstance(event, yaml.CollectionEndEvent):
             depth -= 1
+
+
+def _check_unique_keys(path: Path, root: yaml.Node) -> None:
+    """Refuse a key given twice in one mapping: YAML loaders keep the last silently, so an
+    edit pasted above an old value would not take effect."""
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, yaml.MappingNode):
+            first: dict[str, yaml.Node] = {}
+            for key, value in node.value:
+                if isinstance(key, yaml.ScalarNode):
+                    seen = first.setdefault(key.value, key)
+                    if seen is not key:
+                        raise DigitpipeError(
+                            f"{path}: key {excerpt(key.value)} appears twice in one section "
+                            f"(lines {seen.start_mark.line + 1} and {key.start_mark.line + 1}); "
+                            "keep one."
+                        )
+                stack.append(value)
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend(node.value)
 
 
 def _expands_beyond(root: yaml.Node, limit: int) -> bool:

@@ -63,6 +63,7 @@ def _parse(path: Path, data: bytes) -> pa.Table:
         raise DigitpipeError(
             f"{path}: not a well-formed CSV ({excerpt(str(exc), 200, quote=False)})."
         ) from None
+    _check_row_count(path, data, table.num_rows)
     first: dict[str, int] = {}
     for col, name in enumerate(table.column_names):
         if first.setdefault(name, col) != col:
@@ -71,6 +72,30 @@ def _parse(path: Path, data: bytes) -> pa.Table:
                 f"{first[name] + 1} and {col + 1}); each column name must be unique."
             )
     return table
+
+
+def _check_row_count(path: Path, data: bytes, rows: int) -> None:
+    """Refuse a parse that lost rows: every line after the header that is not blank must be one
+    row. (pyarrow's block parser can swallow the lines after a stray double quote silently.)"""
+    if rows == data.count(b"\n") + (not data.endswith(b"\n")) - 1:
+        return  # the common case: no blank lines, "\n" or "\r\n" line ends
+    lines = data.splitlines()
+    if rows == sum(1 for line in lines[1:] if line):
+        return
+    number, quoted = next(
+        ((number, line) for number, line in enumerate(lines, start=1) if line.count(b'"') % 2),
+        (None, b""),
+    )
+    shown = excerpt(quoted.decode(errors="replace"), 40)
+    where = (
+        f"line {number} has an unpaired double quote ({shown})"
+        if number
+        else "a quoted value spans lines"
+    )
+    raise DigitpipeError(
+        f"{path}: {where}, so its rows cannot be read reliably; pixel CSVs need one row per "
+        "line and no quotes around values. Remove the stray quote."
+    )
 
 
 def _header(path: Path, data: bytes) -> str:
