@@ -199,6 +199,12 @@ def _label_out_of_range(project):
     write_idx(labels, project / "data/raw/test-labels")
 
 
+def _stray_training_label(project):
+    labels = read_idx(project / "data/raw/train-labels.gz").copy()
+    labels[5] = 200
+    write_idx(labels, project / "data/raw/train-labels.gz", compress=True)
+
+
 def _fractional_pixel(project):
     images = read_idx(project / "data/raw/test-images").astype(np.float32)
     images[3, 5, 7] = 0.5
@@ -232,6 +238,10 @@ BAD_INPUTS = {
     "dims disagree": (_dims_disagree, ["test-images", "longer than its header says"]),
     "count mismatch": (_counts_differ, ["test-labels", "150 labels for 200 images"]),
     "label range": (_label_out_of_range, ["test-labels", "label 12", "out of range"]),
+    "stray training label": (
+        _stray_training_label,
+        ["largest training label is 200", "classes are 0..200", "'10', '11'", "stray label"],
+    ),
     "idx fractional pixel": (_fractional_pixel, ["test-images", "0.5 in image 3", "0..255"]),
     "idx fractional label": (_fractional_label, ["test-labels", "label 1.5", "not a whole number"]),
     "idx shape": (
@@ -243,6 +253,14 @@ BAD_INPUTS = {
         ["test-images", "holds no images"],
     ),
     "empty file": (_empty, ["test-images", "empty"]),
+    "val_fraction too small for one image": (
+        lambda p: edit_params(p, "data", val_fraction=0.0005),
+        ["data.val_fraction 0.0005 of 600 labelled images holds out no image", "0.0017"],
+    ),
+    "test_fraction too small for one image": (
+        lambda p: edit_params(p, "data", test=None, test_fraction=0.0005),
+        ["data.test_fraction 0.0005 of 600 labelled images holds out no image"],
+    ),
     "checksum": (_checksum, ["train-labels.gz", "checksum mismatch"]),
     "corrupt gzip": (  # a download cut short: the IDX header arrives, the pixels do not
         lambda p: (p / "data/raw/train-images.gz").write_bytes(
@@ -313,6 +331,7 @@ def test_bad_input_fails_clearly_with_no_output(case, tiny_project, monkeypatch,
     ("changes", "words"),
     [
         ({"val_fraction": 1.5}, ["data.val_fraction", "less than 1", "1.5"]),
+        ({"val_fraction": 0}, ["data.val_fraction", "greater than 0"]),
         ({"colour": "red"}, ["data.colour", "Extra inputs"]),
         ({"train": {"images": "a", "csv": "b"}}, ["data.train", "either 'images'"]),
         ({"limit": {"train": 0}}, ["data.limit.train", "greater than 0"]),

@@ -109,6 +109,12 @@ def test_tracking_off_writes_to_no_store(ingested, tmp_path_factory, monkeypatch
             {"calibration_bins": 0},
             ["evaluate.calibration_bins", "greater than 0"],
         ),
+        (
+            "evaluate",
+            "evaluate",
+            {"calibration_bins": 10**10},
+            ["evaluate.calibration_bins", "less than or equal to 1000"],
+        ),
         ("evaluate", "evaluate", {"batch_size": "many"}, ["evaluate.batch_size", "integer"]),
         ("evaluate", "evaluate", {"bins": 10}, ["evaluate.bins", "Extra inputs"]),
         ("train", "track", {"promotion_margin": 1.5}, ["track.promotion_margin", "less than 1"]),

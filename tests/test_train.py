@@ -313,6 +313,7 @@ def test_killed_run_resumes_from_its_last_checkpoint(ingested):
     assert resumed.returncode == 0, output
     assert "Resuming from" in output and "epoch 1/6 " not in output
     assert "GPU available" not in output and "Tip" not in output  # Lightning's INFO lines
+    assert "is not empty" not in output  # the run's own folder, kept for resuming
     history = np.genfromtxt(ingested / TRAIN_REPORTS / "history.csv", delimiter=",", names=True)
     assert history["epoch"].tolist() == [1, 2, 3, 4, 5, 6]
     assert json.loads((ingested / TRAIN_REPORTS / "metrics.json").read_text())["epochs"] == 6

@@ -40,15 +40,15 @@ def _build(data: DataParams, root: Path) -> tuple[dict[str, ImageSet], list[Batc
         test = named(test, names, data, root / data.test.files[-1])
         labelled = named(source, names, data)
     else:
-        kept, held = split_off(source.labels, data.test_fraction, data.seed + 1)
+        kept, held = hold_out(source.labels, data.test_fraction, data.seed + 1, "test_fraction")
         labelled, test = named(source.take(kept), names, data), held_out(source.take(held), names)
     batches = [
         replace(batch, images=named(batch.images, names, data, root / batch.source.files[-1]))
         for batch in load_batches(data, root, source.image_size)
     ]
     labelled = concat([labelled, *(batch.images for batch in batches)])
-    check_every_class_trained(labelled)
-    train_rows, val_rows = split_off(labelled.labels, data.val_fraction, data.seed)
+    check_every_class_trained(labelled, data)
+    train_rows, val_rows = hold_out(labelled.labels, data.val_fraction, data.seed, "val_fraction")
     splits = {"train": labelled.take(train_rows), "val": labelled.take(val_rows), "test": test}
     if data.predict is not None:
         predict = load_source(data.predict, data, root, "predict", labelled=False)
@@ -59,6 +59,19 @@ def _build(data: DataParams, root: Path) -> tuple[dict[str, ImageSet], list[Batc
         for name, images in splits.items()
     }
     return limited, batches
+
+
+def hold_out(
+    labels: np.ndarray, fraction: float, seed: int, key: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`split_off`, refusing a fraction too small to hold out a single image."""
+    kept, held = split_off(labels, fraction, seed)
+    if not len(held):
+        raise DigitpipeError(
+            f"data.{key} {fraction} of {len(labels):,} labelled images holds out no image; "
+            f"raise it to at least {1 / len(labels):.2g}."
+        )
+    return kept, held
 
 
 def class_names(data: DataParams, source: ImageSet) -> tuple[str, ...]:
@@ -80,17 +93,26 @@ def named(
 NAMED_BY_TRAINING = "the training source (data.class_names: null)"
 
 
-def check_every_class_trained(labelled: ImageSet) -> None:
-    """Refuse class names some of which have no training image: names and data disagree."""
+def check_every_class_trained(labelled: ImageSet, data: DataParams) -> None:
+    """Refuse classes some of which have no training image: names and data disagree, or (with
+    the classes taken from the largest label) a stray label makes classes that do not exist."""
     counts = labelled.class_counts()
     empty = [name for name, count in counts.items() if not count]
-    if empty:
+    if not empty:
+        return
+    missing = f"{', '.join(map(repr, empty[:10]))}{' ...' if len(empty) > 10 else ''}"
+    if data.class_names:
         raise DigitpipeError(
             f"data.class_names: {len(counts)} classes, but the training data has no image of "
-            f"{', '.join(map(repr, empty[:10]))}{' ...' if len(empty) > 10 else ''}; list only "
-            "the classes the labels use (label k is the k-th name), or set data.class_names: "
-            "null to name them 0..K-1."
+            f"{missing}; list only the classes the labels use (label k is the k-th name), or "
+            "set data.class_names: null to name them 0..K-1."
         )
+    raise DigitpipeError(
+        f"the largest training label is {len(counts) - 1}, so (data.class_names: null) the "
+        f"classes are 0..{len(counts) - 1}, but no training image has the label {missing}; "
+        "look for a stray label in the training source, or list the classes in "
+        "data.class_names."
+    )
 
 
 def held_out(test: ImageSet, names: tuple[str, ...]) -> ImageSet:

@@ -184,6 +184,11 @@ def run(params: Params, root: Path = Path(".")) -> dict | None:
     check_params(params.train, recipe)
     data_files = {split: root / split_file(split) for split in ("train", "val")}
     train, val = (read_split(path) for path in data_files.values())
+    if not len(val):
+        raise DigitpipeError(
+            f"{data_files['val']} holds no image: training picks the exported epoch by the "
+            "validation loss. Give data.val_fraction a value > 0 and rerun ingest (dvc repro)."
+        )
     check_image_size(params.model.arch, *train.image_size)
     run_dir = root / CHECKPOINT_ROOT / run_key(params, recipe, list(data_files.values()))
     history = History(
@@ -262,10 +267,12 @@ def resume_from(run_dir: Path, runtime: RuntimeParams) -> Path | None:
 
 
 def fit(trainer: L.Trainer, module: DigitClassifier, data: DigitData, ckpt: Path | None) -> None:
-    """``trainer.fit``, without the warnings that do not apply to in-memory batches."""
+    """``trainer.fit``, without the warnings that do not apply here: workers (in-memory
+    batches) and a non-empty checkpoint folder (the run's own, kept for resuming)."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
         warnings.filterwarnings("ignore", ".*treespec, LeafSpec.*")
+        warnings.filterwarnings("ignore", ".*exists and is not empty.*")
         trainer.fit(module, datamodule=data, ckpt_path=ckpt)
 
 
