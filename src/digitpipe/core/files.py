@@ -3,10 +3,12 @@ could block or never end), and small files are read only up to their bound."""
 
 from __future__ import annotations
 
+import json
 import stat
+from collections.abc import Iterable
 from pathlib import Path
 
-from digitpipe.core.errors import DigitpipeError
+from digitpipe.core.errors import DigitpipeError, excerpt
 
 FILE_KINDS = {
     stat.S_IFDIR: "a folder",
@@ -15,6 +17,7 @@ FILE_KINDS = {
     stat.S_IFBLK: "a block device",
     stat.S_IFSOCK: "a socket",
 }
+MAX_REPORT_BYTES = 16 * 2**20  # a stage's JSON or Markdown report holds at most a few hundred KB
 
 
 class UnreadableFile(DigitpipeError):
@@ -52,3 +55,31 @@ def read_bounded(path: Path, limit: int, advice: str = "") -> bytes:
     if len(data) > limit:
         raise UnreadableFile(path, f"larger than {limit / 2**20:g} MiB", advice)
     return data
+
+
+def rerun(stage: str) -> str:
+    """The advice for a file the ``stage`` stage writes that is missing or damaged."""
+    return f"rerun the {stage} stage (dvc repro {stage})."
+
+
+def read_report(path: Path, stage: str) -> str:
+    """The text of ``path``, a report the ``stage`` stage writes: at most MAX_REPORT_BYTES of
+    UTF-8."""
+    try:
+        return read_bounded(path, MAX_REPORT_BYTES, rerun(stage)).decode()
+    except UnicodeDecodeError as exc:
+        raise UnreadableFile(path, f"not UTF-8 text ({exc.reason})", rerun(stage)) from None
+
+
+def read_json_report(path: Path, stage: str, keys: Iterable[str] = ()) -> dict:
+    """The JSON object in ``path``, a report the ``stage`` stage writes, holding ``keys``."""
+    try:
+        report = json.loads(read_report(path, stage))
+    except (ValueError, RecursionError) as exc:
+        raise UnreadableFile(path, f"not valid JSON ({exc})", rerun(stage)) from None
+    if not isinstance(report, dict):
+        raise UnreadableFile(path, f"expected a JSON object, not {excerpt(report)}", rerun(stage))
+    missing = [key for key in keys if key not in report]
+    if missing:
+        raise UnreadableFile(path, f"missing keys {missing}", rerun(stage))
+    return report

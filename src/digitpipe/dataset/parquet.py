@@ -16,10 +16,18 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from digitpipe.core.atomic import atomic_path
-from digitpipe.core.errors import DigitpipeError
+from digitpipe.core.errors import DigitpipeError, excerpt
+from digitpipe.core.files import check_regular, rerun
+from digitpipe.core.numbers import counted
 from digitpipe.dataset.images import ImageSet
 
 META_KEY = b"digitpipe"
+# The columns of a split: the kind of Arrow type each must have, and its name in messages.
+COLUMNS = {
+    "image_id": (pa.types.is_string, "string"),
+    "label": (pa.types.is_integer, "an integer type"),
+    "pixels": (pa.types.is_fixed_size_binary, "fixed_size_binary"),
+}
 
 
 def to_table(images: ImageSet) -> pa.Table:
@@ -48,26 +56,103 @@ def write_split(images: ImageSet, path: str | os.PathLike) -> None:
 
 
 def read_split(path: str | os.PathLike) -> ImageSet:
-    """Read a split written by :func:`write_split`."""
+    """Read a split written by :func:`write_split`, checked to be one: a damaged or tampered file
+    is refused with the fault named, in vectorised checks (no loop over the rows)."""
     path = Path(path)
+    check_regular(path, rerun("ingest"))
     try:
         table = pq.read_table(path)
-        meta = json.loads(table.schema.metadata[META_KEY])
     except (OSError, pa.ArrowException) as exc:
-        raise DigitpipeError(f"{path}: cannot read the Parquet split ({exc}).") from exc
-    except (KeyError, TypeError):
-        raise DigitpipeError(
-            f"{path}: no digitpipe metadata; was it written by the ingest stage?"
-        ) from None
-    pixels = table.column("pixels").combine_chunks()
+        reason = str(exc).partition("\n")[0]  # Arrow may add the whole schema on more lines
+        raise _damaged(path, f"cannot read the Parquet split ({reason})") from exc
+    meta = _metadata(path, table.schema)
     size = meta["height"] * meta["width"]
+    problem = _columns_problem(table, size)
+    if problem:
+        raise _damaged(path, problem)
+    pixels = table.column("pixels").combine_chunks()
     images = np.frombuffer(pixels.buffers()[1], np.uint8, len(pixels) * size, pixels.offset * size)
     images = images.reshape(len(pixels), meta["height"], meta["width"])
-    label_column = table.column("label")
-    labels = (
-        None
-        if label_column.null_count == len(table) and len(table)
-        else (label_column.to_numpy().astype(np.int64))
-    )
+    labels = _labels(path, table.column("label"), len(meta["class_names"]))
     ids = np.asarray(table.column("image_id").to_pylist(), dtype=object)
     return ImageSet(ids, images, labels, tuple(meta["class_names"]))
+
+
+def _damaged(path: Path, problem: str) -> DigitpipeError:
+    """The error for a split that is not as the ingest stage writes it, and what to do."""
+    return DigitpipeError(f"{path}: {problem}; {rerun('ingest')}")
+
+
+def _metadata(path: Path, schema: pa.Schema) -> dict:
+    """The digitpipe metadata of a split's schema, checked."""
+    try:
+        meta = json.loads(schema.metadata[META_KEY])
+    except (KeyError, TypeError):
+        raise _damaged(path, "no digitpipe metadata in its schema") from None
+    except (ValueError, RecursionError) as exc:
+        raise _damaged(path, f"its digitpipe metadata is not valid JSON ({exc})") from None
+    problem = _meta_problem(meta)
+    if problem:
+        raise _damaged(path, problem)
+    return meta
+
+
+def _meta_problem(meta: object) -> str | None:
+    """What is wrong with the digitpipe metadata (image size, class names), or None."""
+    if not isinstance(meta, dict):
+        return f"its digitpipe metadata must be a JSON object, not {excerpt(meta)}"
+    height, width, names = meta.get("height"), meta.get("width"), meta.get("class_names")
+    if type(height) is not int or type(width) is not int or min(height, width) < 1:
+        return (
+            "height and width in its digitpipe metadata must be positive whole numbers, not "
+            f"{excerpt(height)}, {excerpt(width)}"
+        )
+    if (
+        not isinstance(names, list)
+        or not names
+        or not all(isinstance(name, str) for name in names)
+        or len(set(names)) != len(names)
+    ):
+        return (
+            "class_names in its digitpipe metadata must be a list of distinct strings, not "
+            f"{excerpt(names)}"
+        )
+    return None
+
+
+def _columns_problem(table: pa.Table, size: int) -> str | None:
+    """A column missing, repeated, of the wrong type or with nulls where a value is required, or
+    pixels of another byte width than the metadata's ``size`` (height * width), or None."""
+    for name, (fits, kind) in COLUMNS.items():
+        index = table.schema.get_field_index(name)  # -1: missing, or more than one
+        if index < 0:
+            return f"it needs exactly one column {name!r}, it has {excerpt(table.column_names)}"
+        column = table.column(index)
+        if not fits(column.type):
+            return f"column {name!r} is {column.type}, not {kind}"
+        if name != "label" and column.null_count:
+            return f"column {name!r} has {counted(column.null_count, 'null value')}"
+    width = table.schema.field("pixels").type.byte_width
+    if width != size:
+        return (
+            f"its images are {width} bytes each, but its digitpipe metadata says height * width "
+            f"is {size}"
+        )
+    return None
+
+
+def _labels(path: Path, column: pa.ChunkedArray, classes: int) -> np.ndarray | None:
+    """The labels as class indices; None for an unlabelled split (every label null)."""
+    if column.null_count == len(column) and len(column):
+        return None
+    if column.null_count:
+        raise _damaged(path, f"{column.null_count:,} of its {len(column):,} labels are null")
+    labels = column.to_numpy().astype(np.int64)
+    wrong = (labels < 0) | (labels >= classes)
+    if wrong.any():
+        raise _damaged(
+            path,
+            f"{counted(int(wrong.sum()), 'label')} outside the class indices 0 to "
+            f"{classes - 1}, e.g. {labels[wrong][0]} (row {int(wrong.argmax())})",
+        )
+    return labels

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from digitpipe.core.config import ActivationsParams
 from digitpipe.core.errors import DigitpipeError
+from digitpipe.core.files import read_json_report
 from digitpipe.dataset.images import ImageSet
 
 
@@ -14,7 +14,7 @@ def choose_images(
     settings: ActivationsParams, worst_cases: Path, test: ImageSet
 ) -> dict[str, list[str]]:
     """Image id -> why it was chosen, in a stable order (explicit ids first)."""
-    report = json.loads(worst_cases.read_text())
+    report = read_json_report(worst_cases, "evaluate", ("confident_mistakes", "typical"))
     reasons: dict[str, list[str]] = {}
 
     def add(image_id: str, reason: str) -> None:

@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import os
 from datetime import UTC, datetime
 from pathlib import Path
 
 from digitpipe.core.config import Params
+from digitpipe.core.files import check_regular, read_json_report, read_report, rerun
 from digitpipe.core.numbers import counted
 from digitpipe.core.paths import MODEL_DIR, RECIPE_FILE, REPORTS, SPEC_FILE, WEIGHTS_FILE
 from digitpipe.core.provenance import file_digest, git_commit
-
-
-def _json(path: Path) -> dict:
-    return json.loads(path.read_text())
 
 
 def _table(header: list[str], rows: list[list[object]]) -> str:
@@ -35,7 +31,9 @@ def _image(path: str, alt: str) -> str:
 
 
 def data_section(reports: Path) -> str:
-    summary = _json(reports / "ingest/summary.json")
+    summary = read_json_report(
+        reports / "ingest/summary.json", "ingest", ("image_size", "splits", "class_names")
+    )
     size = summary["image_size"]
     rows = [[name, split["count"]] for name, split in summary["splits"].items()]
     return "\n\n".join(
@@ -51,10 +49,14 @@ def data_section(reports: Path) -> str:
 
 
 def model_section(root: Path, spec: dict) -> str:
-    train = _json(root / REPORTS / "train/metrics.json")
+    train = read_json_report(
+        root / REPORTS / "train/metrics.json",
+        "train",
+        ("parameters", "epochs", "best_epoch", "val_loss", "val_accuracy"),
+    )
     recipe = ", ".join(
         f"{key} {_setting(value)}"
-        for key, value in _json(root / MODEL_DIR / RECIPE_FILE).items()
+        for key, value in read_json_report(root / MODEL_DIR / RECIPE_FILE, "train").items()
         if value not in (None, {}, 0.0, False)
     )
     facts = [
@@ -76,7 +78,7 @@ def model_section(root: Path, spec: dict) -> str:
 
 
 def evaluation_section(reports: Path, spec: dict) -> str:
-    written = _json(reports / "evaluate/metrics.json")
+    written = read_json_report(reports / "evaluate/metrics.json", "evaluate", ("test", "val"))
     shift = spec.get("test_time_shift", 0)  # absent from the model.json of earlier versions
     how = (
         f", each predicted as the mean over the image and its four copies moved "
@@ -97,16 +99,21 @@ def evaluation_section(reports: Path, spec: dict) -> str:
         [
             "## Test results",
             f"On {counted(metrics['n'], 'test image')}{how}:",
-            _table(["metric", "value"], [[name, f"{value:.4f}"] for name, value in scores]),
+            _table(
+                ["metric", "value"],
+                [[name, "n/a" if value is None else f"{value:.4f}"] for name, value in scores],
+            ),
             _image("evaluate/confusion.png", "confusion matrix"),
             "### Statistics",
-            (reports / "evaluate/stats.md").read_text().strip(),
+            read_report(reports / "evaluate/stats.md", "evaluate").strip(),
         ]
     )
 
 
 def worst_cases_section(reports: Path) -> str:
-    worst = _json(reports / "evaluate/worst_cases.json")
+    worst = read_json_report(
+        reports / "evaluate/worst_cases.json", "evaluate", ("most_confused_pair",)
+    )
     pair = worst["most_confused_pair"]
     lead = (
         "No test image was misclassified."
@@ -126,7 +133,9 @@ def worst_cases_section(reports: Path) -> str:
 
 
 def activations_section(reports: Path) -> str:
-    manifest = _json(reports / "activations/manifest.json")
+    manifest = read_json_report(
+        reports / "activations/manifest.json", "activations", ("layers", "images", "tensors")
+    )
     layers = [
         [f"`{layer['name']}`", layer["kind"], " x ".join(map(str, layer["shape"][1:]))]
         for layer in manifest["layers"]
@@ -147,6 +156,7 @@ def activations_section(reports: Path) -> str:
 
 def run_section(root: Path, spec: dict, run_id: str | None, made: datetime) -> str:
     """Which run this is (model, MLflow run, DVC experiment, commit, date) and its headline."""
+    check_regular(root / MODEL_DIR / WEIGHTS_FILE, rerun("train"))
     digest = file_digest(root / MODEL_DIR / WEIGHTS_FILE)
     commit = git_commit(root)
     facts = [
@@ -156,7 +166,7 @@ def run_section(root: Path, spec: dict, run_id: str | None, made: datetime) -> s
         ["source", f"commit `{commit.describe()}`" if commit else "no git commit"],
         ["made", made.strftime("%Y-%m-%d %H:%M UTC")],
     ]
-    test = _json(root / REPORTS / "evaluate/metrics.json")["test"]
+    test = read_json_report(root / REPORTS / "evaluate/metrics.json", "evaluate", ("test",))["test"]
     headline = (
         f"**Test accuracy {test['accuracy']:.2%}** (95% CI {test['accuracy_lower']:.2%} to "
         f"{test['accuracy_upper']:.2%}), macro F1 {test['macro_f1']:.4f}, log loss "
@@ -170,7 +180,8 @@ def build_markdown(
 ) -> str:
     """The whole report of the project at ``root``, led by the run that made it; image links are
     relative to ``reports/``."""
-    reports, spec = root / REPORTS, _json(root / MODEL_DIR / SPEC_FILE)
+    reports = root / REPORTS
+    spec = read_json_report(root / MODEL_DIR / SPEC_FILE, "train", ("arch",))
     sections = [
         f"# {params.report.title}",
         run_section(root, spec, run_id, made or datetime.now(UTC)),

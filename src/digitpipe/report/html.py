@@ -9,6 +9,10 @@ from pathlib import Path
 
 from markdown_it import MarkdownIt
 
+from digitpipe.core.files import read_bounded, rerun
+
+MAX_PICTURE_BYTES = 64 * 2**20  # the report's pictures are a few hundred KB each
+
 STYLE = """
 body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2rem auto; padding: 0 1rem;
        color: #1f2328; line-height: 1.5; }
@@ -23,11 +27,13 @@ code { background: #f6f8fa; padding: 0.1rem 0.3rem; border-radius: 4px; }
 
 
 def inline_images(page: str, base: Path) -> str:
-    """Replace ``src="relative.png"`` with a base64 data URI of the file under ``base``."""
+    """Replace ``src="relative.png"`` with a base64 data URI of the file under ``base``
+    (``STAGE/name.png``, a picture the stage STAGE draws)."""
 
     def embed(match: re.Match[str]) -> str:
-        data = base64.b64encode((base / html.unescape(match.group(1))).read_bytes()).decode()
-        return f'src="data:image/png;base64,{data}"'
+        picture = base / html.unescape(match.group(1))
+        data = read_bounded(picture, MAX_PICTURE_BYTES, rerun(picture.parent.name))
+        return f'src="data:image/png;base64,{base64.b64encode(data).decode()}"'
 
     return re.sub(r'src="([^":]+\.png)"', embed, page)
 

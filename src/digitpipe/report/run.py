@@ -12,11 +12,13 @@ from digitpipe.report.html import render_html
 
 
 def write_reports(params: Params, root: Path, run_id: str | None) -> str:
-    """Write both reports under ``root/reports``; return the Markdown."""
+    """Write both reports under ``root/reports`` (both built before either is written); return
+    the Markdown."""
     reports = root / REPORTS
     markdown = build_markdown(params, root, run_id)
+    page = render_html(markdown, params.report.title, reports)
     write_text(reports / "report.md", markdown)
-    write_text(reports / "report.html", render_html(markdown, params.report.title, reports))
+    write_text(reports / "report.html", page)
     return markdown
 
 
