@@ -285,6 +285,34 @@ def test_command_errors_are_one_clear_line(tmp_path, model_dir, mnist_test, caps
     assert not out.exists()
 
 
+@pytest.mark.parametrize(
+    ("out", "submission", "words"),
+    [
+        ("digits.csv", None, "writing the predictions there would overwrite the input"),
+        ("out.csv", "./digits.csv", "writing the predictions there would overwrite the input"),
+        ("out.csv", "out.csv", "given as both --out and --submission"),
+    ],
+)
+def test_outputs_never_overwrite_an_input_or_each_other(
+    tmp_path, model_dir, mnist_test, capsys, monkeypatch, out, submission, words
+):
+    monkeypatch.chdir(tmp_path)
+    rows = write_csv(tmp_path / "digits.csv", mnist_test[0][:3], None)
+    before = rows.read_bytes()
+    assert predict([rows], model_dir, out, submission) == 2
+    assert words in capsys.readouterr().err
+    assert rows.read_bytes() == before and not (tmp_path / "out.csv").exists()
+
+
+def test_a_params_file_given_must_exist(tmp_path, model_dir, mnist_test, capsys):
+    rows = write_csv(tmp_path / "digits.csv", mnist_test[0][:3], None)
+    missing = tmp_path / "missing.yaml"
+    argv = ["predict", str(rows), "--model", str(model_dir), "--out", str(tmp_path / "o.csv")]
+    assert main([*argv, "--params", str(missing)]) == 2
+    assert f"{missing}: cannot read the file (No such file or directory)" in capsys.readouterr().err
+    assert main(argv) == 0  # without --params: params.yaml when there is one, else defaults
+
+
 def test_write_submission_counts_from_one(tmp_path):
     write_submission(tmp_path / "s.csv", ["7", "2", "1"])
     assert (tmp_path / "s.csv").read_text() == "ImageId,Label\n1,7\n2,2\n3,1\n"

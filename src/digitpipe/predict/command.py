@@ -19,6 +19,21 @@ from digitpipe.predict.output import (
 from digitpipe.predict.predictor import Predictor
 
 
+def check_distinct(inputs: list[Path], out: Path, submission: Path | None) -> None:
+    """Refuse outputs that would overwrite an input, or each other (before any work)."""
+    if submission is not None and out.resolve() == submission.resolve():
+        raise DigitpipeError(
+            f"{out}: given as both --out and --submission; write them to two files."
+        )
+    for output in (out, submission):
+        source = next((p for p in inputs if output and p.resolve() == output.resolve()), None)
+        if source is not None:
+            raise DigitpipeError(
+                f"{output}: writing the predictions there would overwrite the input {source}; "
+                "choose another output file."
+            )
+
+
 def predict(
     inputs: list[Path],
     predictor: Predictor,
@@ -34,6 +49,7 @@ def predict(
     Nothing is written unless every check passes.
     """
     check_format(out)
+    check_distinct(inputs, out, submission)
     read = read_inputs(inputs, predictor.image_size, strict=strict, label_column=label_column)
     for message in read.skipped:
         print(f"digitpipe: warning: skipped {message}", file=sys.stderr)

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
-from digitpipe.core.config import TrackParams, load_params
+from digitpipe.core.config import TrackParams
 from digitpipe.core.errors import DigitpipeError
 from digitpipe.dataset.checks import check_labels
 from digitpipe.model.export import ModelSpec, load_model
@@ -37,11 +37,11 @@ class Predictor:
         return cls(*load_model(model_dir))
 
     @classmethod
-    def from_uri(cls, uri: str, params_file: Path) -> Predictor:
+    def from_uri(cls, uri: str, track: TrackParams, root: Path) -> Predictor:
         """A registered model (``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``) from the
-        tracking store that ``params_file``'s track section (or $MLFLOW_TRACKING_URI) names."""
-        track = load_params(params_file).track if params_file.exists() else TrackParams()
-        return cls.from_dir(download_weights(uri, tracking_uri(track, params_file.parent)))
+        tracking store that ``track`` (or $MLFLOW_TRACKING_URI) names for the project at
+        ``root``."""
+        return cls.from_dir(download_weights(uri, tracking_uri(track, root)))
 
     @property
     def image_size(self) -> tuple[int, int]:
