@@ -22,9 +22,16 @@ import numpy as np
 import pytest
 from conftest import edit_params, free_port, write_csv
 from PIL import Image
+from safetensors.torch import load_file, save_file
 
 from digitpipe.cli import main
-from digitpipe.core.paths import MODEL_DIR, SPEC_FILE, WEIGHTS_FILE
+from digitpipe.core.paths import (
+    ACTIVATIONS_REPORTS,
+    EVALUATE_REPORTS,
+    MODEL_DIR,
+    SPEC_FILE,
+    WEIGHTS_FILE,
+)
 from digitpipe.core.stage import fail_os, run_stage
 from digitpipe.model.export import ModelSpec, save_model
 from digitpipe.predict.predictor import Predictor
@@ -118,6 +125,7 @@ def test_model_json_of_earlier_versions_predicts_without_moved_copies(
         ("empty", "not a complete safetensors file"),
         ("truncated", "not a complete safetensors file"),
         ("other network", "the weights do not fit the network model.json describes"),
+        ("NaN weights", "tensor 'dense.weight' holds NaN or infinite values"),
         ("not JSON", "not valid JSON"),
         ("huge JSON", "larger than 1 MiB"),
         ("a folder", "not a regular file (a folder)"),
@@ -134,6 +142,10 @@ def test_bad_model_files_are_refused_naming_the_file(tmp_path, monkeypatch, caps
     elif damage == "other network":
         saved_model(tmp_path / "lenet", "lenet")
         weights.write_bytes((tmp_path / "lenet" / WEIGHTS_FILE).read_bytes())
+    elif damage == "NaN weights":
+        state = load_file(weights)
+        state["dense.weight"][0, 0] = float("nan")
+        save_file(state, weights)
     elif damage == "not JSON":
         (model / SPEC_FILE).write_text('{"arch": "softmax",')
     elif damage == "huge JSON":
@@ -252,6 +264,14 @@ def test_junk_store_stops_train_before_it_writes(ingested, tmp_path, monkeypatch
     assert main(["train"]) == 2
     assert_refused(capsys.readouterr().err, f"{store} is not an SQLite database")
     assert not (ingested / MODEL_DIR).exists()
+    # The later stages, too, check the store before their work rather than after it.
+    edit_params(ingested, "track", enabled=False)
+    assert main(["train"]) == 0
+    edit_params(ingested, "track", enabled=True)
+    for stage, reports in [("evaluate", EVALUATE_REPORTS), ("activations", ACTIVATIONS_REPORTS)]:
+        assert main([stage]) == 2
+        assert_refused(capsys.readouterr().err, f"{store} is not an SQLite database")
+        assert not (ingested / reports).exists()
 
 
 def test_model_uri_against_a_dead_server_names_it(tmp_path):

@@ -120,6 +120,10 @@ def log_evaluation(params: Params, root: Path, metrics: dict, test_file: Path) -
 
 def run(params: Params, root: Path = Path(".")) -> dict:
     """Evaluate ``models/`` on the test split (all reports) and the validation split (metrics)."""
+    if params.track.enabled:  # a broken store stops the stage before its work, not after it
+        from digitpipe.tracking.runs import open_store
+
+        open_store(params.track, root)
     net, spec = load_model(root / MODEL_DIR)
     settings = params.evaluate
     test, val = (load_labelled(root / split_file(s), spec) for s in ("test", "val"))

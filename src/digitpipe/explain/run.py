@@ -135,6 +135,10 @@ def draw_pictures(
 
 def run(params: Params, root: Path = Path(".")) -> dict:
     """Write the activations, their manifest and pictures under reports/activations/."""
+    if params.track.enabled:  # a broken store stops the stage before its work, not after it
+        from digitpipe.tracking.runs import open_store
+
+        open_store(params.track, root)
     settings = params.activations
     net, spec = load_model(root / MODEL_DIR)
     test = read_split(root / split_file("test"))

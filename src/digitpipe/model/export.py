@@ -75,6 +75,9 @@ def load_model(model_dir: str | os.PathLike) -> tuple[nn.Sequential, ModelSpec]:
             model_dir / WEIGHTS_FILE,
             f"the weights do not fit the network model.json describes: {misfit}",
         )
+    broken = next((name for name, tensor in state.items() if not tensor.isfinite().all()), None)
+    if broken:
+        raise _unusable(model_dir / WEIGHTS_FILE, f"tensor {broken!r} holds NaN or infinite values")
     net = net.to_empty(device="cpu")
     net.load_state_dict(state)
     return net.eval(), spec
