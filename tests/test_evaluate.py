@@ -23,6 +23,7 @@ from sklearn.metrics import (
 from digitpipe.cli import stats_command
 from digitpipe.core.config import EvaluateParams, load_params
 from digitpipe.core.errors import DigitpipeError
+from digitpipe.core.numbers import json_safe
 from digitpipe.core.paths import EVALUATE_REPORTS, MODEL_DIR, PROCESSED_DIR
 from digitpipe.dataset.images import ImageSet
 from digitpipe.dataset.parquet import read_split
@@ -136,7 +137,9 @@ def test_confusion_files_and_statistics(evaluated):
     assert pairs[1:] == [[str(a), str(p)] for a, p in zip(labels, predicted, strict=True)]
     stats = confusion_stats(matrix, names)
     saved = json.loads((project / EVALUATE_REPORTS / "stats.json").read_text())
-    assert json.dumps(saved, sort_keys=True) == json.dumps(stats.to_dict(), sort_keys=True)
+    assert json.dumps(saved, sort_keys=True) == json.dumps(
+        json_safe(stats.to_dict()), sort_keys=True
+    )
     assert (project / EVALUATE_REPORTS / "stats.md").read_text() == to_markdown(stats)
     csv_path = project / EVALUATE_REPORTS / "confusion.csv"
     assert stats_command(csv_path, as_json=False) == to_markdown(stats).rstrip("\n")
@@ -229,6 +232,8 @@ def test_edge_cases_give_conventional_values(tmp_path, case):
     assert metrics["macro_f1"] == pytest.approx(
         f1_score(labels, predicted, average="macro", zero_division=0), abs=TOL
     )
+    for written in tmp_path.glob("*.json"):  # standard JSON: undefined values are null
+        json.loads(written.read_text(), parse_constant=lambda name: pytest.fail(f"{name}"))
     per_class = json.loads((tmp_path / "stats.json").read_text())["per_class"]
     absent = [row for k, row in enumerate(per_class) if k not in labels]
     assert all(row["support"] == 0 for row in absent)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from digitpipe import __version__
-from digitpipe.core.config import load_params
+from digitpipe.core.config import TrackParams, load_params
 from digitpipe.core.numbers import json_safe
 from digitpipe.core.paths import PARAMS_FILE
 from digitpipe.core.stage import run_stage, user_errors
@@ -71,14 +73,17 @@ def _predict(args: argparse.Namespace) -> int:
     from digitpipe.predict.inputs import LABEL_COLUMN
     from digitpipe.predict.predictor import Predictor
 
+    # A --params given must be read; the default params.yaml only when there is one.
+    params_file = args.params or PARAMS_FILE
+    params = load_params(params_file) if args.params or PARAMS_FILE.exists() else None
     predictor = (
-        Predictor.from_uri(args.model_uri, args.params)
+        Predictor.from_uri(
+            args.model_uri, params.track if params else TrackParams(), params_file.parent
+        )
         if args.model_uri
         else Predictor.from_dir(args.model)
     )
-    label_column = (
-        load_params(args.params).data.csv_label_column if args.params.exists() else LABEL_COLUMN
-    )
+    label_column = params.data.csv_label_column if params else LABEL_COLUMN
     summary = predict(
         args.inputs,
         predictor,
@@ -145,7 +150,6 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument(
         "--params",
         type=Path,
-        default=PARAMS_FILE,
         help="the project's params: the tracking store of --model-uri (track section) and a "
         "CSV's label column (data.csv_label_column); default: params.yaml if present",
     )
@@ -194,7 +198,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.handler(args)
+    try:
+        status = args.handler(args)
+        sys.stdout.flush()  # a reader gone away shows here rather than at exit
+    except BrokenPipeError:
+        # The reader stopped reading (`| head`): stop quietly, as a command killed by SIGPIPE.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
+    return status
 
 
 if __name__ == "__main__":

@@ -10,6 +10,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from digitpipe.core.numbers import json_safe
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -77,5 +79,6 @@ def write_text(target: str | os.PathLike, text: str) -> None:
 
 
 def write_json(target: str | os.PathLike, obj: object) -> None:
-    """Write ``obj`` as indented JSON to ``target`` atomically."""
-    write_text(target, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    """Write ``obj`` as indented, standard JSON (NaN and infinities as null) to ``target``
+    atomically."""
+    write_text(target, json.dumps(json_safe(obj), indent=2, allow_nan=False) + "\n")

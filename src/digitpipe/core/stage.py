@@ -67,6 +67,8 @@ def user_errors(handler: Callable[P, int]) -> Callable[P, int]:
             return handler(*args, **kwargs)
         except DigitpipeError as exc:
             return fail(str(exc))
+        except BrokenPipeError:
+            raise  # the reader of our output left: not the user's fault (cli.main ends quietly)
         except OSError as exc:
             return fail_os(exc)
 

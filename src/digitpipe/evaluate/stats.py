@@ -10,15 +10,18 @@ Undefined ratios (zero denominators) are ``nan``; :class:`ClassStats` documents 
 from __future__ import annotations
 
 import csv
+import io
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from os import PathLike
+from pathlib import Path
 
 import numpy as np
 from scipy.stats import beta, binom, chi2
 
 from digitpipe.core.errors import DigitpipeError
+from digitpipe.core.files import MAX_REPORT_BYTES, read_bounded
 
 
 @dataclass(frozen=True)
@@ -236,10 +239,11 @@ def read_confusion_csv(path: str | PathLike[str]) -> tuple[np.ndarray, list[str]
     Returns the int64 matrix and the class names. Raises :class:`DigitpipeError` naming the
     file (and line) on a missing or malformed file.
     """
+    data = read_bounded(Path(path), MAX_REPORT_BYTES)  # a regular file, of bounded size
     try:
-        with open(path, newline="", encoding="utf-8-sig") as handle:
-            lines = [(i, row) for i, row in enumerate(csv.reader(handle), start=1) if any(row)]
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        text = io.StringIO(data.decode("utf-8-sig"), newline="")
+        lines = [(i, row) for i, row in enumerate(csv.reader(text), start=1) if any(row)]
+    except (UnicodeDecodeError, csv.Error) as exc:
         raise DigitpipeError(f"{path}: cannot read confusion matrix CSV: {exc}") from exc
     if not lines:
         raise DigitpipeError(f"{path}: file is empty, expected a header row of class names")
