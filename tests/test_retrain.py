@@ -165,6 +165,13 @@ def test_retrain_gate_drift_and_nothing_new(pipeline, mnist_train, tmp_path):
     assert experiment_runs(client) == runs
     assert len(client.search_model_versions(f"name = '{NAME}'")) == 2
 
+    # A store that never saw this model (a scheduled job without a tracking server, after
+    # `dvc pull`): nothing to register, said so, exit 0, and the store gains no model.
+    empty_store = f"sqlite:///{tmp_path / 'elsewhere.db'}"
+    output = retrain(project, env | {"MLFLOW_TRACKING_URI": empty_store})
+    assert f"nothing new: no run in the MLflow store {empty_store} trained the model" in output
+    assert not MlflowClient(empty_store).search_registered_models()
+
     # The history, oldest first, the champion starred.
     lines = retrain(project, env, "--history").splitlines()
     assert lines[1].split()[:3] == ["version", "judged", "train"]

@@ -168,6 +168,9 @@ def _class_frequencies(
     return result
 
 
+MEASURED = {"intensity": "mean intensity", "ink": "ink area"}  # as the flags name them
+
+
 def _pixel_shifts(
     names: list[str], reference: dict, new: dict, alpha: float, flags: list[str]
 ) -> dict:
@@ -196,7 +199,7 @@ def _pixel_shifts(
         rows[name][f"{measure}_p_value"] = p
         rows[name][f"{measure}_effect"] = effect
         if p < level and abs(effect) >= MIN_EFFECT:
-            shifted.append(f"{name} ({measure} {effect:+.2f} sd)")
+            shifted.append(f"{name} (per-image {MEASURED[measure]} {effect:+.2f} reference sd)")
     if shifted:
         flags.append(
             f"pixel statistics shifted (Welch, Bonferroni level {level:.2g}): {', '.join(shifted)}"

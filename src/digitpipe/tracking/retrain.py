@@ -133,11 +133,23 @@ def retrain(params: Params, root: Path = Path("."), wait_s: float = 0.0) -> Outc
         reproduce(root)
         ref = find_training_run(params.track, root)
         if ref is None:
-            raise DigitpipeError(
-                "no MLflow run in the tracking store trained the model in models/; retrain it "
-                "here with tracking on (dvc repro -f train)."
-            )
+            return untracked_model(tracking_uri(params.track, root))
         return judge_model(params, root, ref)
+
+
+def untracked_model(uri: str) -> Outcome:
+    """ "Nothing new" for a model this store never saw: DVC restored it from its cache (as a
+    scheduled job without a tracking server does when no data changed), or another store
+    tracked its training."""
+    return Outcome(
+        "",
+        False,
+        f"no run in the MLflow store {uri} trained the model in models/ (DVC restored it from "
+        "its cache, or another store tracked its training), so there is nothing to register "
+        "and no champion to beat; point MLFLOW_TRACKING_URI at the tracking server that "
+        "logged its training, or retrain it here (dvc repro -f train)",
+        nothing_new=True,
+    )
 
 
 def gate_key(current: ModelVersion | None, test_digest: str, track: TrackParams) -> str:
