@@ -238,6 +238,15 @@ def test_broken_store_is_one_message_naming_the_uri(
     assert listing(store.parent) == before
 
 
+def test_history_of_a_store_that_does_not_exist_creates_none(tiny_project, monkeypatch, capsys):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    monkeypatch.chdir(tiny_project)
+    assert main(["retrain", "--history"]) == 0
+    assert "no versions of digitpipe in sqlite:///" in capsys.readouterr().out
+    assert sorted(path.name for path in tiny_project.iterdir()) == ["data", "params.yaml"]
+
+
 def test_unknown_store_schema_is_one_message(tiny_project, tmp_path, monkeypatch, capsys):
     from mlflow.tracking import MlflowClient
 

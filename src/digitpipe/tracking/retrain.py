@@ -61,7 +61,7 @@ from digitpipe.tracking.registry import (
     versions,
 )
 from digitpipe.tracking.runs import RunRef, find_training_run
-from digitpipe.tracking.store import ensure_reachable, tracking_uri
+from digitpipe.tracking.store import ensure_reachable, sqlite_file, tracking_uri
 
 LOCK_FILE = STATE_DIR / "retrain.lock"
 RETRAIN_REPORTS = Path("reports/retrain")  # drift.md, drift.json, data_stats.json (not DVC's)
@@ -378,6 +378,9 @@ def history(track: TrackParams, root: Path = Path(".")) -> str:
     tested on, its accuracy against the champion's on the same images, the McNemar p-value and
     the decision; the current champion is starred."""
     uri = tracking_uri(track, root)
+    store = sqlite_file(uri)
+    if store is not None and not store.exists():  # reading the history never creates a store
+        return f"no versions of {track.registered_model} in {uri} (there is no store yet)"
     ensure_reachable(uri)
     client = MlflowClient(uri)
     found = versions(client, track.registered_model)

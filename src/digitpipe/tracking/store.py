@@ -47,13 +47,18 @@ def tracking_uri(track: TrackParams, root: Path) -> str:
     return uri
 
 
+def sqlite_file(uri: str) -> Path | None:
+    """The file of an SQLite store URI; None for other stores."""
+    return Path(uri[len(SQLITE) :].partition("?")[0]) if uri.startswith(SQLITE) else None
+
+
 def ensure_reachable(uri: str, *, write: bool = True) -> None:
     """Fail fast, naming the URI, when the tracking server or store cannot be used: for logging
     runs (``write``), or only for reading registered models."""
     if uri.startswith(("http://", "https://")):
         _check_server(uri)
-    elif uri.startswith(SQLITE):
-        problem = _sqlite_problem(Path(uri[len(SQLITE) :].partition("?")[0]), write)
+    elif (path := sqlite_file(uri)) is not None:
+        problem = _sqlite_problem(path, write)
         if problem:
             raise DigitpipeError(f"MLflow store {uri}: {problem}")
         _open_store(uri)
