@@ -228,3 +228,11 @@ def test_one_run_per_pipeline_state(tiny_project, mlflow_server):
     assert failed.returncode != 0 and "larger than the training set" in failed.stderr
     runs = experiment_runs(mlflow_server, "states")
     assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
+
+    # A forced retrain that gives the same weights: DVC skips the later stages, so its run
+    # holds no results, and the run that does still stands for the model (retrain, report).
+    edit_params(tiny_project, "train", batch_size=QUICK_TRAIN["batch_size"])
+    assert "Running stage 'evaluate'" not in dvc(tiny_project, env, "repro", "-f", "-s", "train")
+    assert len(experiment_runs(mlflow_server, "states")) == 3
+    track = load_params(tiny_project / "params.yaml").track
+    assert find_training_run(track, tiny_project).run_id == trained.info.run_id

@@ -222,8 +222,13 @@ def find_training_run(track: TrackParams, root: Path) -> RunRef | None:
 
 
 def training_run(runs: list[Run]) -> Run | None:
-    """The newest of ``runs`` that trained and logged the model."""
-    return next((run for run in runs if MODEL_URI_TAG in run.data.tags), None)
+    """The newest of ``runs`` (newest first) that trained and logged the model and that the
+    evaluate stage logged into, else the newest that trained it. A forced retrain that gives
+    the same weights starts a run that no later stage logs into (DVC skips them): the run
+    with the model's results stays the one that stands for it."""
+    trained = [run for run in runs if MODEL_URI_TAG in run.data.tags]
+    evaluated = (run for run in trained if STAGE_TAG.format("evaluate") in run.data.tags)
+    return next(evaluated, trained[0] if trained else None)
 
 
 @contextmanager
