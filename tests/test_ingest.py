@@ -335,6 +335,7 @@ def test_bad_input_fails_clearly_with_no_output(case, tiny_project, monkeypatch,
         ({"colour": "red"}, ["data.colour", "Extra inputs"]),
         ({"train": {"images": "a", "csv": "b"}}, ["data.train", "either 'images'"]),
         ({"limit": {"train": 0}}, ["data.limit.train", "greater than 0"]),
+        ({"limit": 2000}, ["data.limit", "give a cap per split, e.g. limit: {train: 2000"]),
     ],
 )
 def test_bad_params_name_the_key(tiny_project, monkeypatch, capsys, changes, words):

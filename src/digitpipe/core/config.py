@@ -7,7 +7,14 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from digitpipe.core.errors import DigitpipeError, excerpt
 from digitpipe.core.files import read_bounded
@@ -73,6 +80,16 @@ class DataParams(Section):
     limit: Limits = Limits()
     # Drop folder of extra labelled batches appended to the training source (null: off).
     incoming: Path | None = Path("data/raw/incoming")
+
+    @field_validator("limit", mode="before")
+    @classmethod
+    def _limit_per_split(cls, value: object) -> object:
+        if isinstance(value, int | float | str):  # a single cap reads naturally, but is ambiguous
+            raise ValueError(
+                "give a cap per split, e.g. limit: {train: 2000, val: 500, test: 500} "
+                "(-S data.limit.train=2000 in an experiment)"
+            )
+        return value
 
     @model_validator(mode="after")
     def _test_source(self) -> DataParams:
