@@ -23,7 +23,8 @@ from typing import Any
 import mlflow
 from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.meta_dataset import MetaDataset
-from mlflow.entities import Param, Run
+from mlflow.entities import Param, Run, RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from digitpipe.core.config import Params, TrackParams
@@ -131,13 +132,24 @@ def experiment_in(name: str, uri: str, root: Path) -> str:
     return experiment_id
 
 
-def start_pipeline_run(params: Params, root: Path, extra: dict[str, Any]) -> RunRef:
+def start_pipeline_run(
+    params: Params, root: Path, extra: dict[str, Any], resumed: str | None = None
+) -> RunRef:
     """Create the training run (params, tags) and return where it is; it stays RUNNING until
-    training has logged its model. Runs left RUNNING by a killed process are closed first."""
+    training has logged its model. Runs left RUNNING by a killed process are closed first.
+
+    A training resumed from its checkpoint continues the run ``resumed`` (the interrupted
+    one's id) when this store holds it, so one run keeps every epoch."""
     uri = open_store(params.track, root)
     experiment_id = experiment_in(params.track.experiment, uri, root)
     close_abandoned_runs(uri, experiment_id)
     process = {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
+    interrupted = resumable_run(uri, experiment_id, resumed)
+    if interrupted is not None:
+        ref = RunRef(uri, experiment_id, interrupted)
+        MlflowClient(uri).log_batch(interrupted, tags=[RunTag(k, v) for k, v in process.items()])
+        mark(ref, "RUNNING")
+        return ref
     with mlflow.start_run(
         experiment_id=experiment_id,
         run_name=run_name(params.model.arch),
@@ -151,6 +163,19 @@ def start_pipeline_run(params: Params, root: Path, extra: dict[str, Any]) -> Run
     ref = RunRef(uri, experiment_id, run.info.run_id)
     mark(ref, "RUNNING")
     return ref
+
+
+def resumable_run(uri: str, experiment_id: str, run_id: str | None) -> str | None:
+    """``run_id`` when it names an interrupted (KILLED or FAILED) training run of this store's
+    experiment, else None."""
+    if not run_id:
+        return None
+    try:
+        run = MlflowClient(uri).get_run(run_id)
+    except MlflowException:  # another store, or the run was deleted
+        return None
+    interrupted = run.info.status in ("KILLED", "FAILED") and MODEL_URI_TAG not in run.data.tags
+    return run_id if interrupted and run.info.experiment_id == experiment_id else None
 
 
 def close_abandoned_runs(uri: str, experiment_id: str) -> None:

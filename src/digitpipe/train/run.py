@@ -17,9 +17,10 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from digitpipe.core.atomic import write_json
+from digitpipe.core.atomic import write_json, write_text
 from digitpipe.core.config import ACCELERATORS, Params, Recipe, RuntimeParams, TrainParams
 from digitpipe.core.errors import DigitpipeError
+from digitpipe.core.files import read_bounded
 from digitpipe.core.numbers import counted
 from digitpipe.core.paths import (
     CHECKPOINT_FILE,
@@ -44,6 +45,8 @@ from digitpipe.train.figures import learning_curves_figure
 from digitpipe.train.module import DigitClassifier
 from digitpipe.train.recipes import resolve_recipe
 
+MLFLOW_RUN_FILE = "mlflow_run_id"  # beside the checkpoints: the run a resumed training continues
+MAX_RUN_ID_BYTES = 256  # an MLflow run id is 32 hex digits
 # Set by torchrun / torch.distributed launchers and by SLURM: without one, num_nodes > 1 hangs.
 LAUNCHER_VARIABLES = ("MASTER_ADDR", "TORCHELASTIC_RUN_ID", "SLURM_NTASKS", "NODE_RANK")
 
@@ -201,7 +204,10 @@ def run(params: Params, root: Path = Path(".")) -> dict | None:
     on_rank_zero = rank_zero_only.rank == 0  # under DDP only rank 0 prints and talks to MLflow
     if on_rank_zero:
         print(describe(params, recipe, module, train, trainer), flush=True)
-    tracking = start_tracking(params, root, recipe, history) if on_rank_zero else None
+    resume = resume_from(run_dir, params.runtime)
+    tracking = (
+        start_tracking(params, root, recipe, history, run_dir, resume) if on_rank_zero else None
+    )
     if tracking is not None:
         trainer.callbacks.append(tracking)
     started = time.perf_counter()
@@ -209,7 +215,7 @@ def run(params: Params, root: Path = Path(".")) -> dict | None:
         trainer,
         module,
         DigitData(train, val, recipe.batch_size, params.train.seed, recipe.augment),
-        resume_from(run_dir, params.runtime),
+        resume,
     )
     if not trainer.is_global_zero:
         return None
@@ -237,16 +243,36 @@ def describe(
     )
 
 
-def start_tracking(params: Params, root: Path, recipe: Recipe, history: History):
+def start_tracking(
+    params: Params,
+    root: Path,
+    recipe: Recipe,
+    history: History,
+    run_dir: Path,
+    resume: Path | None,
+):
     """The MLflow run of this training (params logged), as a callback; None when tracking is off.
-    MLflow is imported only then."""
+    MLflow is imported only then. The run's id is kept beside the checkpoints, so a resumed
+    training continues the interrupted run."""
     if not params.track.enabled:
         return None
     from digitpipe.tracking.runs import flatten, start_pipeline_run
     from digitpipe.tracking.training import EpochMetrics
 
-    ref = start_pipeline_run(params, root, flatten({"recipe": recipe.model_dump()}))
+    marker = run_dir / MLFLOW_RUN_FILE
+    resumed = interrupted_run_id(marker) if resume else None
+    ref = start_pipeline_run(params, root, flatten({"recipe": recipe.model_dump()}), resumed)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text(marker, ref.run_id)
     return EpochMetrics(lambda: history.rows[-1], ref)
+
+
+def interrupted_run_id(marker: Path) -> str | None:
+    """The MLflow run id an interrupted training left in ``marker``, if it is readable."""
+    try:
+        return read_bounded(marker, MAX_RUN_ID_BYTES).decode("ascii").strip() or None
+    except (DigitpipeError, UnicodeDecodeError):
+        return None
 
 
 def resume_from(run_dir: Path, runtime: RuntimeParams) -> Path | None:
