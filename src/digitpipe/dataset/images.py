@@ -37,6 +37,17 @@ class ImageSet:
         return {name: int(n) for name, n in zip(self.class_names, counts, strict=True)}
 
 
+def are_class_names(names: object) -> bool:
+    """Whether ``names`` is a non-empty list of distinct strings, as class names are stored (in a
+    split's metadata and in model.json)."""
+    return (
+        isinstance(names, list)
+        and bool(names)
+        and all(isinstance(name, str) for name in names)
+        and len(set(names)) == len(names)
+    )
+
+
 def make_ids(prefix: str, count: int) -> np.ndarray:
     """Stable ids ``prefix-000000`` numbering the rows of a source file from 0."""
     width = max(6, len(str(max(count - 1, 0))))

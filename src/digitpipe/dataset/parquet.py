@@ -19,7 +19,7 @@ from digitpipe.core.atomic import atomic_path
 from digitpipe.core.errors import DigitpipeError, excerpt
 from digitpipe.core.files import check_regular, rerun
 from digitpipe.core.numbers import counted
-from digitpipe.dataset.images import ImageSet
+from digitpipe.dataset.images import ImageSet, are_class_names
 
 META_KEY = b"digitpipe"
 # The columns of a split: the kind of Arrow type each must have, and its name in messages.
@@ -107,12 +107,7 @@ def _meta_problem(meta: object) -> str | None:
             "height and width in its digitpipe metadata must be positive whole numbers, not "
             f"{excerpt(height)}, {excerpt(width)}"
         )
-    if (
-        not isinstance(names, list)
-        or not names
-        or not all(isinstance(name, str) for name in names)
-        or len(set(names)) != len(names)
-    ):
+    if not are_class_names(names):
         return (
             "class_names in its digitpipe metadata must be a list of distinct strings, not "
             f"{excerpt(names)}"

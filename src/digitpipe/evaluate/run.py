@@ -27,6 +27,7 @@ from digitpipe.evaluate.worst_cases import write_worst_cases
 from digitpipe.model.export import ModelSpec, load_model
 from digitpipe.model.inference import predict_probabilities
 from digitpipe.plotting import save_figure
+from digitpipe.tracking.store import check_tracking
 
 REPORT_FILES = ("metrics.json", "stats.json", "stats.md", "worst_cases.json", "confusion.csv")
 
@@ -120,10 +121,7 @@ def log_evaluation(params: Params, root: Path, metrics: dict, test_file: Path) -
 
 def run(params: Params, root: Path = Path(".")) -> dict:
     """Evaluate ``models/`` on the test split (all reports) and the validation split (metrics)."""
-    if params.track.enabled:  # a broken store stops the stage before its work, not after it
-        from digitpipe.tracking.runs import open_store
-
-        open_store(params.track, root)
+    check_tracking(params.track, root)
     net, spec = load_model(root / MODEL_DIR)
     settings = params.evaluate
     test, val = (load_labelled(root / split_file(s), spec) for s in ("test", "val"))

@@ -21,6 +21,7 @@ from digitpipe.explain.selection import choose_images
 from digitpipe.model.export import ModelSpec, load_model
 from digitpipe.model.zoo import NORMALIZE
 from digitpipe.plotting import save_figure
+from digitpipe.tracking.store import check_tracking
 
 TENSORS_FILE = "activations.safetensors"
 
@@ -135,10 +136,7 @@ def draw_pictures(
 
 def run(params: Params, root: Path = Path(".")) -> dict:
     """Write the activations, their manifest and pictures under reports/activations/."""
-    if params.track.enabled:  # a broken store stops the stage before its work, not after it
-        from digitpipe.tracking.runs import open_store
-
-        open_store(params.track, root)
+    check_tracking(params.track, root)
     settings = params.activations
     net, spec = load_model(root / MODEL_DIR)
     test = read_split(root / split_file("test"))

@@ -23,6 +23,7 @@ from digitpipe.core.config import MAX_TEST_TIME_SHIFT
 from digitpipe.core.errors import DigitpipeError, excerpt
 from digitpipe.core.files import UnreadableFile, cannot_read, check_regular, read_bounded
 from digitpipe.core.paths import SPEC_FILE, WEIGHTS_FILE
+from digitpipe.dataset.images import are_class_names
 from digitpipe.model.zoo import BUILDERS, MIN_SIDE, build_model
 
 MAX_SPEC_BYTES = 1 << 20  # model.json holds a few hundred bytes
@@ -141,12 +142,7 @@ def _size_problem(raw: dict) -> str | None:
 
 def _classes_problem(names: object) -> str | None:
     """Class names that are not a non-empty list of distinct strings."""
-    if (
-        not isinstance(names, list)
-        or not names
-        or not all(isinstance(name, str) for name in names)
-        or len(set(names)) != len(names)
-    ):
+    if not are_class_names(names):
         return f"class_names must be a list of distinct strings, not {excerpt(names, QUOTE_CHARS)}"
     return None
 

@@ -77,8 +77,9 @@ def model_section(root: Path, spec: dict) -> str:
     )
 
 
-def evaluation_section(reports: Path, spec: dict) -> str:
-    written = read_json_report(reports / "evaluate/metrics.json", "evaluate", ("test", "val"))
+def evaluation_section(reports: Path, written: dict, spec: dict) -> str:
+    """The test metrics (``written``: evaluate's metrics.json), the confusion matrix and the
+    statistics."""
     shift = spec.get("test_time_shift", 0)  # absent from the model.json of earlier versions
     how = (
         f", each predicted as the mean over the image and its four copies moved "
@@ -154,7 +155,7 @@ def activations_section(reports: Path) -> str:
     )
 
 
-def run_section(root: Path, spec: dict, run_id: str | None, made: datetime) -> str:
+def run_section(root: Path, spec: dict, test: dict, run_id: str | None, made: datetime) -> str:
     """Which run this is (model, MLflow run, DVC experiment, commit, date) and its headline."""
     check_regular(root / MODEL_DIR / WEIGHTS_FILE, rerun("train"))
     digest = file_digest(root / MODEL_DIR / WEIGHTS_FILE)
@@ -166,7 +167,6 @@ def run_section(root: Path, spec: dict, run_id: str | None, made: datetime) -> s
         ["source", f"commit `{commit.describe()}`" if commit else "no git commit"],
         ["made", made.strftime("%Y-%m-%d %H:%M UTC")],
     ]
-    test = read_json_report(root / REPORTS / "evaluate/metrics.json", "evaluate", ("test",))["test"]
     headline = (
         f"**Test accuracy {test['accuracy']:.2%}** (95% CI {test['accuracy_lower']:.2%} to "
         f"{test['accuracy_upper']:.2%}), macro F1 {test['macro_f1']:.4f}, log loss "
@@ -182,12 +182,13 @@ def build_markdown(
     relative to ``reports/``."""
     reports = root / REPORTS
     spec = read_json_report(root / MODEL_DIR / SPEC_FILE, "train", ("arch",))
+    evaluated = read_json_report(reports / "evaluate/metrics.json", "evaluate", ("test", "val"))
     sections = [
         f"# {params.report.title}",
-        run_section(root, spec, run_id, made or datetime.now(UTC)),
+        run_section(root, spec, evaluated["test"], run_id, made or datetime.now(UTC)),
         data_section(reports),
         model_section(root, spec),
-        evaluation_section(reports, spec),
+        evaluation_section(reports, evaluated, spec),
         worst_cases_section(reports),
         activations_section(reports),
     ]

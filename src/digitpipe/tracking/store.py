@@ -52,6 +52,13 @@ def sqlite_file(uri: str) -> Path | None:
     return Path(uri[len(SQLITE) :].partition("?")[0]) if uri.startswith(SQLITE) else None
 
 
+def check_tracking(track: TrackParams, root: Path) -> None:
+    """With tracking on, fail now, naming the store, when it cannot be used: a stage that logs
+    at its end checks before its work rather than after it."""
+    if track.enabled:
+        ensure_reachable(tracking_uri(track, root))
+
+
 def ensure_reachable(uri: str, *, write: bool = True) -> None:
     """Fail fast, naming the URI, when the tracking server or store cannot be used: for logging
     runs (``write``), or only for reading registered models."""
