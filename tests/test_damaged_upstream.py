@@ -234,14 +234,24 @@ def test_stages_refuse_a_label_outside_the_classes(project, stage, monkeypatch, 
 # A report file, what it is replaced with (None: deleted), the fault and the stage that writes it.
 DAMAGED_REPORTS = [
     ("reports/ingest/summary.json", b"[1, 2]", "expected a JSON object, not [1, 2]", "ingest"),
-    ("reports/train/metrics.json", b"{}", "missing keys ['parameters', 'epochs',", "train"),
+    (
+        "reports/train/metrics.json",
+        b"{}",
+        "unexpected content: parameters: Field required",
+        "train",
+    ),
     ("reports/evaluate/metrics.json", b"junk", "not valid JSON (Expecting value", "evaluate"),
-    ("reports/evaluate/worst_cases.json", b"{}", "missing keys ['most_confused_pair']", "evaluate"),
+    (
+        "reports/evaluate/worst_cases.json",
+        b"{}",
+        "unexpected content: most_confused_pair:",
+        "evaluate",
+    ),
     ("reports/evaluate/stats.md", None, "cannot read the file (No such file", "evaluate"),
     ("reports/evaluate/stats.md", b"\xff\xfe", "not UTF-8 text (invalid start byte)", "evaluate"),
     ("reports/activations/manifest.json", None, "cannot read the file (No such", "activations"),
     ("models/recipe.json", b"{", "not valid JSON", "train"),
-    ("models/model.json", b'{"height": 28}', "missing keys ['arch']", "train"),
+    ("models/model.json", b'{"height": 28}', "unexpected content: arch: Field required", "train"),
     ("models/model.safetensors", None, "cannot read the file (No such file", "train"),
     ("reports/evaluate/confusion.png", None, "cannot read the file (No such file", "evaluate"),
     ("reports/ingest/summary.json", b" " * (MAX_REPORT_BYTES + 1), "larger than 16 MiB", "ingest"),
@@ -260,12 +270,39 @@ def test_report_refuses_damaged_inputs(project, name, content, fault, writer, mo
     assert not (project / "reports/report.md").exists()
 
 
+# A report, an edit of one value deep inside it (keys and list indices, then the new value),
+# and the fault the report stage names.
+EDITED_REPORTS = [
+    ("reports/ingest/summary.json", ["splits", "train", "count", "many"], "splits.train.count:"),
+    ("reports/evaluate/metrics.json", ["test", "accuracy", None], "test.accuracy: Input should"),
+    ("reports/evaluate/worst_cases.json", ["most_confused_pair", "count", [1]], "pair.count:"),
+    ("reports/activations/manifest.json", ["layers", 0, "shape", "4x4"], "layers.0.shape:"),
+    ("models/recipe.json", ["augment", "rotation", "a lot"], "augment.rotation: Input should"),
+]
+
+
+@pytest.mark.parametrize(("name", "edit", "fault"), EDITED_REPORTS)
+def test_report_names_a_wrong_value_deep_in_a_report(
+    project, name, edit, fault, monkeypatch, capsys
+):
+    *keys, last, value = edit
+    report = json.loads((project / name).read_text())
+    inner = report
+    for key in keys:
+        inner = inner[key]
+    inner[last] = value
+    (project / name).write_text(json.dumps(report))
+    err = refused(project, "report", monkeypatch, capsys)
+    assert f"error: {name}: unexpected content: " in err and fault in err
+    assert not (project / "reports/report.md").exists()
+
+
 @pytest.mark.parametrize(
     ("content", "fault"),
     [
         (b"junk", "not valid JSON"),
         (b"[]", "expected a JSON object, not []"),
-        (b'{"typical": {}}', "missing keys ['confident_mistakes']"),
+        (b'{"typical": {}}', "unexpected content: most_confused_pair: Field required (and 1 more)"),
     ],
 )
 def test_activations_refuse_damaged_worst_cases(project, content, fault, monkeypatch, capsys):

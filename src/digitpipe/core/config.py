@@ -16,7 +16,7 @@ from pydantic import (
     model_validator,
 )
 
-from digitpipe.core.errors import DigitpipeError, excerpt
+from digitpipe.core.errors import DigitpipeError, excerpt, invalid_field
 from digitpipe.core.files import read_bounded
 from digitpipe.core.paths import PARAMS_FILE
 
@@ -239,10 +239,7 @@ def _describe(error: ValidationError, source: str) -> str:
     """One line per bad key (the first MAX_ERRORS), quoting at most ECHO characters of input."""
     items = error.errors()
     lines = [f"{source}: invalid parameters; fix these keys:"]
-    for item in items[:MAX_ERRORS]:
-        key = ".".join(excerpt(part, ECHO, quote=False) for part in item["loc"]) or "(top level)"
-        got = "" if item["type"] == "missing" else f" (got {excerpt(item['input'], ECHO)})"
-        lines.append(f"  - {key}: {excerpt(item['msg'], 300, quote=False)}{got}")
+    lines += [f"  - {invalid_field(item, ECHO)}" for item in items[:MAX_ERRORS]]
     if len(items) > MAX_ERRORS:
         lines.append(f"  ... and {len(items) - MAX_ERRORS} more")
     return "\n".join(lines)

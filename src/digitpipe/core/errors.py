@@ -16,3 +16,11 @@ def excerpt(value: object, limit: int = 60, *, quote: bool = True) -> str:
     short.maxstring = short.maxother = limit
     text = short.repr(value) if quote else str(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def invalid_field(item: dict, limit: int = 80) -> str:
+    """One of pydantic's validation errors as "key: problem (got value)", quoting at most
+    ``limit`` characters of the key and of the value."""
+    key = ".".join(excerpt(part, limit, quote=False) for part in item["loc"]) or "(top level)"
+    got = "" if item["type"] == "missing" else f" (got {excerpt(item['input'], limit)})"
+    return f"{key}: {excerpt(item['msg'], 300, quote=False)}{got}"

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 import stat
-from collections.abc import Iterable
 from pathlib import Path
+from typing import TypeVar
 
-from digitpipe.core.errors import DigitpipeError, excerpt
+from pydantic import BaseModel, ValidationError
+
+from digitpipe.core.errors import DigitpipeError, excerpt, invalid_field
 
 FILE_KINDS = {
     stat.S_IFDIR: "a folder",
@@ -17,6 +19,7 @@ FILE_KINDS = {
     stat.S_IFBLK: "a block device",
     stat.S_IFSOCK: "a socket",
 }
+Report = TypeVar("Report", bound=BaseModel)
 MAX_REPORT_BYTES = 16 * 2**20  # a stage's JSON or Markdown report holds at most a few hundred KB
 
 
@@ -71,15 +74,19 @@ def read_report(path: Path, stage: str) -> str:
         raise UnreadableFile(path, f"not UTF-8 text ({exc.reason})", rerun(stage)) from None
 
 
-def read_json_report(path: Path, stage: str, keys: Iterable[str] = ()) -> dict:
-    """The JSON object in ``path``, a report the ``stage`` stage writes, holding ``keys``."""
+def read_json_report(path: Path, stage: str, shape: type[Report]) -> Report:
+    """The JSON object in ``path``, a report the ``stage`` stage writes, checked against
+    ``shape`` (see ``core.stage_reports``)."""
     try:
         report = json.loads(read_report(path, stage))
     except (ValueError, RecursionError) as exc:
         raise UnreadableFile(path, f"not valid JSON ({exc})", rerun(stage)) from None
     if not isinstance(report, dict):
         raise UnreadableFile(path, f"expected a JSON object, not {excerpt(report)}", rerun(stage))
-    missing = [key for key in keys if key not in report]
-    if missing:
-        raise UnreadableFile(path, f"missing keys {missing}", rerun(stage))
-    return report
+    try:
+        return shape.model_validate(report)
+    except ValidationError as exc:
+        faults = exc.errors()
+        more = f" (and {len(faults) - 1} more)" if len(faults) > 1 else ""
+        problem = f"unexpected content: {invalid_field(faults[0])}{more}"
+        raise UnreadableFile(path, problem, rerun(stage)) from None

@@ -7,6 +7,7 @@ from pathlib import Path
 from digitpipe.core.config import ActivationsParams
 from digitpipe.core.errors import DigitpipeError
 from digitpipe.core.files import read_json_report
+from digitpipe.core.stage_reports import WorstCases
 from digitpipe.dataset.images import ImageSet
 
 
@@ -14,7 +15,7 @@ def choose_images(
     settings: ActivationsParams, worst_cases: Path, test: ImageSet
 ) -> dict[str, list[str]]:
     """Image id -> why it was chosen, in a stable order (explicit ids first)."""
-    report = read_json_report(worst_cases, "evaluate", ("confident_mistakes", "typical"))
+    report = read_json_report(worst_cases, "evaluate", WorstCases)
     reasons: dict[str, list[str]] = {}
 
     def add(image_id: str, reason: str) -> None:
@@ -28,14 +29,11 @@ def choose_images(
                 f"'{test.ids[0]}')."
             )
         add(image_id, "requested")
-    for mistake in report["confident_mistakes"][: settings.worst_cases]:
-        add(
-            mistake["image_id"],
-            f"confident mistake: {mistake['actual']} read as {mistake['predicted']}",
-        )
+    for mistake in report.confident_mistakes[: settings.worst_cases]:
+        add(mistake.image_id, f"confident mistake: {mistake.actual} read as {mistake.predicted}")
     if settings.typical:
-        for name, typical in report["typical"].items():
-            add(typical["image_id"], f"typical {name}")
+        for name, typical in report.typical.items():
+            add(typical.image_id, f"typical {name}")
     if settings.panel_image is not None and settings.panel_image not in reasons:
         raise DigitpipeError(
             f"activations.panel_image '{settings.panel_image}' is not among the chosen images; "

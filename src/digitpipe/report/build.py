@@ -6,11 +6,20 @@ import os
 from datetime import UTC, datetime
 from pathlib import Path
 
-from digitpipe.core.config import Params
+from digitpipe.core.config import Params, Recipe
 from digitpipe.core.files import check_regular, read_json_report, read_report, rerun
 from digitpipe.core.numbers import counted
 from digitpipe.core.paths import MODEL_DIR, RECIPE_FILE, REPORTS, SPEC_FILE, WEIGHTS_FILE
 from digitpipe.core.provenance import file_digest, git_commit
+from digitpipe.core.stage_reports import (
+    ActivationsManifest,
+    EvaluateMetrics,
+    IngestSummary,
+    ModelFacts,
+    TestMetrics,
+    TrainSummary,
+    WorstCases,
+)
 
 
 def _table(header: list[str], rows: list[list[object]]) -> str:
@@ -26,21 +35,23 @@ def _setting(value: object) -> str:
     return str(value)
 
 
+def _figure(value: float | None) -> str:
+    """A metric to four places; "n/a" where it is undefined."""
+    return "n/a" if value is None else f"{value:.4f}"
+
+
 def _image(path: str, alt: str) -> str:
     return f"![{alt}]({path})"
 
 
 def data_section(reports: Path) -> str:
-    summary = read_json_report(
-        reports / "ingest/summary.json", "ingest", ("image_size", "splits", "class_names")
-    )
-    size = summary["image_size"]
-    rows = [[name, split["count"]] for name, split in summary["splits"].items()]
+    summary = read_json_report(reports / "ingest/summary.json", "ingest", IngestSummary)
+    size, names = summary.image_size, summary.class_names
+    rows = [[name, split.count] for name, split in summary.splits.items()]
     return "\n\n".join(
         [
             "## Data",
-            f"{size['height']} x {size['width']} images of {len(summary['class_names'])} classes "
-            f"({', '.join(summary['class_names'])}).",
+            f"{size.height} x {size.width} images of {len(names)} classes ({', '.join(names)}).",
             _table(["split", "images"], rows),
             _image("ingest/class_distribution.png", "images per class and split"),
             _image("ingest/sample_digits.png", "sample training images"),
@@ -48,24 +59,21 @@ def data_section(reports: Path) -> str:
     )
 
 
-def model_section(root: Path, spec: dict) -> str:
-    train = read_json_report(
-        root / REPORTS / "train/metrics.json",
-        "train",
-        ("parameters", "epochs", "best_epoch", "val_loss", "val_accuracy"),
-    )
-    recipe = ", ".join(
+def model_section(root: Path, spec: ModelFacts) -> str:
+    train = read_json_report(root / REPORTS / "train/metrics.json", "train", TrainSummary)
+    recipe = read_json_report(root / MODEL_DIR / RECIPE_FILE, "train", Recipe)
+    settings = ", ".join(
         f"{key} {_setting(value)}"
-        for key, value in read_json_report(root / MODEL_DIR / RECIPE_FILE, "train").items()
+        for key, value in recipe.model_dump().items()
         if value not in (None, {}, 0.0, False)
     )
     facts = [
-        ["architecture", f"`{spec['arch']}` ({train['parameters']:,} parameters)"],
-        ["recipe", recipe],
-        ["epochs (exported)", f"{train['epochs']} ({train['best_epoch']})"],
+        ["architecture", f"`{spec.arch}` ({train.parameters:,} parameters)"],
+        ["recipe", settings],
+        ["epochs (exported)", f"{train.epochs} ({train.best_epoch})"],
         [
             "validation loss, accuracy (exported epoch)",
-            f"{train['val_loss']:.4f}, {train['val_accuracy']:.4f}",
+            f"{train.val_loss:.4f}, {train.val_accuracy:.4f}",
         ],
     ]
     return "\n\n".join(
@@ -77,33 +85,29 @@ def model_section(root: Path, spec: dict) -> str:
     )
 
 
-def evaluation_section(reports: Path, written: dict, spec: dict) -> str:
-    """The test metrics (``written``: evaluate's metrics.json), the confusion matrix and the
-    statistics."""
-    shift = spec.get("test_time_shift", 0)  # absent from the model.json of earlier versions
+def evaluation_section(reports: Path, evaluated: EvaluateMetrics, spec: ModelFacts) -> str:
+    """The test metrics, the confusion matrix and the statistics."""
+    shift = spec.test_time_shift
     how = (
         f", each predicted as the mean over the image and its four copies moved "
         f"{counted(shift, 'pixel')} (so is the validation accuracy)"
         if shift
         else ""
     )
-    metrics = written["test"]
+    metrics = evaluated.test
     scores = [
-        ["accuracy", metrics["accuracy"]],
-        ["macro F1", metrics["macro_f1"]],
-        ["Cohen's kappa", metrics["kappa"]],
-        ["log loss", metrics["log_loss"]],
-        ["expected calibration error", metrics["ece"]],
-        ["validation accuracy", written["val"]["accuracy"]],
+        ["accuracy", metrics.accuracy],
+        ["macro F1", metrics.macro_f1],
+        ["Cohen's kappa", metrics.kappa],
+        ["log loss", metrics.log_loss],
+        ["expected calibration error", metrics.ece],
+        ["validation accuracy", evaluated.val.accuracy],
     ]
     return "\n\n".join(
         [
             "## Test results",
-            f"On {counted(metrics['n'], 'test image')}{how}:",
-            _table(
-                ["metric", "value"],
-                [[name, "n/a" if value is None else f"{value:.4f}"] for name, value in scores],
-            ),
+            f"On {counted(metrics.n, 'test image')}{how}:",
+            _table(["metric", "value"], [[name, _figure(value)] for name, value in scores]),
             _image("evaluate/confusion.png", "confusion matrix"),
             "### Statistics",
             read_report(reports / "evaluate/stats.md", "evaluate").strip(),
@@ -112,15 +116,14 @@ def evaluation_section(reports: Path, written: dict, spec: dict) -> str:
 
 
 def worst_cases_section(reports: Path) -> str:
-    worst = read_json_report(
-        reports / "evaluate/worst_cases.json", "evaluate", ("most_confused_pair",)
-    )
-    pair = worst["most_confused_pair"]
+    pair = read_json_report(
+        reports / "evaluate/worst_cases.json", "evaluate", WorstCases
+    ).most_confused_pair
     lead = (
         "No test image was misclassified."
-        if not pair
-        else f"The most confused pair: **{pair['actual']}** read as **{pair['predicted']}**, "
-        f"{pair['count']} times."
+        if pair is None
+        else f"The most confused pair: **{pair.actual}** read as **{pair.predicted}**, "
+        f"{pair.count} times."
     )
     return "\n\n".join(
         [
@@ -135,17 +138,17 @@ def worst_cases_section(reports: Path) -> str:
 
 def activations_section(reports: Path) -> str:
     manifest = read_json_report(
-        reports / "activations/manifest.json", "activations", ("layers", "images", "tensors")
+        reports / "activations/manifest.json", "activations", ActivationsManifest
     )
     layers = [
-        [f"`{layer['name']}`", layer["kind"], " x ".join(map(str, layer["shape"][1:]))]
-        for layer in manifest["layers"]
+        [f"`{layer.name}`", layer.kind, " x ".join(map(str, layer.shape[1:]))]
+        for layer in manifest.layers
     ]
     return "\n\n".join(
         [
             "## What the network sees",
-            f"Layer outputs of {len(manifest['images'])} test images are in "
-            f"`activations/{manifest['tensors']}` (safetensors, one tensor per layer) with "
+            f"Layer outputs of {len(manifest.images)} test images are in "
+            f"`activations/{manifest.tensors}` (safetensors, one tensor per layer) with "
             "`activations/manifest.json`.",
             _table(["layer", "kind", "output shape (per image)"], layers),
             _image("activations/feature_maps.png", "feature maps of one image"),
@@ -155,22 +158,24 @@ def activations_section(reports: Path) -> str:
     )
 
 
-def run_section(root: Path, spec: dict, test: dict, run_id: str | None, made: datetime) -> str:
+def run_section(
+    root: Path, spec: ModelFacts, test: TestMetrics, run_id: str | None, made: datetime
+) -> str:
     """Which run this is (model, MLflow run, DVC experiment, commit, date) and its headline."""
     check_regular(root / MODEL_DIR / WEIGHTS_FILE, rerun("train"))
     digest = file_digest(root / MODEL_DIR / WEIGHTS_FILE)
     commit = git_commit(root)
     facts = [
-        ["model", f"`{spec['arch']}`, weights SHA-256 `{digest[:12]}`"],
+        ["model", f"`{spec.arch}`, weights SHA-256 `{digest[:12]}`"],
         ["MLflow run", f"`{run_id}`" if run_id else "not tracked (track.enabled: false)"],
         ["DVC experiment", os.environ.get("DVC_EXP_NAME") or "none (the workspace)"],
         ["source", f"commit `{commit.describe()}`" if commit else "no git commit"],
         ["made", made.strftime("%Y-%m-%d %H:%M UTC")],
     ]
     headline = (
-        f"**Test accuracy {test['accuracy']:.2%}** (95% CI {test['accuracy_lower']:.2%} to "
-        f"{test['accuracy_upper']:.2%}), macro F1 {test['macro_f1']:.4f}, log loss "
-        f"{test['log_loss']:.4f} on {test['n']:,} test images."
+        f"**Test accuracy {test.accuracy:.2%}** (95% CI {test.accuracy_lower:.2%} to "
+        f"{test.accuracy_upper:.2%}), macro F1 {_figure(test.macro_f1)}, log loss "
+        f"{_figure(test.log_loss)} on {test.n:,} test images."
     )
     return "\n\n".join([_table(["run", ""], facts), headline])
 
@@ -181,11 +186,11 @@ def build_markdown(
     """The whole report of the project at ``root``, led by the run that made it; image links are
     relative to ``reports/``."""
     reports = root / REPORTS
-    spec = read_json_report(root / MODEL_DIR / SPEC_FILE, "train", ("arch",))
-    evaluated = read_json_report(reports / "evaluate/metrics.json", "evaluate", ("test", "val"))
+    spec = read_json_report(root / MODEL_DIR / SPEC_FILE, "train", ModelFacts)
+    evaluated = read_json_report(reports / "evaluate/metrics.json", "evaluate", EvaluateMetrics)
     sections = [
         f"# {params.report.title}",
-        run_section(root, spec, evaluated["test"], run_id, made or datetime.now(UTC)),
+        run_section(root, spec, evaluated.test, run_id, made or datetime.now(UTC)),
         data_section(reports),
         model_section(root, spec),
         evaluation_section(reports, evaluated, spec),
