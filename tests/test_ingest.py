@@ -283,6 +283,18 @@ BAD_INPUTS = {
         ),
         ["train.csv", "wrong pixel count: 4 pixels per image", "data.image_size 1x3 needs 3"],
     ),
+    "idx image_size": (  # an IDX file has its own size: a different promise is refused
+        lambda p: edit_params(p, "data", image_size=[14, 56]),
+        ["train-images.gz", "the images are 28x28 pixels, but data.image_size is 14x56"],
+    ),
+    "csv value of 5000 digits": (
+        lambda p: _csv_train(p, f"{CSV_HEADER}\n1,2,3,4,{'9' * 5000}\n"),
+        ["train.csv", "'pixel3' has a value that reads as infinite", "data row 1"],
+    ),
+    "csv row longer than a block": (  # pyarrow's own words ("straddling object") stay hidden
+        lambda p: _csv_train(p, f"{CSV_HEADER}\n1,2,3,4,5\n1,2,3,4,{'5' * 2**21}\n"),
+        ["train.csv", "line 3 is longer than 1,048,576 bytes while the header is"],
+    ),
     "csv non-numeric": (
         lambda p: _csv_train(p, f"{CSV_HEADER}\n1,2,x,4,5\n"),
         ["train.csv", "'pixel1' is not numeric"],

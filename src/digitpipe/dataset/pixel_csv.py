@@ -7,6 +7,7 @@ names and at most ``MAX_HEADER_BYTES`` long (a 400x400-pixel header is about 2 M
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,6 +61,12 @@ def _parse(path: Path, data: bytes) -> pa.Table:
     try:
         table = pacsv.read_csv(pa.py_buffer(data), read_options=options)
     except pa.ArrowInvalid as exc:
+        if "straddl" in str(exc):  # pyarrow's words for a row longer than a block
+            raise DigitpipeError(
+                f"{path}: line {_longest_line(data)} is longer than {block:,} bytes while the "
+                f"header is {len(header):,} bytes; a pixel row is about as long as its "
+                "header. Check the file's line breaks."
+            ) from None
         raise DigitpipeError(
             f"{path}: not a well-formed CSV ({excerpt(str(exc), 200, quote=False)})."
         ) from None
@@ -96,6 +103,12 @@ def _check_row_count(path: Path, data: bytes, rows: int) -> None:
         f"{path}: {where}, so its rows cannot be read reliably; pixel CSVs need one row per "
         "line and no quotes around values. Remove the stray quote."
     )
+
+
+def _longest_line(data: bytes) -> int:
+    """The number (from 1) of the longest line in ``data``."""
+    ends = np.append(np.flatnonzero(np.frombuffer(data, np.uint8) == ord("\n")), len(data))
+    return int(np.diff(ends, prepend=-1).argmax()) + 1
 
 
 def _header(path: Path, data: bytes) -> str:
@@ -137,9 +150,14 @@ def _whole_numbers(path: Path, table: pa.Table, bounds: tuple[int, int] | None) 
     if index is not None:
         row, col = index
         fault = "" if bounds is None else f" in {bounds[0]}..{bounds[1]}"
-        value = excerpt(table.column(col)[row].as_py(), 40)
+        value = table.column(col)[row].as_py()
+        shown = (
+            "a value that reads as infinite (too many digits, or inf)"
+            if isinstance(value, float) and math.isinf(value)
+            else f"value {excerpt(value, 40)}"
+        )
         raise DigitpipeError(
-            f"{path}: column {excerpt(table.column_names[col])} has value {value} at data row "
+            f"{path}: column {excerpt(table.column_names[col])} has {shown} at data row "
             f"{row + 1}, not a whole number{fault}."
         )
     return matrix

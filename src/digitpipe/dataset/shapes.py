@@ -16,8 +16,9 @@ def as_images(
 ) -> np.ndarray:
     """``array`` (N x H x W, N x H x W x 1, or N x P flat rows) as uint8 images (N, H, W).
 
-    Flat rows take ``size`` (H, W) when it is given and ``exact``: P must then be H * W (the
-    ingest stage's data.image_size is a promise about the data). Otherwise they take ``size``
+    Flat rows take ``size`` (H, W) when it is given and ``exact``: P must then be H * W, and
+    images with their own H x W must have that size (the ingest stage's data.image_size is a
+    promise about the data). Otherwise they take ``size``
     if P fits it, else a square (the predict command's model size is only a preference, so
     other sizes reach its clear size check). Every value must be a whole number in 0..255;
     an empty array, another shape, or a P that fits no size is refused.
@@ -37,6 +38,12 @@ def as_images(
         raise DigitpipeError(
             f"{path}: the images are {array.shape[1]}x{array.shape[2]} pixels; an image needs "
             "at least one row and one column."
+        )
+    if exact and size is not None and tuple(array.shape[1:3]) != tuple(size):
+        raise DigitpipeError(
+            f"{path}: the images are {array.shape[1]}x{array.shape[2]} pixels, but "
+            f"data.image_size is {size[0]}x{size[1]}; set data.image_size: null (it only "
+            "shapes flat pixel rows) or to the images' size."
         )
     index = None if array.dtype == np.uint8 else first_invalid(array, (0, 255))
     if index is not None:
