@@ -100,7 +100,7 @@ def test_drift_flags_an_unbalanced_batch_but_not_a_balanced_one(mnist_train):
 
     pick = fresh[np.isin(labels[fresh], [1, 7])][:300]
     unbalanced = images_of(images[pick], labels[pick], "incoming/week2")
-    champion = ChampionOnNew("4", correct=240, images=300, test_accuracy=0.97)
+    champion = ChampionOnNew("4", correct=240, images=300, test_correct=970, test_images=1000)
     report = drift(reference, "ref", unbalanced, {"week2": 300}, champion, 0.01)
     assert report["classes"]["p_value"] < 1e-10
     assert report["flags"][0].startswith("class frequencies differ from the reference")
@@ -120,3 +120,19 @@ def test_drift_flags_a_change_in_the_pixels(mnist_train):
     report = drift(reference, "ref", faint, {"w": 600}, None, 0.01)
     assert any(flag.startswith("pixel statistics shifted") for flag in report["flags"])
     assert not any(flag.startswith("class frequencies") for flag in report["flags"])
+
+
+def test_drift_weighs_a_perfect_test_score_as_a_measurement(mnist_train):
+    """A champion right on all 200 test images is not 'less accurate' for one new mistake in
+    1000 (an exact binomial test against p = 1 would say p = 0), but is for 100 mistakes."""
+    images, labels = mnist_train
+    reference, fresh = samples(mnist_train)
+    new = images_of(images[fresh[:300]], labels[fresh[:300]], "incoming/w")
+    verdicts = {}
+    for correct in (999, 900):
+        champion = ChampionOnNew("1", correct, 1000, test_correct=200, test_images=200)
+        report = drift(reference, "ref", new, {"w": 300}, champion, 0.01)
+        verdicts[correct] = report["champion_on_new"]["p_value"]
+        flagged = any("less accurate on the new images" in flag for flag in report["flags"])
+        assert flagged == (verdicts[correct] < 0.01)
+    assert verdicts[999] > 0.5 and verdicts[900] < 1e-6

@@ -314,8 +314,9 @@ def drift_report(
             for batch in sorted(fresh)
             if (mask := np.array([batch_of(i) == batch for i in new.ids])).any()
         }
+        test_correct = round(comparison.champion_accuracy * comparison.images)
         champion = ChampionOnNew(
-            str(current.version), int(right.sum()), len(new), comparison.champion_accuracy
+            str(current.version), int(right.sum()), len(new), test_correct, comparison.images
         )
     report = drift(
         reference,
