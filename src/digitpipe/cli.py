@@ -38,11 +38,12 @@ def _retrain(args: argparse.Namespace) -> int:
     from digitpipe.tracking.retrain import Busy, history, retrain
 
     params = load_params(args.params)
+    root = args.params.parent  # the project: its pipeline, lock and default store
     if args.history:
-        print(history(params.track))
+        print(history(params.track, root))
         return 0
     try:
-        outcome = retrain(params, wait_s=args.wait)
+        outcome = retrain(params, root, wait_s=args.wait)
     except Busy as busy:
         print(f"digitpipe retrain: skipped: {busy}.")
         return 0
@@ -177,7 +178,11 @@ def build_parser() -> argparse.ArgumentParser:
         "on the same test images; write a drift report",
     )
     retrain.add_argument(
-        "--params", type=Path, default=PARAMS_FILE, help="the parameters (default: params.yaml)"
+        "--params",
+        type=Path,
+        default=PARAMS_FILE,
+        help="the project's parameters; the project is the folder holding them (default: "
+        "params.yaml here)",
     )
     retrain.add_argument(
         "--wait",
