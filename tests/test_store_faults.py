@@ -20,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import edit_params, free_port, write_csv
+import yaml
+from conftest import default_params, edit_params, free_port, mnist_data, write_csv
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
@@ -305,6 +306,22 @@ def test_model_uri_against_a_missing_store_creates_none(tmp_path, monkeypatch, c
     assert main(args) == 2
     assert_refused(capsys.readouterr().err, f"{store} does not exist")
     assert not store.exists() and not (tmp_path / "predictions.csv").exists()
+
+
+def test_model_uri_store_is_in_the_project_whatever_params_file(tmp_path, monkeypatch, capsys):
+    """A relative SQLite store is in the current folder (the project, as for the stages and
+    retrain), not beside a --params file kept in a subfolder."""
+    for name in ("MLFLOW_TRACKING_URI", "DVC_ROOT"):
+        monkeypatch.delenv(name, raising=False)
+    (tmp_path / "configs").mkdir()
+    params = default_params(
+        mnist_data().model_dump(), track={"tracking_uri": "sqlite:///mlflow.db"}
+    )
+    (tmp_path / "configs/nightly.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.chdir(tmp_path)
+    args = ["predict", str(picture(tmp_path)), "--model-uri", "models:/digitpipe@champion"]
+    assert main([*args, "--params", "configs/nightly.yaml"]) == 2
+    assert_refused(capsys.readouterr().err, f"{tmp_path / 'mlflow.db'} does not exist")
 
 
 # ---------------------------------------------------------------- OS write errors

@@ -38,12 +38,11 @@ def _retrain(args: argparse.Namespace) -> int:
     from digitpipe.tracking.retrain import Busy, history, retrain
 
     params = load_params(args.params)
-    root = args.params.parent  # the project: its pipeline, lock and default store
     if args.history:
-        print(history(params.track, root))
+        print(history(params.track))
         return 0
     try:
-        outcome = retrain(params, root, wait_s=args.wait)
+        outcome = retrain(params, wait_s=args.wait)
     except Busy as busy:
         print(f"digitpipe retrain: skipped: {busy}.")
         return 0
@@ -78,9 +77,7 @@ def _predict(args: argparse.Namespace) -> int:
     params_file = args.params or PARAMS_FILE
     params = load_params(params_file) if args.params or PARAMS_FILE.exists() else None
     predictor = (
-        Predictor.from_uri(
-            args.model_uri, params.track if params else TrackParams(), params_file.parent
-        )
+        Predictor.from_uri(args.model_uri, params.track if params else TrackParams(), Path("."))
         if args.model_uri
         else Predictor.from_dir(args.model)
     )
@@ -151,8 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument(
         "--params",
         type=Path,
-        help="the project's params: the tracking store of --model-uri (track section) and a "
-        "CSV's label column (data.csv_label_column); default: params.yaml if present",
+        help="the project's params: the tracking store of --model-uri (track section; a "
+        "relative SQLite path is in the current folder, the project, as for every command) and "
+        "a CSV's label column (data.csv_label_column); default: params.yaml if present",
     )
     predict.add_argument(
         "--out",
@@ -178,11 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
         "on the same test images; write a drift report",
     )
     retrain.add_argument(
-        "--params",
-        type=Path,
-        default=PARAMS_FILE,
-        help="the project's parameters; the project is the folder holding them (default: "
-        "params.yaml here)",
+        "--params", type=Path, default=PARAMS_FILE, help="the parameters (default: params.yaml)"
     )
     retrain.add_argument(
         "--wait",
