@@ -119,9 +119,16 @@ def build_module(arch: str, recipe: Recipe, train: ImageSet) -> DigitClassifier:
     )
 
 
+# Part of the checkpoint folder's name: a checkpoint of another format is never resumed.
+# 2: manual optimisation (counts its own steps: an automatic-mode checkpoint would resume with
+# the weight average frozen).
+CHECKPOINT_FORMAT = 2
+
+
 def run_key(params: Params, recipe: Recipe, data_files: list[Path]) -> str:
     """Names the checkpoint folder: resume only ever continues the very same run."""
     identity = [
+        CHECKPOINT_FORMAT,
         params.model.model_dump(),
         params.train.model_dump(),
         recipe.model_dump(),
