@@ -274,6 +274,7 @@ def test_report_refuses_damaged_inputs(project, name, content, fault, writer, mo
 # and the fault the report stage names.
 EDITED_REPORTS = [
     ("reports/ingest/summary.json", ["splits", "train", "count", "many"], "splits.train.count:"),
+    ("reports/ingest/summary.json", ["splits", "val", "count", "54"], "val.count: Input should"),
     ("reports/evaluate/metrics.json", ["test", "accuracy", None], "test.accuracy: Input should"),
     ("reports/evaluate/worst_cases.json", ["most_confused_pair", "count", [1]], "pair.count:"),
     ("reports/activations/manifest.json", ["layers", 0, "shape", "4x4"], "layers.0.shape:"),

@@ -2,7 +2,8 @@
 
 Checked when read (``core.files.read_json_report``), so a damaged or hand-edited report is
 refused naming the file and the field, not met as a KeyError halfway through a stage. Keys a
-reader does not use are ignored.
+reader does not use are ignored; types are strict (a count written as text is refused).
+(``models/recipe.json`` is read as the ``core.config.Recipe`` it was written from.)
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pydantic import BaseModel, ConfigDict
 class StageReport(BaseModel):
     """A report's fields a later stage uses; any others are ignored."""
 
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = ConfigDict(extra="ignore", frozen=True, strict=True)  # "54000" is no count
 
 
 class ImageSize(StageReport):
