@@ -276,8 +276,8 @@ def to_markdown(report: dict, title: str) -> str:
         lines.append(
             f"Champion version {champion['version']}: accuracy {champion['accuracy']:.4f} "
             f"({champion['correct']} of {champion['images']}) on the new images, "
-            f"{champion['test_accuracy']:.4f} on the test split (one-sided Fisher exact "
-            f"p = {champion['p_value']:.3g})."
+            f"{champion['test_accuracy']:.4f} on the {champion['test_images']} test images "
+            f"(one-sided Fisher exact p = {champion['p_value']:.3g})."
         )
     return "\n".join(lines) + "\n"
 
