@@ -63,9 +63,9 @@ def _parse(path: Path, data: bytes) -> pa.Table:
     except pa.ArrowInvalid as exc:
         if "straddl" in str(exc):  # pyarrow's words for a row longer than a block
             raise DigitpipeError(
-                f"{path}: line {_longest_line(data)} is longer than {block:,} bytes while the "
-                f"header is {len(header):,} bytes; a pixel row is about as long as its "
-                "header. Check the file's line breaks."
+                f"{path}: line {_longest_line(data)} (the longest) is longer than {block:,} "
+                f"bytes while the header is {len(header):,} bytes; a pixel row is about as long "
+                "as its header. Check the file's line breaks."
             ) from None
         raise DigitpipeError(
             f"{path}: not a well-formed CSV ({excerpt(str(exc), 200, quote=False)})."
