@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from markdown_it import MarkdownIt
 from scipy.stats import binomtest, chi2
 from sklearn.metrics import cohen_kappa_score, precision_recall_fscore_support
 from statsmodels.stats.contingency_tables import SquareTable, mcnemar
@@ -332,6 +333,15 @@ def test_to_markdown_escapes_pipes_and_shows_nan() -> None:
     text = to_markdown(confusion_stats(EDGE["absent-actual-class"], ["a|b", "c", "d"]))
     assert "| a\\|b |" in text
     assert "NaN" in text
+
+
+def test_to_markdown_shows_class_names_as_written() -> None:
+    """Markup in a class name (HTML, a link, emphasis) is escaped, not rendered."""
+    names = ["<b>x</b>", "[8](http://x)", "*y*"]
+    text = to_markdown(confusion_stats(EDGE["absent-actual-class"], names))
+    page = MarkdownIt("commonmark", {"html": False}).enable("table").render(text)
+    assert "&lt;b&gt;x&lt;/b&gt;" in page and "[8](http://x)" in page and "*y*" in page
+    assert "<b>" not in page and "<a " not in page and "<em>" not in page
 
 
 def test_a_p_value_below_double_precision_is_written_as_a_bound():

@@ -8,12 +8,14 @@ import textwrap
 import matplotlib
 
 matplotlib.use("Agg")
-
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
 from digitpipe.core.atomic import atomic_path
+
+# Class names and titles are drawn as written: "$x$" is not mathtext (a bad formula would raise).
+matplotlib.rcParams["text.parse_math"] = False
 
 PIXELS_PER_INCH = 32  # image grids: each image pixel is this small on the figure
 CHAR_EM = 0.6  # the average width of a character, in font sizes (DejaVu Sans)

@@ -22,6 +22,7 @@ from scipy.stats import beta, binom, chi2
 
 from digitpipe.core.errors import DigitpipeError
 from digitpipe.core.files import MAX_REPORT_BYTES, read_bounded
+from digitpipe.core.markdown import literal
 
 
 @dataclass(frozen=True)
@@ -312,6 +313,5 @@ def to_markdown(stats: ConfusionStats) -> str:
     ]
     for c in stats.per_class:
         cells = [_fmt(getattr(c, f.name)) for f in fields(c)[1:-1]]
-        name = c.class_name.replace("|", "\\|")
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {c.support} |")
+        lines.append(f"| {literal(c.class_name)} | " + " | ".join(cells) + f" | {c.support} |")
     return "\n".join(lines) + "\n"

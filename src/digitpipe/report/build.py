@@ -8,6 +8,7 @@ from pathlib import Path
 
 from digitpipe.core.config import Params, Recipe
 from digitpipe.core.files import check_regular, read_json_report, read_report, rerun
+from digitpipe.core.markdown import literal
 from digitpipe.core.numbers import counted
 from digitpipe.core.paths import MODEL_DIR, RECIPE_FILE, REPORTS, SPEC_FILE, WEIGHTS_FILE
 from digitpipe.core.provenance import file_digest, git_commit
@@ -51,7 +52,8 @@ def data_section(reports: Path) -> str:
     return "\n\n".join(
         [
             "## Data",
-            f"{size.height} x {size.width} images of {len(names)} classes ({', '.join(names)}).",
+            f"{size.height} x {size.width} images of {len(names)} classes "
+            f"({', '.join(map(literal, names))}).",
             _table(["split", "images"], rows),
             _image("ingest/class_distribution.png", "images per class and split"),
             _image("ingest/sample_digits.png", "sample training images"),
@@ -122,7 +124,8 @@ def worst_cases_section(reports: Path) -> str:
     lead = (
         "No test image was misclassified."
         if pair is None
-        else f"The most confused pair: **{pair.actual}** read as **{pair.predicted}**, "
+        else f"The most confused pair: **{literal(pair.actual)}** read as "
+        f"**{literal(pair.predicted)}**, "
         f"{pair.count} times."
     )
     return "\n\n".join(
@@ -189,7 +192,7 @@ def build_markdown(
     spec = read_json_report(root / MODEL_DIR / SPEC_FILE, "train", ModelFacts)
     evaluated = read_json_report(reports / "evaluate/metrics.json", "evaluate", EvaluateMetrics)
     sections = [
-        f"# {params.report.title}",
+        f"# {literal(params.report.title)}",
         run_section(root, spec, evaluated.test, run_id, made or datetime.now(UTC)),
         data_section(reports),
         model_section(root, spec),

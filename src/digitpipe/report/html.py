@@ -40,7 +40,7 @@ def inline_images(page: str, base: Path) -> str:
 
 def render_html(markdown: str, title: str, base: Path) -> str:
     """A standalone page: the Markdown rendered (tables included) with images inlined."""
-    body = MarkdownIt("commonmark").enable("table").render(markdown)
+    body = MarkdownIt("commonmark", {"html": False}).enable("table").render(markdown)
     return (
         f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         f"<title>{html.escape(title)}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n"
