@@ -88,6 +88,9 @@ def test_explicit_ids_come_first_and_unknown_ids_are_refused(ingested, monkeypat
     monkeypatch.chdir(ingested)
     assert main(["activations"]) == 2
     assert "test-999999" in capsys.readouterr().err
+    edit_params(ingested, "activations", image_ids=[])  # nothing left to explain
+    assert main(["activations"]) == 2
+    assert "activations: no test image to explain (worst_cases 0 of" in capsys.readouterr().err
 
 
 def table_after(markdown: str, heading: str) -> dict[str, list[str]]:

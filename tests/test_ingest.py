@@ -295,6 +295,10 @@ BAD_INPUTS = {
         lambda p: _csv_train(p, f"{CSV_HEADER}\n1,2,3,4,5\n1,2,3,4,{'5' * 2**21}\n"),
         ["train.csv", "line 3 (the longest) is longer than 1,048,576 bytes while"],
     ),
+    "incoming holds the sources": (  # the test set would be appended to training
+        lambda p: edit_params(p, "data", incoming="data/raw"),
+        ["data/raw: data.incoming holds the source data/raw/"],
+    ),
     "csv non-numeric": (
         lambda p: _csv_train(p, f"{CSV_HEADER}\n1,2,x,4,5\n"),
         ["train.csv", "'pixel1' is not numeric"],
@@ -348,6 +352,8 @@ def test_bad_input_fails_clearly_with_no_output(case, tiny_project, monkeypatch,
         ({"train": {"images": "a", "csv": "b"}}, ["data.train", "either 'images'"]),
         ({"limit": {"train": 0}}, ["data.limit.train", "greater than 0"]),
         ({"limit": 2000}, ["data.limit", "give a cap per split, e.g. limit: {train: 2000"]),
+        ({"class_names": ["a\nb", "c"]}, ["data.class_names.0", "one line of text"]),
+        ({"class_names": ["x" * 65, "c"]}, ["data.class_names.0", "at most 64 characters"]),
     ],
 )
 def test_bad_params_name_the_key(tiny_project, monkeypatch, capsys, changes, words):

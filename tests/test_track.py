@@ -30,7 +30,12 @@ from digitpipe.evaluate.run import run as evaluate
 from digitpipe.explain.run import run as activations
 from digitpipe.model.export import load_model
 from digitpipe.report.run import run as report
-from digitpipe.tracking.runs import find_training_run, package_version
+from digitpipe.tracking.runs import (
+    NO_TRAINING_RUN,
+    TRAINING_RUN_TAG,
+    find_training_run,
+    package_version,
+)
 from digitpipe.tracking.store import tracking_uri
 from digitpipe.train.run import run as train
 
@@ -236,3 +241,19 @@ def test_one_run_per_pipeline_state(tiny_project, mlflow_server):
     assert len(experiment_runs(mlflow_server, "states")) == 3
     track = load_params(tiny_project / "params.yaml").track
     assert find_training_run(track, tiny_project).run_id == trained.info.run_id
+
+
+def test_tracking_turned_on_after_an_untracked_training(ingested, tmp_path, monkeypatch):
+    """Later stages rerun with tracking on log into a run of their own, each time: the model's
+    training run is in no store, and its placeholder is never taken for a run id."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    edit_params(ingested, "track", enabled=False)
+    train(load_params(ingested / "params.yaml"), ingested)
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    edit_params(ingested, "track", enabled=True, tracking_uri=store, experiment="late")
+    params = load_params(ingested / "params.yaml")
+    for stage in (evaluate, activations, report, report):
+        stage(params, ingested)
+    client = MlflowClient(store)
+    runs = client.search_runs([client.get_experiment_by_name("late").experiment_id])
+    assert runs and all(run.data.tags[TRAINING_RUN_TAG] == NO_TRAINING_RUN for run in runs)

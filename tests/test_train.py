@@ -334,6 +334,15 @@ def test_killed_run_resumes_from_its_last_checkpoint(ingested):
         ),
         ("train", {"nesterov": True, "momentum": 0}, ["train.nesterov", "momentum"]),
         ("train", {"test_time_shift": 5}, ["train.test_time_shift", "less than or equal to 4"]),
+        ("train", {"lr": 1e300}, ["train.lr", "less than or equal to 100"]),
+        ("train", {"batch_size": 1}, ["train.batch_size", "greater than or equal to 2"]),
+        ("train", {"strategy": "ddp_spawn"}, ["train.strategy", "'ddp'", "got 'ddp_spawn'"]),
+        ("train", {"precision": "64-true"}, ["train.precision", "'bf16-mixed'"]),
+        (
+            "train",
+            {"devices": 64, "batch_size": 64, "accelerator": "cpu", "strategy": "ddp"},
+            ["train.devices is 64", "CPU core"],
+        ),
     ],
 )
 def test_bad_params_fail_before_training(ingested, monkeypatch, capsys, section, changes, words):

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -25,6 +27,19 @@ Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
 Count = Annotated[int, Field(gt=0)]
 Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]  # the range numpy and Lightning seed from
 MAX_TEST_TIME_SHIFT = 4  # pixels: a larger move pushes a small image's digit out of the frame
+MAX_GALLERY = 200  # images in one gallery picture (a 10^9 request drew until memory ran out)
+MAX_LR = 100.0  # far above any recipe's; beyond float32's range the optimiser itself fails
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _one_line(text: str) -> str:
+    """Names and titles land in pictures, Markdown tables and the HTML report: one line each."""
+    if CONTROL.search(text):
+        raise ValueError("must be one line of text, without newlines, tabs or control characters")
+    return text
+
+
+Label = Annotated[str, Field(min_length=1, max_length=64), AfterValidator(_one_line)]
 
 
 class Section(BaseModel):
@@ -71,7 +86,7 @@ class DataParams(Section):
     predict: Source | None = None
     checksums: dict[Path, Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]] = {}
     # null: the classes are 0..K-1, K = the largest training label + 1
-    class_names: Annotated[list[str], Field(min_length=2, max_length=MAX_CLASSES)] | None = None
+    class_names: Annotated[list[Label], Field(min_length=2, max_length=MAX_CLASSES)] | None = None
     image_size: tuple[Count, Count] | None = None
     csv_label_column: str = "label"
     val_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.1  # training selects on it
@@ -121,9 +136,10 @@ class Recipe(Section):
     """How to train: every key is optional here; null takes the model recipe's value."""
 
     max_epochs: Count | None = None
-    batch_size: Count | None = None  # global: split evenly across devices
+    # Global, split evenly across devices; at least 2 images (batch norm cannot train on one).
+    batch_size: Annotated[int, Field(ge=2)] | None = None
     optimizer: Literal[OPTIMIZERS] | None = None
-    lr: Annotated[float, Field(gt=0)] | None = None
+    lr: Annotated[float, Field(gt=0, le=MAX_LR)] | None = None
     momentum: Annotated[float, Field(ge=0, lt=1)] | None = None
     nesterov: bool | None = None
     weight_decay: Annotated[float, Field(ge=0)] | None = None
@@ -139,8 +155,10 @@ class Recipe(Section):
 
 
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
-STRATEGIES = ("auto", "ddp", "ddp_spawn", "ddp_find_unused_parameters_true", "fsdp")
-PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "bf16-true", "64-true")
+# Not ddp_spawn: its workers train copies whose history and averaged weights never return.
+STRATEGIES = ("auto", "ddp", "ddp_find_unused_parameters_true", "fsdp")
+# Mixed precision keeps float32 weights, which the exported safetensors model holds.
+PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
 
 
 class TrainParams(Recipe):
@@ -169,8 +187,8 @@ class EvaluateParams(Section):
     """The `evaluate` section: batch size and the size of the worst-case reports."""
 
     batch_size: Count = 1000
-    pair_gallery_size: Count = 24  # misclassified images of the most confused pair shown
-    confident_mistakes: Count = 24  # top-k mistakes by predicted probability
+    pair_gallery_size: Annotated[int, Field(gt=0, le=MAX_GALLERY)] = 24  # the pair's mistakes shown
+    confident_mistakes: Annotated[int, Field(gt=0, le=MAX_GALLERY)] = 24  # top-k by probability
     calibration_bins: Annotated[int, Field(gt=0, le=1000)] = 15  # expected calibration error
 
 
@@ -188,7 +206,9 @@ class ActivationsParams(Section):
 class ReportParams(Section):
     """The `report` section: what the assembled report shows."""
 
-    title: str = "digitpipe run report"
+    title: Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_one_line)] = (
+        "digitpipe run report"
+    )
 
 
 class TrackParams(Section):

@@ -7,6 +7,7 @@ from pathlib import Path
 from digitpipe.core.config import ActivationsParams
 from digitpipe.core.errors import DigitpipeError
 from digitpipe.core.files import read_json_report
+from digitpipe.core.numbers import counted
 from digitpipe.core.stage_reports import WorstCases
 from digitpipe.dataset.images import ImageSet
 
@@ -34,6 +35,13 @@ def choose_images(
     if settings.typical:
         for name, typical in report.typical.items():
             add(typical.image_id, f"typical {name}")
+    if not reasons:
+        mistakes = len(report.confident_mistakes)
+        raise DigitpipeError(
+            f"activations: no test image to explain (worst_cases {settings.worst_cases} of "
+            f"{counted(mistakes, 'confident mistake')} from evaluate, typical false, no "
+            "image_ids); set activations.typical: true or list activations.image_ids."
+        )
     if settings.panel_image is not None and settings.panel_image not in reasons:
         raise DigitpipeError(
             f"activations.panel_image '{settings.panel_image}' is not among the chosen images; "

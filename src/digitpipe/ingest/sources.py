@@ -116,6 +116,7 @@ def find_batches(data: DataParams, root: Path) -> dict[str, Source]:
     folder = root / data.incoming
     if not folder.is_dir():
         raise DigitpipeError(f"{folder}: data.incoming must be a folder of batches (or null).")
+    _check_apart(data, root, folder)
     csvs: dict[str, Path] = {}
     idx: dict[str, dict[str, Path]] = {"images": {}, "labels": {}}
     for path in sorted(folder.iterdir()):
@@ -155,6 +156,20 @@ def find_batches(data: DataParams, root: Path) -> dict[str, Source]:
             )
         batches[name] = Source(images=idx["images"][name], labels=idx["labels"][name])
     return dict(sorted(batches.items()))
+
+
+def _check_apart(data: DataParams, root: Path, folder: Path) -> None:
+    """Refuse a drop folder holding a configured source: its files would be read as new batches
+    (the test set appended to training)."""
+    inside = folder.resolve()
+    for source in (data.train, data.test, data.predict):
+        for path in source.files if source is not None else []:
+            if inside in (root / path).resolve().parents:
+                raise DigitpipeError(
+                    f"{folder}: data.incoming holds the source {path}, whose files would be read "
+                    "as new training batches; keep the drop folder for new batches only (the "
+                    "default, data/raw/incoming) or set data.incoming: null."
+                )
 
 
 def load_batches(data: DataParams, root: Path, image_size: tuple[int, int]) -> list[Batch]:

@@ -38,6 +38,7 @@ quiet_libraries()  # importing mlflow set its INFO level again
 MODEL_DIGEST_TAG = "digitpipe.model_digest"  # SHA-256 of the run's model.safetensors
 MODEL_URI_TAG = "digitpipe.model_uri"
 TRAINING_RUN_TAG = "digitpipe.training_run"  # the run that trained the model
+NO_TRAINING_RUN = "not in this store"  # its value for a model trained untracked or elsewhere
 STAGE_TAG = "digitpipe.stage.{}"  # set once a stage has logged into the run
 NOTE_TAG = "mlflow.note.content"  # the run's description in the MLflow UI
 HOST_TAG, PID_TAG = "digitpipe.host", "digitpipe.pid"  # the training process, while it runs
@@ -302,10 +303,11 @@ def stage_run(track: TrackParams, root: Path, stage: str, params: dict[str, Any]
 def derived_run(uri: str, experiment_id: str, root: Path, digest: str, latest: Run | None) -> str:
     """A new run for later stages that rerun on an existing model; returns its id."""
     training = latest.data.tags.get(TRAINING_RUN_TAG) if latest else None
+    training = None if training == NO_TRAINING_RUN else training
     spec = json.loads((root / MODEL_DIR / SPEC_FILE).read_text())
     tags = run_tags(root) | {
         MODEL_DIGEST_TAG: digest,
-        TRAINING_RUN_TAG: training or "not in this store",
+        TRAINING_RUN_TAG: training or NO_TRAINING_RUN,
         NOTE_TAG: f"Later stages rerun on the model trained by run {training or '(elsewhere)'}.",
     }
     client = MlflowClient(uri)

@@ -67,6 +67,18 @@ def check_params(train: TrainParams, recipe: Recipe) -> None:
         raise DigitpipeError(
             "train.precision '16-mixed' needs a CUDA GPU; on a CPU use 'bf16-mixed' or '32-true'."
         )
+    on_cpu = train.accelerator == "cpu" or (
+        train.accelerator == "auto"
+        and not torch.cuda.is_available()
+        and not torch.backends.mps.is_available()
+    )
+    cores = os.cpu_count() or 1
+    if on_cpu and isinstance(train.devices, int) and train.devices > cores:
+        raise DigitpipeError(
+            f"train.devices is {train.devices}: that many training processes on this machine's "
+            f"{counted(cores, 'CPU core')}; use at most {cores} (or 1: one process already uses "
+            "every core)."
+        )
     if recipe.nesterov and not recipe.momentum:
         raise DigitpipeError("train.nesterov is true but train.momentum is 0; set a momentum > 0.")
     if train.num_nodes > 1 and not any(name in os.environ for name in LAUNCHER_VARIABLES):
@@ -89,6 +101,11 @@ def fit_batch(recipe: Recipe, train: TrainParams, world_size: int, images: Image
             f"train: the {recipe.batch_size}-image batch of the recipe is larger than the "
             f"{len(images)} training images; training with batches of {batch}.",
             flush=True,
+        )
+    if batch < 2:
+        raise DigitpipeError(
+            f"the training split has {counted(len(images), 'image')}; a batch needs at least 2 "
+            "(batch norm cannot train on one); ingest more (data.limit.train)."
         )
     if batch % world_size:
         raise DigitpipeError(
