@@ -163,7 +163,8 @@ def test_a_hangup_ends_a_stage_through_its_cleanups_unless_ignored(tmp_path, noh
 
 
 def test_diverging_training_stops_and_exports_nothing(ingested, monkeypatch, capsys):
-    edit_params(ingested, "train", optimizer="sgd", lr=1e12, scheduler="none", ema=0)
+    # A learning rate is capped at 100; a weight decay of 1e30 still blows the weights up.
+    edit_params(ingested, "train", optimizer="sgd", weight_decay=1e30, scheduler="none", ema=0)
     monkeypatch.chdir(ingested)
     assert main(["train"]) == 2
     message = capsys.readouterr().err

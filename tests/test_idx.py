@@ -73,7 +73,8 @@ def test_missing_file_is_reported(tmp_path):
 @pytest.mark.parametrize(
     ("shape", "size", "exact", "images"),
     [
-        ((2, 3, 4), (9, 9), True, (2, 3, 4)),  # size is only for flat rows
+        ((2, 3, 4), (3, 4), True, (2, 3, 4)),  # images of their own size must have it
+        ((2, 3, 4), (9, 9), False, (2, 3, 4)),  # unless the size is only a preference
         ((2, 3, 4, 1), None, True, (2, 3, 4)),
         ((2, 16), None, True, (2, 4, 4)),
         ((2, 24), (4, 6), True, (2, 4, 6)),
@@ -92,6 +93,12 @@ def test_arrays_become_uint8_images(shape, size, exact, images):
     ("array", "size", "exact", "message"),
     [
         (np.zeros((2, 3)), None, True, "3 pixel columns is not a square number; set data.image_"),
+        (
+            np.zeros((2, 3, 4)),
+            (9, 9),
+            True,
+            "the images are 3x4 pixels, but data.image_size is 9x9",
+        ),
         (
             np.zeros((2, 16)),
             (4, 6),
