@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -302,6 +304,60 @@ def test_outputs_never_overwrite_an_input_or_each_other(
     assert predict([rows], model_dir, out, submission) == 2
     assert words in capsys.readouterr().err
     assert rows.read_bytes() == before and not (tmp_path / "out.csv").exists()
+
+
+@pytest.mark.parametrize(
+    ("out", "submission", "words"),
+    [
+        ("a-folder.csv", None, "a-folder.csv: is a folder; give the output a file name"),
+        ("out.csv", "a-folder.csv", "a-folder.csv: is a folder"),  # before out.csv is written
+        ("digits.csv/out.csv", None, "digits.csv is a file, not a folder"),
+    ],
+)
+def test_outputs_that_cannot_be_files_are_refused_first(
+    tmp_path, model_dir, mnist_test, capsys, monkeypatch, out, submission, words
+):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a-folder.csv").mkdir()
+    rows = write_csv(tmp_path / "digits.csv", mnist_test[0][:3], None)
+    assert predict([rows], model_dir, out, submission) == 2
+    assert words in capsys.readouterr().err
+    assert not (tmp_path / "out.csv").exists()
+
+
+def test_file_names_that_are_not_utf8_and_link_loops(tmp_path, model_dir, mnist_test, capsys):
+    """A picture whose name is not UTF-8 is predicted, its id written with \\x escapes; a link
+    loop is skipped like any unreadable file, or named with --strict."""
+    folder = tmp_path / "pictures"
+    folder.mkdir()
+    Image.fromarray(mnist_test[0][0]).save(os.fsdecode(bytes(folder) + b"/caf\xe9.png"))
+    (folder / "loop-a.png").symlink_to(folder / "loop-b.png")
+    (folder / "loop-b.png").symlink_to(folder / "loop-a.png")
+    out = tmp_path / "out.csv"
+    assert predict([folder], model_dir, out) == 0
+    assert "caf\\xe9.png" in out.read_text(encoding="utf-8")
+    assert predict([folder / "loop-a.png"], model_dir, out, strict=True) == 2
+    assert "loop-a.png" in capsys.readouterr().err
+
+
+def test_pixel_columns_are_read_by_name_and_odd_scales_are_warned(
+    tmp_path, model_dir, mnist_test, tensor_predictions, capsys
+):
+    """Kaggle's pixel<k> columns in any order give the same predictions; pixels that look
+    scaled 0..1 or inverted get a warning."""
+    images = mnist_test[0][:PICTURES].reshape(PICTURES, -1)
+    order = np.random.default_rng(0).permutation(images.shape[1])
+    shuffled = pd.DataFrame(images[:, order], columns=[f"pixel{k}" for k in order])
+    shuffled.to_csv(tmp_path / "shuffled.csv", index=False)
+    assert predict([tmp_path / "shuffled.csv"], model_dir, tmp_path / "out.csv") == 0
+    predicted = pd.read_csv(tmp_path / "out.csv")["predicted"].to_numpy()
+    np.testing.assert_array_equal(predicted, tensor_predictions)
+    assert "warning" not in capsys.readouterr().err
+    for name, pixels in {"binary": images > 0, "inverted": 255 - images}.items():
+        frame = pd.DataFrame(pixels.astype(np.uint8), columns=[f"pixel{k}" for k in range(784)])
+        frame.to_csv(tmp_path / f"{name}.csv", index=False)
+        assert predict([tmp_path / f"{name}.csv"], model_dir, tmp_path / "out.csv") == 0
+        assert f"{name}.csv: the mean pixel is" in capsys.readouterr().err
 
 
 def test_a_params_file_given_must_exist(tmp_path, model_dir, mnist_test, capsys):

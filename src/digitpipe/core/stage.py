@@ -33,6 +33,9 @@ FIXABLE_OS_ERRORS = {
     errno.EDQUOT: "disk quota exceeded while writing {}; free space or raise the quota and rerun",
     errno.EROFS: "read-only file system while writing {}; make it writable and rerun",
     errno.EACCES: "permission denied on {}; give this user access to it and rerun",
+    errno.ENAMETOOLONG: "the file name {} is too long for the file system; shorten it",
+    errno.EISDIR: "{} is a folder where a file is written; give a file name",
+    errno.ENOTDIR: "a part of the path {} is a file, not a folder; fix the path",
 }
 
 

@@ -8,7 +8,9 @@ names and at most ``MAX_HEADER_BYTES`` long (a 400x400-pixel header is about 2 M
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +24,7 @@ from digitpipe.dataset.idx import read_bytes
 
 MAX_HEADER_BYTES = 64 * 2**20
 MIN_BLOCK_BYTES = 2**20  # pyarrow's default block size; a block must hold the header and a row
+PIXEL_NAME = re.compile(r"pixel(\d{1,9})", re.IGNORECASE)  # Kaggle's pixel column names
 EXACT_INT = 2**53  # labels beyond this stay float, so a label check reports their real value
 
 
@@ -47,8 +50,26 @@ def read_pixel_csv(path: Path, label_column: str) -> CsvImages:
         table = table.drop_columns([label_column])
     if table.num_columns == 0:
         raise DigitpipeError(f"{path}: no pixel columns besides {excerpt(label_column)}.")
+    table = _in_pixel_order(path, table)
     pixels = _whole_numbers(path, table, (0, 255)).astype(np.uint8)
     return CsvImages(pixels, labels)
+
+
+def _in_pixel_order(path: Path, table: pa.Table) -> pa.Table:
+    """Columns all named pixel<k> (Kaggle's pixel0.., or pixel1..) in the order of k, which must
+    run without a gap; columns named otherwise are pixels in file order."""
+    numbers = [PIXEL_NAME.fullmatch(name) for name in table.column_names]
+    if not all(numbers):
+        return table
+    order = sorted(range(len(numbers)), key=lambda col: int(numbers[col][1]))
+    ks = [int(numbers[col][1]) for col in order]
+    gap = next((k + 1 for k, following in pairwise(ks) if following != k + 1), None)
+    if gap is not None:
+        raise DigitpipeError(
+            f"{path}: the pixel columns are named pixel{ks[0]} to pixel{ks[-1]} but pixel{gap} "
+            "is missing (or named twice); each pixel needs its own column."
+        )
+    return table.select(order)
 
 
 def _parse(path: Path, data: bytes) -> pa.Table:

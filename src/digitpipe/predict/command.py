@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -19,14 +20,31 @@ from digitpipe.predict.output import (
 from digitpipe.predict.predictor import Predictor
 
 
-def check_distinct(inputs: list[Path], out: Path, submission: Path | None) -> None:
-    """Refuse outputs that would overwrite an input, or each other (before any work)."""
-    if submission is not None and out.resolve() == submission.resolve():
+def real(path: Path) -> Path:
+    """``path`` with its links followed as far as they go (a link loop stays as it is, and is
+    then refused where it is read)."""
+    return Path(os.path.realpath(path))
+
+
+def check_outputs(inputs: list[Path], out: Path, submission: Path | None) -> None:
+    """Refuse, before any work, an output that is a folder or under a file, that would
+    overwrite an input, or the other output."""
+    for output in (out, submission):
+        if output is None:
+            continue
+        if output.is_dir():
+            raise DigitpipeError(f"{output}: is a folder; give the output a file name.")
+        blocking = next((p for p in output.parents if p.exists() and not p.is_dir()), None)
+        if blocking is not None:
+            raise DigitpipeError(
+                f"{output}: cannot be written, {blocking} is a file, not a folder."
+            )
+    if submission is not None and real(out) == real(submission):
         raise DigitpipeError(
             f"{out}: given as both --out and --submission; write them to two files."
         )
     for output in (out, submission):
-        source = next((p for p in inputs if output and p.resolve() == output.resolve()), None)
+        source = next((p for p in inputs if output and real(p) == real(output)), None)
         if source is not None:
             raise DigitpipeError(
                 f"{output}: writing the predictions there would overwrite the input {source}; "
@@ -49,7 +67,7 @@ def predict(
     Nothing is written unless every check passes.
     """
     check_format(out)
-    check_distinct(inputs, out, submission)
+    check_outputs(inputs, out, submission)
     read = read_inputs(inputs, predictor.image_size, strict=strict, label_column=label_column)
     for message in read.skipped:
         print(f"digitpipe: warning: skipped {message}", file=sys.stderr)
@@ -57,6 +75,8 @@ def predict(
         raise DigitpipeError("nothing to predict: no input could be read.")
     for batch in read.batches:
         predictor.check(batch)
+    for warning in filter(None, map(predictor.scale_warning, read.batches)):
+        print(f"digitpipe: warning: {warning}", file=sys.stderr)
     if submission is not None and [b.kind for b in read.batches] != ["csv"]:
         raise DigitpipeError(
             f"{submission}: a Kaggle submission needs exactly one input, a pixel CSV in the "

@@ -35,6 +35,12 @@ def check_format(path: Path) -> None:
         )
 
 
+def as_text(name: str) -> str:
+    """A file name as UTF-8 text: bytes that are not UTF-8 (Python keeps them as surrogates,
+    which no UTF-8 file can hold) written as ``\\xe9``."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def predictions_frame(
     batches: list[Batch], probabilities: np.ndarray, class_names: list[str]
 ) -> pd.DataFrame:
@@ -44,8 +50,10 @@ def predictions_frame(
     top = np.take_along_axis(probabilities, order, axis=1)
     frame = pd.DataFrame(
         {
-            "source": np.repeat([str(b.source) for b in batches], [len(b.ids) for b in batches]),
-            "id": np.concatenate([b.ids for b in batches]),
+            "source": np.repeat(
+                [as_text(str(b.source)) for b in batches], [len(b.ids) for b in batches]
+            ),
+            "id": [as_text(image_id) for b in batches for image_id in b.ids],
             "predicted": names[order[:, 0]],
             "probability": top[:, 0],
             "top3": [

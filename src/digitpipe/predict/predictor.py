@@ -21,6 +21,7 @@ from digitpipe.predict.inputs import Batch
 from digitpipe.tracking.registry import download_weights
 from digitpipe.tracking.store import tracking_uri
 
+SCALE_FACTOR = 3.0  # a mean pixel this many times above or below the training mean is suspect
 BATCH_SIZE = 1000
 
 
@@ -61,6 +62,21 @@ class Predictor:
         if batch.labels is not None:
             classes = len(self.spec.class_names)
             check_labels(batch.source, batch.labels, classes, "the model", batch.ids)
+
+    def scale_warning(self, batch: Batch) -> str | None:
+        """A warning when a CSV or IDX batch's mean pixel is far (beyond SCALE_FACTOR either
+        way) from the training images': pixels scaled 0..1 or 0..15, or dark ink on light paper,
+        would be predicted silently wrong (pictures are prepared, so never are)."""
+        if batch.kind == "pictures":
+            return None
+        mean, trained = float(batch.images.mean()) / 255, self.spec.mean
+        if trained / SCALE_FACTOR <= mean <= trained * SCALE_FACTOR:
+            return None
+        return (
+            f"{batch.source}: the mean pixel is {mean * 255:.1f} of 255, the training images' "
+            f"was {trained * 255:.1f}; predictions will be wrong unless the pixels are 0..255 "
+            "with the ink as the training images had it (MNIST: light ink on black)."
+        )
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         """Class probabilities (N, classes) of uint8 images (N, H, W) of the model's size."""
