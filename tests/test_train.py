@@ -27,6 +27,8 @@ from digitpipe.train.data import IndexBatches, augment
 from digitpipe.train.recipes import RECIPES
 from digitpipe.train.run import run as train
 
+TOO_MANY = max(2, len(os.sched_getaffinity(0))) + 1  # CPU training processes beyond the cap
+
 
 def train_in(project, **changes):
     edit_params(project, "train", **changes.pop("train", {}))
@@ -335,13 +337,18 @@ def test_killed_run_resumes_from_its_last_checkpoint(ingested):
         ("train", {"nesterov": True, "momentum": 0}, ["train.nesterov", "momentum"]),
         ("train", {"test_time_shift": 5}, ["train.test_time_shift", "less than or equal to 4"]),
         ("train", {"lr": 1e300}, ["train.lr", "less than or equal to 100"]),
-        ("train", {"batch_size": 1}, ["train.batch_size", "greater than or equal to 2"]),
+        ("train", {"batch_size": 1}, ["a batch of 1 image per process: bncnn uses batch norm"]),
+        (
+            "train",
+            {"batch_size": 2, "devices": 2, "strategy": "ddp", "accelerator": "cpu"},
+            ["a batch of 1 image per process: bncnn"],
+        ),
         ("train", {"strategy": "ddp_spawn"}, ["train.strategy", "'ddp'", "got 'ddp_spawn'"]),
         ("train", {"precision": "64-true"}, ["train.precision", "'bf16-mixed'"]),
         (
             "train",
-            {"devices": 64, "batch_size": 64, "accelerator": "cpu", "strategy": "ddp"},
-            ["train.devices is 64", "CPU core"],
+            {"devices": TOO_MANY, "batch_size": TOO_MANY, "accelerator": "cpu", "strategy": "ddp"},
+            [f"train.devices is {TOO_MANY}", "CPU core"],
         ),
     ],
 )

@@ -136,8 +136,7 @@ class Recipe(Section):
     """How to train: every key is optional here; null takes the model recipe's value."""
 
     max_epochs: Count | None = None
-    # Global, split evenly across devices; at least 2 images (batch norm cannot train on one).
-    batch_size: Annotated[int, Field(ge=2)] | None = None
+    batch_size: Count | None = None  # global: split evenly across devices
     optimizer: Literal[OPTIMIZERS] | None = None
     lr: Annotated[float, Field(gt=0, le=MAX_LR)] | None = None
     momentum: Annotated[float, Field(ge=0, lt=1)] | None = None

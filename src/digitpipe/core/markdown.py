@@ -5,9 +5,9 @@ from __future__ import annotations
 import re
 
 # CommonMark lets a backslash escape any ASCII punctuation; these start inline markup (code,
-# links, HTML, entities, emphasis) or end a table cell. Not "_": snake_case names stay readable
-# in the raw Markdown, and an underscore inside a word never starts emphasis.
-MARKUP = re.compile(r"([\\`*\[\]<>|&])")
+# links, HTML, entities, emphasis, strikethrough), end a table cell or close a heading; "_" only
+# where it is not inside a word (snake_case stays readable; there it never starts emphasis).
+MARKUP = re.compile(r"([\\`*\[\]<>|&~#]|(?<![A-Za-z0-9])_|_(?![A-Za-z0-9]))")
 
 
 def literal(text: str) -> str:

@@ -43,7 +43,8 @@ def fail_os(exc: OSError) -> int:
     """Report an OS error the user can fix like :func:`fail`; re-raise any other (a bug)."""
     if exc.errno not in FIXABLE_OS_ERRORS:
         raise exc
-    where = "the outputs" if exc.filename is None else str(exc.filename)
+    named = exc.filename2 or exc.filename  # a rename's target, not the temporary file renamed
+    where = "the outputs" if named is None else str(named)
     return fail(FIXABLE_OS_ERRORS[exc.errno].format(where) + ".")
 
 

@@ -24,7 +24,7 @@ from digitpipe.dataset.idx import read_bytes
 
 MAX_HEADER_BYTES = 64 * 2**20
 MIN_BLOCK_BYTES = 2**20  # pyarrow's default block size; a block must hold the header and a row
-PIXEL_NAME = re.compile(r"pixel(\d{1,9})", re.IGNORECASE)  # Kaggle's pixel column names
+PIXEL_NAME = re.compile(r"pixel(\d{1,9})")  # Kaggle's pixel column names
 EXACT_INT = 2**53  # labels beyond this stay float, so a label check reports their real value
 
 

@@ -22,6 +22,7 @@ from digitpipe.tracking.registry import download_weights
 from digitpipe.tracking.store import tracking_uri
 
 SCALE_FACTOR = 3.0  # a mean pixel this many times above or below the training mean is suspect
+SCALE_CHECK_IMAGES = 20  # fewer are no sample: one thin "1" has a quarter of the mean ink
 BATCH_SIZE = 1000
 
 
@@ -64,10 +65,10 @@ class Predictor:
             check_labels(batch.source, batch.labels, classes, "the model", batch.ids)
 
     def scale_warning(self, batch: Batch) -> str | None:
-        """A warning when a CSV or IDX batch's mean pixel is far (beyond SCALE_FACTOR either
-        way) from the training images': pixels scaled 0..1 or 0..15, or dark ink on light paper,
-        would be predicted silently wrong (pictures are prepared, so never are)."""
-        if batch.kind == "pictures":
+        """A warning when a CSV or IDX batch of SCALE_CHECK_IMAGES or more has a mean pixel far
+        (beyond SCALE_FACTOR either way) from the training images': pixels scaled 0..1 or 0..15,
+        or dark ink on light paper, would be predicted silently wrong (pictures are prepared)."""
+        if batch.kind == "pictures" or len(batch.images) < SCALE_CHECK_IMAGES:
             return None
         mean, trained = float(batch.images.mean()) / 255, self.spec.mean
         if trained / SCALE_FACTOR <= mean <= trained * SCALE_FACTOR:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.stats import chisquare, fisher_exact, ttest_ind_from_stats
 
+from digitpipe.core.markdown import literal
 from digitpipe.core.numbers import counted, json_safe
 from digitpipe.dataset.images import ImageSet, batch_of
 
@@ -249,8 +250,8 @@ def to_markdown(report: dict, title: str) -> str:
     ]
     for name, row in classes["per_class"].items():
         lines.append(
-            f"| {name} | {row['reference']} | {row['reference_share']:.3f} | {row['new']} | "
-            f"{row['new_share']:.3f} | {row['expected']:.1f} |"
+            f"| {literal(name)} | {row['reference']} | {row['reference_share']:.3f} | "
+            f"{row['new']} | {row['new_share']:.3f} | {row['expected']:.1f} |"
         )
     lines += [
         "",
@@ -265,8 +266,8 @@ def to_markdown(report: dict, title: str) -> str:
     for name, row in report["pixels"]["per_class"].items():
         ref_row, new_row = row["reference"], row["new"]
         lines.append(
-            f"| {name} | {_intensity(ref_row)} | {_intensity(new_row)} | {_ink(ref_row)} | "
-            f"{_ink(new_row)} |"
+            f"| {literal(name)} | {_intensity(ref_row)} | {_intensity(new_row)} | "
+            f"{_ink(ref_row)} | {_ink(new_row)} |"
         )
     champion = report.get("champion_on_new")
     lines += ["", "## The champion on the new images", ""]

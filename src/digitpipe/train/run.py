@@ -16,6 +16,7 @@ import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.callbacks import ModelCheckpoint
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from digitpipe.core.atomic import write_json, write_text
 from digitpipe.core.config import ACCELERATORS, Params, Recipe, RuntimeParams, TrainParams
@@ -72,12 +73,13 @@ def check_params(train: TrainParams, recipe: Recipe) -> None:
         and not torch.cuda.is_available()
         and not torch.backends.mps.is_available()
     )
-    cores = os.cpu_count() or 1
-    if on_cpu and isinstance(train.devices, int) and train.devices > cores:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    most = max(2, cores or 1)  # two processes always run (DDP on any machine)
+    if on_cpu and isinstance(train.devices, int) and train.devices > most:
         raise DigitpipeError(
-            f"train.devices is {train.devices}: that many training processes on this machine's "
-            f"{counted(cores, 'CPU core')}; use at most {cores} (or 1: one process already uses "
-            "every core)."
+            f"train.devices is {train.devices}: that many training processes on the "
+            f"{counted(cores or 1, 'CPU core')} this process may use; use at most {most} (1 "
+            "process already uses every core)."
         )
     if recipe.nesterov and not recipe.momentum:
         raise DigitpipeError("train.nesterov is true but train.momentum is 0; set a momentum > 0.")
@@ -102,11 +104,6 @@ def fit_batch(recipe: Recipe, train: TrainParams, world_size: int, images: Image
             f"{len(images)} training images; training with batches of {batch}.",
             flush=True,
         )
-    if batch < 2:
-        raise DigitpipeError(
-            f"the training split has {counted(len(images), 'image')}; a batch needs at least 2 "
-            "(batch norm cannot train on one); ingest more (data.limit.train)."
-        )
     if batch % world_size:
         raise DigitpipeError(
             f"train.batch_size {batch} is not divisible by the {world_size} processes "
@@ -118,6 +115,17 @@ def fit_batch(recipe: Recipe, train: TrainParams, world_size: int, images: Image
             "images); lower it or ingest more data (data.limit)."
         )
     return recipe.model_copy(update={"batch_size": batch})
+
+
+def check_batch_norm(module: DigitClassifier, per_process: int) -> None:
+    """Refuse a batch of one image per process for a network with batch norm, which cannot
+    normalise a single image (training would stop at its first step)."""
+    if per_process < 2 and any(isinstance(m, _BatchNorm) for m in module.modules()):
+        raise DigitpipeError(
+            f"a batch of {counted(per_process, 'image')} per process: {module.hparams.arch} uses "
+            "batch norm, which needs at least 2; raise train.batch_size (or the training data, "
+            "data.limit.train) or use fewer devices."
+        )
 
 
 def pixel_stats(images: ImageSet) -> tuple[float, float]:
@@ -225,6 +233,7 @@ def run(params: Params, root: Path = Path(".")) -> dict | None:
     recipe = fit_batch(recipe, params.train, trainer.world_size, train)
     seed_process(params.train)
     module = build_module(params.model.arch, recipe, train)
+    check_batch_norm(module, recipe.batch_size // trainer.world_size)
     on_rank_zero = rank_zero_only.rank == 0  # under DDP only rank 0 prints and talks to MLflow
     if on_rank_zero:
         print(describe(params, recipe, module, train, trainer), flush=True)
