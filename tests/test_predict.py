@@ -336,6 +336,8 @@ def test_file_names_that_are_not_utf8_and_link_loops(tmp_path, model_dir, mnist_
     out = tmp_path / "out.csv"
     assert predict([folder], model_dir, out) == 0
     assert "caf\\xe9.png" in out.read_text(encoding="utf-8")
+    warned = capsys.readouterr().err
+    assert "skipped" in warned and "loop-a.png" in warned and "loop-b.png" in warned
     assert predict([folder / "loop-a.png"], model_dir, out, strict=True) == 2
     assert "loop-a.png" in capsys.readouterr().err
 

@@ -98,11 +98,12 @@ class Reader:
         return read_idx_images(path, self.size)
 
     def folder(self, folder: Path) -> Batch | None:
-        """Every picture below ``folder``, skipping (or raising at) unreadable ones."""
+        """Every picture below ``folder``, skipping (or raising at) unreadable ones: a broken
+        link or a device named like a picture is reported, not passed over in silence."""
         files = sorted(
             path
             for path in folder.rglob("*")
-            if path.suffix.lower() in PICTURE_SUFFIXES and path.is_file()
+            if path.suffix.lower() in PICTURE_SUFFIXES and not path.is_dir()
         )
         if not files:
             raise DigitpipeError(
