@@ -68,19 +68,6 @@ def check_params(train: TrainParams, recipe: Recipe) -> None:
         raise DigitpipeError(
             "train.precision '16-mixed' needs a CUDA GPU; on a CPU use 'bf16-mixed' or '32-true'."
         )
-    on_cpu = train.accelerator == "cpu" or (
-        train.accelerator == "auto"
-        and not torch.cuda.is_available()
-        and not torch.backends.mps.is_available()
-    )
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    most = max(2, cores or 1)  # two processes always run (DDP on any machine)
-    if on_cpu and isinstance(train.devices, int) and train.devices > most:
-        raise DigitpipeError(
-            f"train.devices is {train.devices}: that many training processes on the "
-            f"{counted(cores or 1, 'CPU core')} this process may use; use at most {most} (1 "
-            "process already uses every core)."
-        )
     if recipe.nesterov and not recipe.momentum:
         raise DigitpipeError("train.nesterov is true but train.momentum is 0; set a momentum > 0.")
     if train.num_nodes > 1 and not any(name in os.environ for name in LAUNCHER_VARIABLES):
@@ -115,6 +102,21 @@ def fit_batch(recipe: Recipe, train: TrainParams, world_size: int, images: Image
             "images); lower it or ingest more data (data.limit)."
         )
     return recipe.model_copy(update={"batch_size": batch})
+
+
+def check_cpu_processes(trainer: L.Trainer) -> None:
+    """Refuse more CPU training processes than the cores this process may use (2 always run:
+    DDP on any machine), as Lightning resolved train.accelerator and train.devices."""
+    if trainer.strategy.root_device.type != "cpu":
+        return
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    most = max(2, cores or 1)
+    if trainer.num_devices > most:
+        raise DigitpipeError(
+            f"train.devices is {trainer.num_devices}: that many training processes on the "
+            f"{counted(cores or 1, 'CPU core')} this process may use; use at most {most} (1 "
+            "process already uses every core)."
+        )
 
 
 def check_batch_norm(module: DigitClassifier, per_process: int) -> None:
@@ -230,6 +232,7 @@ def run(params: Params, root: Path = Path(".")) -> dict | None:
         root / TRAIN_REPORTS / "history.csv", print_lines=wants_lines(params.runtime.progress)
     )
     trainer, checkpoint = build_trainer(params.train, params.runtime, recipe, run_dir, [history])
+    check_cpu_processes(trainer)
     recipe = fit_batch(recipe, params.train, trainer.world_size, train)
     seed_process(params.train)
     module = build_module(params.model.arch, recipe, train)
