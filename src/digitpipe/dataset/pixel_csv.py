@@ -58,11 +58,12 @@ def read_pixel_csv(path: Path, label_column: str) -> CsvImages:
 def _in_pixel_order(path: Path, table: pa.Table) -> pa.Table:
     """Columns all named pixel<k> (Kaggle's pixel0.., or pixel1..) in the order of k, which must
     run without a gap; columns named otherwise are pixels in file order."""
-    numbers = [PIXEL_NAME.fullmatch(name) for name in table.column_names]
-    if not all(numbers):
+    matches = [PIXEL_NAME.fullmatch(name) for name in table.column_names]
+    if not all(matches):
         return table
-    order = sorted(range(len(numbers)), key=lambda col: int(numbers[col][1]))
-    ks = [int(numbers[col][1]) for col in order]
+    numbers = [int(match[1]) for match in matches]
+    order = sorted(range(len(numbers)), key=numbers.__getitem__)
+    ks = [numbers[col] for col in order]
     gap = next((k + 1 for k, following in pairwise(ks) if following != k + 1), None)
     if gap is not None:
         raise DigitpipeError(
