@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import math
 
@@ -253,3 +254,36 @@ def test_stats_command_prints_standard_json_with_null_for_undefined(tmp_path, ca
     path.write_text("actual,cat\ncat,x\n")
     assert main(["stats", str(path)]) == 2
     assert "perfect.csv" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "names",
+    [
+        [str(k) for k in range(10)],
+        [
+            "T-shirt/top",
+            "Trouser",
+            "Pullover",
+            "Dress",
+            "Coat",
+            "Sandal",
+            "Shirt",
+            "Sneaker",
+            "Bag",
+            "Ankle-boot",
+        ],
+        [f"a rather long class name {k}" for k in range(3)],
+    ],
+)
+def test_confusion_heatmap_class_names_do_not_overlap(names: list[str]) -> None:
+    from digitpipe.evaluate.confusion import confusion_figure
+
+    matrix = np.diag(np.arange(1, len(names) + 1))
+    figure = confusion_figure(matrix, names, "test")
+    figure.canvas.draw()
+    renderer = figure.canvas.get_renderer()
+    boxes = sorted(
+        (label.get_window_extent(renderer) for label in figure.axes[0].get_xticklabels()),
+        key=lambda box: box.x0,
+    )
+    assert all(left.x1 <= right.x0 for left, right in itertools.pairwise(boxes))

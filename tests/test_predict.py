@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 import numpy as np
 import pandas as pd
@@ -11,6 +12,7 @@ from conftest import MNIST, trained_model, write_csv
 from PIL import Image
 
 from digitpipe.cli import main
+from digitpipe.core.errors import DigitpipeError
 from digitpipe.dataset.idx import read_idx, write_idx
 from digitpipe.predict.images import load_digit
 from digitpipe.predict.output import write_submission
@@ -120,6 +122,19 @@ def test_any_picture_mode_gives_the_mnist_image(tmp_path, mnist_test, mode):
     assert digit.dtype == np.uint8 and digit.shape == (28, 28) and digit.max() == 255
     correlation = np.corrcoef(digit.ravel(), image.ravel())[0, 1]
     assert correlation > (0.8 if mode == "1" else 0.95)
+
+
+@pytest.mark.parametrize("suffix", [".gif", ".png"])
+def test_animations_are_refused_and_single_frames_read(tmp_path, mnist_test, suffix):
+    frames = [Image.fromarray(255 - image) for image in mnist_test[0][:2]]
+    still, moving = tmp_path / f"still{suffix}", tmp_path / f"moving{suffix}"
+    frames[0].save(still)
+    frames[0].save(moving, save_all=True, append_images=frames[1:])
+    assert load_digit(still, (28, 28)).max() == 255
+    with pytest.raises(
+        DigitpipeError, match=re.escape(f"{moving}: an animation of several frames")
+    ):
+        load_digit(moving, (28, 28))
 
 
 def test_other_model_sizes_keep_mnist_proportions(tmp_path, mnist_test):

@@ -12,10 +12,12 @@ from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 
 from digitpipe.core.atomic import atomic_path
+from digitpipe.plotting import CHAR_EM
 
 CORNER = "actual\\predicted"
 ZERO = "#c8c8c8"  # zero counts in light grey, so the eye skips them
 MANY_CLASSES = 20  # beyond this, smaller cells and zero cells left blank
+TICK_LABEL_PT = 10  # matplotlib's default tick label size
 
 
 def confusion_counts(labels: np.ndarray, predicted: np.ndarray, classes: int) -> np.ndarray:
@@ -81,7 +83,9 @@ def confusion_figure(matrix: np.ndarray, class_names: Sequence[str], title: str)
             colour = ZERO if count == 0 else "white" if luminance[i, j] < 0.55 else "black"
             ax.text(j, i, count, ha="center", va="center", fontsize=7 if many else 9, color=colour)
     ticks = np.arange(classes)
-    ax.set_xticks(ticks, class_names, rotation=90 if many else 0)
+    cell_pt = 72 * (side - 1.5) / classes  # the figure's width less its margins, per class
+    upright = not many and max(map(len, class_names)) * CHAR_EM * TICK_LABEL_PT <= cell_pt
+    ax.set_xticks(ticks, class_names, rotation=0 if upright else 90)
     ax.set_yticks(ticks, class_names)
     ax.set_xlabel("predicted class")
     ax.set_ylabel("actual class")

@@ -1,4 +1,5 @@
-"""A picture of one digit (PNG, JPEG, BMP, GIF; any size or mode) as an MNIST-style image.
+"""A picture of one digit (PNG, JPEG, BMP, GIF; any size or mode; one frame) as an MNIST-style
+image.
 
 The steps follow how MNIST itself was made, without a threshold:
 
@@ -44,6 +45,7 @@ def load_digit(path: Path, size: tuple[int, int]) -> np.ndarray:
         with warnings.catch_warnings():  # PIL's bomb warning: the pixel cap below replaces it
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as picture:
+                refuse_animation(path, picture)
                 fit_pixel_cap(path, picture)
                 picture.load()
                 gray = grayscale(ImageOps.exif_transpose(picture))
@@ -57,6 +59,16 @@ def load_digit(path: Path, size: tuple[int, int]) -> np.ndarray:
     if digit is None:
         raise DigitpipeError(f"{path}: no digit found: the picture is blank.")
     return digit
+
+
+def refuse_animation(path: Path, picture: Image.Image) -> None:
+    """Refuse a picture of several frames (an animated GIF or PNG): which frame holds the digit
+    is not for digitpipe to guess."""
+    if getattr(picture, "is_animated", False):
+        raise DigitpipeError(
+            f"{path}: an animation of several frames; save the frame that shows the digit as a "
+            "picture of its own."
+        )
 
 
 def fit_pixel_cap(path: Path, picture: Image.Image) -> None:
