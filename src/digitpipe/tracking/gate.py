@@ -24,11 +24,19 @@ class Comparison:
     """
 
     images: int
-    challenger_accuracy: float
-    champion_accuracy: float
+    challenger_correct: int
+    champion_correct: int
     champion_only: int
     challenger_only: int
     p_value: float
+
+    @property
+    def challenger_accuracy(self) -> float:
+        return self.challenger_correct / self.images
+
+    @property
+    def champion_accuracy(self) -> float:
+        return self.champion_correct / self.images
 
 
 def mcnemar_exact(b: int, c: int) -> float:
@@ -49,8 +57,8 @@ def compare(challenger_correct: np.ndarray, champion_correct: np.ndarray) -> Com
     c = int(np.sum(challenger_correct & ~champion_correct))
     return Comparison(
         images=len(challenger_correct),
-        challenger_accuracy=float(challenger_correct.mean()),
-        champion_accuracy=float(champion_correct.mean()),
+        challenger_correct=int(challenger_correct.sum()),
+        champion_correct=int(champion_correct.sum()),
         champion_only=b,
         challenger_only=c,
         p_value=mcnemar_exact(b, c),

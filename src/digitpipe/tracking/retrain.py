@@ -314,9 +314,12 @@ def drift_report(
             for batch in sorted(fresh)
             if (mask := np.array([batch_of(i) == batch for i in new.ids])).any()
         }
-        test_correct = round(comparison.champion_accuracy * comparison.images)
         champion = ChampionOnNew(
-            str(current.version), int(right.sum()), len(new), test_correct, comparison.images
+            str(current.version),
+            int(right.sum()),
+            len(new),
+            comparison.champion_correct,
+            comparison.images,
         )
     report = drift(
         reference,
