@@ -68,23 +68,26 @@ def feature_maps_figure(
 
 
 def filters_figure(weights: np.ndarray, layer: str) -> Figure:
-    """First-layer filters (out, in=1, kh, kw) or dense templates (out, H, W) as a grid."""
+    """First-layer filters (out, in=1, kh, kw) or dense templates (out, H, W) as a grid, drawn as
+    one image (a subplot each took a second and a half for 32 filters)."""
     kernels = weights[:, 0] if weights.ndim == 4 else weights
     limit = float(np.abs(kernels).max()) or 1.0
     columns = min(len(kernels), 10)
-    count_rows = -(-len(kernels) // columns)
-    figure, axes = plt.subplots(
-        count_rows,
-        columns,
-        figsize=(columns * 1.0, count_rows * 1.1),
-        squeeze=False,
+    height, width = kernels.shape[1:]
+    gap, band = max(1, width // 4), max(2, height // 2)
+    covered = mosaic(np.ones(kernels.shape, bool), columns, gap, band)
+    canvas = np.ma.masked_where(~covered, mosaic(kernels, columns, gap, band))  # masked: blank
+    inches_per_pixel = 1.0 / (width + gap)
+    figure, ax = plt.subplots(
+        figsize=(canvas.shape[1] * inches_per_pixel, canvas.shape[0] * inches_per_pixel + 0.35),
         layout="constrained",
     )
-    for ax in axes.flat:
-        ax.axis("off")
-    for index, (ax, kernel) in enumerate(zip(axes.flat, kernels, strict=False)):
-        ax.imshow(kernel, cmap="RdBu_r", vmin=-limit, vmax=limit, interpolation="nearest")
-        ax.set_title(str(index), fontsize=7, pad=1)
+    ax.imshow(canvas, cmap="RdBu_r", vmin=-limit, vmax=limit, interpolation="nearest")
+    for index in range(len(kernels)):
+        x = (index % columns) * (width + gap) + (width - 1) / 2
+        y = (index // columns) * (height + band + gap) + band - 0.5  # the filter's top edge
+        ax.text(x, y, str(index), ha="center", va="bottom", fontsize=7)
+    ax.axis("off")
     figure.suptitle(f"{layer}: first-layer weights (red positive, blue negative)")
     return figure
 
