@@ -111,7 +111,12 @@ def paired_run(params: Params, train, val) -> tuple[float, float]:
             use_distributed_sampler=False,
             callbacks=[history, interleave],
         )
-        fit(trainer, module, DigitData(train, val, BATCH_SIZE, 0, Augment()), None)
+        fit(
+            trainer,
+            module,
+            DigitData(train, val, BATCH_SIZE, 0, Augment(), augmented_epochs=0),
+            None,
+        )
     images = BATCHES * BATCH_SIZE
     return images / interleave.plain_seconds, images / interleave.lightning_seconds
 
@@ -125,7 +130,7 @@ def recipe_to_99(params: Params, train, test) -> None:
         history = History(Path(scratch) / "history.csv", print_lines=False)
         trainer, _ = build_trainer(params.train, quiet, recipe, Path(scratch), [history])
         seed_process(params.train)
-        data = DigitData(train, test, recipe.batch_size, params.train.seed, recipe.augment)
+        data = DigitData.for_recipe(train, test, recipe, params.train.seed)
         fit(trainer, module, data, None)
     trained, reached = 0.0, None
     for row in history.rows:

@@ -133,6 +133,22 @@ def test_same_params_give_identical_weights_and_metrics(ingested):
     assert changed["epochs"] == 2
 
 
+def test_clean_epochs_end_the_training_without_augmentation(ingested):
+    weights = ingested / MODEL_DIR / "model.safetensors"
+
+    def trained(augment: dict | None, clean_epochs: int) -> bytes:
+        recipe = {"max_epochs": 2, "augment": augment, "clean_epochs": clean_epochs}
+        train_in(ingested, arch="softmax", train=recipe)
+        return weights.read_bytes()
+
+    plain = trained(None, 0)
+    shaken = {"rotation": 20, "translation": 0.1}
+    assert trained(shaken, 2) == plain  # every epoch clean: the augmentation never ran
+    first_only = trained(shaken, 1)
+    assert first_only != plain  # the first epoch was augmented
+    assert first_only != trained(shaken, 0)  # and the second was not
+
+
 @pytest.mark.parametrize("smoothing", [0.0, 0.2])
 def test_the_exported_epoch_has_the_lowest_validation_loss(ingested, smoothing):
     # The validation loss is the training objective, label smoothing included: under smoothing,

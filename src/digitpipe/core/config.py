@@ -148,6 +148,9 @@ class Recipe(Section):
     label_smoothing: Annotated[float, Field(ge=0, lt=1)] | None = None
     ema: Annotated[float, Field(ge=0, lt=1)] | None = None  # weight-average decay; 0: off
     augment: Augment | None = None
+    # The last this many epochs train on the images as they are (all epochs when it is at least
+    # max_epochs): the network ends fitted to undistorted digits; 0: augment throughout.
+    clean_epochs: Annotated[int, Field(ge=0)] | None = None
     # Predict by the mean over each image and its copies moved this many pixels right, left,
     # down and up (test-time augmentation: five forward passes); 0: off.
     test_time_shift: Annotated[int, Field(ge=0, le=MAX_TEST_TIME_SHIFT)] | None = None

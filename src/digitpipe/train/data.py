@@ -13,7 +13,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
-from digitpipe.core.config import Augment
+from digitpipe.core.config import Augment, Recipe
 from digitpipe.dataset.images import ImageSet
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -74,11 +74,24 @@ class DigitData(L.LightningDataModule):
     """Train and validation splits held in memory (on the GPU when training there)."""
 
     def __init__(
-        self, train: ImageSet, val: ImageSet, batch_size: int, seed: int, augmentation: Augment
+        self,
+        train: ImageSet,
+        val: ImageSet,
+        batch_size: int,
+        seed: int,
+        augmentation: Augment,
+        augmented_epochs: int,
     ) -> None:
         super().__init__()
         self.train_tensors, self.val_tensors = as_tensors(train), as_tensors(val)
-        self.batch_size, self.seed, self.augmentation = batch_size, seed, augmentation
+        self.batch_size, self.seed = batch_size, seed
+        self.augmentation, self.augmented_epochs = augmentation, augmented_epochs
+
+    @classmethod
+    def for_recipe(cls, train: ImageSet, val: ImageSet, recipe: Recipe, seed: int) -> DigitData:
+        """The data as ``recipe`` trains on it: its batch, augmentation and clean last epochs."""
+        augmented_epochs = recipe.max_epochs - recipe.clean_epochs
+        return cls(train, val, recipe.batch_size, seed, recipe.augment, augmented_epochs)
 
     def setup(self, stage: str) -> None:
         device = self.trainer.strategy.root_device
@@ -112,10 +125,12 @@ class DigitData(L.LightningDataModule):
         return images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
 
     def on_after_batch_transfer(self, batch: Batch, dataloader_idx: int) -> Batch:
-        """uint8 -> float on the device, channels-last; augmented only while training."""
+        """uint8 -> float on the device, channels-last; augmented only while training, in its
+        first ``augmented_epochs`` epochs."""
         images, labels = batch
         images = images.float()
-        if self.trainer.training and self.augmentation != Augment():
+        augmenting = self.trainer.training and self.trainer.current_epoch < self.augmented_epochs
+        if augmenting and self.augmentation != Augment():
             images = augment(images, self.augmentation)
         return images.contiguous(memory_format=torch.channels_last), labels
 

@@ -65,6 +65,7 @@ FALLBACK = Recipe(
     label_smoothing=0.0,
     ema=0.0,
     augment=NO_AUGMENT,
+    clean_epochs=0,
     test_time_shift=0,
 )
 

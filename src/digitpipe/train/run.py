@@ -250,7 +250,7 @@ def run(params: Params, root: Path = Path(".")) -> dict | None:
     fit(
         trainer,
         module,
-        DigitData(train, val, recipe.batch_size, params.train.seed, recipe.augment),
+        DigitData.for_recipe(train, val, recipe, params.train.seed),
         resume,
     )
     if not trainer.is_global_zero:
