@@ -69,7 +69,7 @@ def feature_maps_figure(
 
 def filters_figure(weights: np.ndarray, layer: str) -> Figure:
     """First-layer filters (out, in=1, kh, kw) or dense templates (out, H, W) as a grid, drawn as
-    one image (a subplot each took a second and a half for 32 filters)."""
+    one image with an index above each (a subplot per filter renders ten times slower)."""
     kernels = weights[:, 0] if weights.ndim == 4 else weights
     limit = float(np.abs(kernels).max()) or 1.0
     columns = min(len(kernels), 10)
