@@ -137,6 +137,14 @@ def test_animations_are_refused_and_single_frames_read(tmp_path, mnist_test, suf
         load_digit(moving, (28, 28))
 
 
+def test_a_camera_jpeg_of_several_images_is_read_from_its_first(tmp_path, mnist_test):
+    photo, preview = (Image.fromarray(255 - image).convert("RGB") for image in mnist_test[0][:2])
+    path = tmp_path / "camera.jpg"
+    photo.save(path, format="MPO", save_all=True, append_images=[preview])
+    correlation = np.corrcoef(load_digit(path, (28, 28)).ravel(), mnist_test[0][0].ravel())[0, 1]
+    assert correlation > 0.9
+
+
 def test_other_model_sizes_keep_mnist_proportions(tmp_path, mnist_test):
     Image.fromarray(mnist_test[0][0]).save(tmp_path / "digit.png")
     digit = load_digit(tmp_path / "digit.png", (56, 42))
