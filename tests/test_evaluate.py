@@ -273,6 +273,7 @@ def test_stats_command_prints_standard_json_with_null_for_undefined(tmp_path, ca
             "Ankle-boot",
         ],
         [f"a rather long class name {k}" for k in range(3)],
+        [f"WWWW{k:02d}" for k in range(20)],  # capitals are wider than the average letter
     ],
 )
 def test_confusion_heatmap_class_names_do_not_overlap(names: list[str]) -> None:

@@ -10,9 +10,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
+from matplotlib.font_manager import FontProperties
+from matplotlib.textpath import TextToPath
 
 from digitpipe.core.atomic import atomic_path
-from digitpipe.plotting import CHAR_EM
 
 CORNER = "actual\\predicted"
 ZERO = "#c8c8c8"  # zero counts in light grey, so the eye skips them
@@ -66,6 +67,12 @@ def _cell_colours(matrix: np.ndarray) -> np.ndarray:
     return colours
 
 
+def widest_pt(texts: Sequence[str], size: float) -> float:
+    """The width in points of the widest of ``texts`` in the default font at ``size``."""
+    font, measure = FontProperties(size=size), TextToPath()
+    return max(measure.get_text_width_height_descent(t, font, ismath=False)[0] for t in texts)
+
+
 def confusion_figure(matrix: np.ndarray, class_names: Sequence[str], title: str) -> Figure:
     """Annotated heatmap of the counts: correct in blue, errors in red (each on a log scale).
 
@@ -84,7 +91,7 @@ def confusion_figure(matrix: np.ndarray, class_names: Sequence[str], title: str)
             ax.text(j, i, count, ha="center", va="center", fontsize=7 if many else 9, color=colour)
     ticks = np.arange(classes)
     cell_pt = 72 * (side - 1.5) / classes  # the figure's width less its margins, per class
-    upright = not many and max(map(len, class_names)) * CHAR_EM * TICK_LABEL_PT <= cell_pt
+    upright = not many and widest_pt(class_names, TICK_LABEL_PT) <= cell_pt
     ax.set_xticks(ticks, class_names, rotation=0 if upright else 90)
     ax.set_yticks(ticks, class_names)
     ax.set_xlabel("predicted class")
