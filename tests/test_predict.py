@@ -124,12 +124,12 @@ def test_any_picture_mode_gives_the_mnist_image(tmp_path, mnist_test, mode):
     assert correlation > (0.8 if mode == "1" else 0.95)
 
 
-@pytest.mark.parametrize("suffix", [".gif", ".png"])
-def test_animations_are_refused_and_single_frames_read(tmp_path, mnist_test, suffix):
+@pytest.mark.parametrize("kind", ["GIF", "PNG", "WEBP", "TIFF"])
+def test_animations_are_refused_and_single_frames_read(tmp_path, mnist_test, kind):
     frames = [Image.fromarray(255 - image) for image in mnist_test[0][:2]]
-    still, moving = tmp_path / f"still{suffix}", tmp_path / f"moving{suffix}"
-    frames[0].save(still)
-    frames[0].save(moving, save_all=True, append_images=frames[1:])
+    still, moving = tmp_path / "still.png", tmp_path / "moving.png"  # read by content
+    frames[0].save(still, format=kind)
+    frames[0].save(moving, format=kind, save_all=True, append_images=frames[1:])
     assert load_digit(still, (28, 28)).max() == 255
     with pytest.raises(
         DigitpipeError, match=re.escape(f"{moving}: an animation of several frames")

@@ -61,14 +61,15 @@ def load_digit(path: Path, size: tuple[int, int]) -> np.ndarray:
     return digit
 
 
-# Not JPEG: a camera's JPEG may hold more images (MPO), and the first is the photo.
-ANIMATED_FORMATS = ("GIF", "PNG")
+# A camera's JPEG may hold more images (Pillow's MPO): its first is the photo.
+FIRST_FRAME_FORMATS = ("MPO",)
 
 
 def refuse_animation(path: Path, picture: Image.Image) -> None:
-    """Refuse an animated GIF or PNG: which frame holds the digit is not for digitpipe to
-    guess."""
-    if picture.format in ANIMATED_FORMATS and getattr(picture, "is_animated", False):
+    """Refuse a picture of several frames (an animated GIF, PNG or WebP, a TIFF of several
+    pages; read by content, whatever the suffix): which frame holds the digit is not for
+    digitpipe to guess."""
+    if picture.format not in FIRST_FRAME_FORMATS and getattr(picture, "is_animated", False):
         raise DigitpipeError(
             f"{path}: an animation of several frames; save the frame that shows the digit as a "
             "picture of its own."
