@@ -133,7 +133,7 @@ def test_same_params_give_identical_weights_and_metrics(ingested):
     assert changed["epochs"] == 2
 
 
-def test_clean_epochs_end_the_training_without_augmentation(ingested):
+def test_clean_epochs_end_the_training_without_augmentation(ingested, capsys):
     weights = ingested / MODEL_DIR / "model.safetensors"
 
     def trained(augment: dict | None, clean_epochs: int) -> bytes:
@@ -144,6 +144,9 @@ def test_clean_epochs_end_the_training_without_augmentation(ingested):
     plain = trained(None, 0)
     shaken = {"rotation": 20, "translation": 0.1}
     assert trained(shaken, 2) == plain  # every epoch clean: the augmentation never ran
+    assert "train.clean_epochs 2 covers all 2 epochs: no epoch is augmented" in (
+        capsys.readouterr().out
+    )
     first_only = trained(shaken, 1)
     assert first_only != plain  # the first epoch was augmented
     assert first_only != trained(shaken, 0)  # and the second was not

@@ -19,7 +19,14 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from digitpipe.core.atomic import write_json, write_text
-from digitpipe.core.config import ACCELERATORS, Params, Recipe, RuntimeParams, TrainParams
+from digitpipe.core.config import (
+    ACCELERATORS,
+    Augment,
+    Params,
+    Recipe,
+    RuntimeParams,
+    TrainParams,
+)
 from digitpipe.core.errors import DigitpipeError
 from digitpipe.core.files import read_bounded
 from digitpipe.core.numbers import counted
@@ -269,13 +276,20 @@ def run(params: Params, root: Path = Path(".")) -> dict | None:
 def describe(
     params: Params, recipe: Recipe, module: DigitClassifier, train: ImageSet, trainer: L.Trainer
 ) -> str:
-    """One line saying what is about to train, on what."""
+    """One line saying what is about to train, on what (and when augmentation never runs)."""
     height, width = train.image_size
+    never_augmented = recipe.augment != Augment() and recipe.clean_epochs >= recipe.max_epochs
     return (
         f"train: {params.model.arch} ({count_parameters(module.net):,} parameters) on "
         f"{len(train):,} {height}x{width} images, {counted(recipe.max_epochs, 'epoch')} of batch "
         f"{recipe.batch_size}, {trainer.world_size} x {trainer.strategy.root_device.type} "
         f"({trainer.precision})"
+        + (
+            f"; train.clean_epochs {recipe.clean_epochs} covers all "
+            f"{counted(recipe.max_epochs, 'epoch')}: no epoch is augmented"
+            if never_augmented
+            else ""
+        )
     )
 
 
