@@ -113,6 +113,27 @@ def test_drift_flags_an_unbalanced_batch_but_not_a_balanced_one(mnist_train):
     assert "class frequencies differ" in page and "| 1 |" in page and "0.8000" in page
 
 
+def test_drift_names_the_batch_the_champion_is_worse_on(mnist_train):
+    images, labels = mnist_train
+    reference, fresh = samples(mnist_train)
+    new = images_of(images[fresh[:600]], labels[fresh[:600]], "incoming/w")
+    per_batch = {"good": (297, 300), "bad": (280, 300)}
+    champion = ChampionOnNew("3", 577, 600, 985, 1000, per_batch)
+    report = drift(reference, "ref", new, {"good": 300, "bad": 300}, champion, 0.01)
+    rows = report["champion_on_new"]["per_batch"]
+    assert rows["bad"]["p_value"] < 0.005 < rows["good"]["p_value"]  # Bonferroni: 0.01 / 2
+    (flag,) = [flag for flag in report["flags"] if "on the batches" in flag]
+    assert "bad (0.9333" in flag and "good" not in flag
+    page = to_markdown(report, "Drift")
+    assert "| bad | 280 | 300 | 0.9333 |" in page and "| good | 297 | 300 | 0.9900 |" in page
+
+    alone = ChampionOnNew("3", 280, 300, 985, 1000, {"bad": (280, 300)})
+    one = images_of(images[fresh[:300]], labels[fresh[:300]], "incoming/bad")
+    report = drift(reference, "ref", one, {"bad": 300}, alone, 0.01)
+    assert not any("on the batches" in flag for flag in report["flags"])  # the overall test says it
+    assert any("less accurate on the new images" in flag for flag in report["flags"])
+
+
 def test_drift_flags_a_change_in_the_pixels(mnist_train):
     images, labels = mnist_train
     reference, fresh = samples(mnist_train)

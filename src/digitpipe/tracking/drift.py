@@ -7,14 +7,15 @@ for a champion without that record or no champion, the current training split wi
 batches. Compared: class frequencies (chi-square), per class the mean and standard deviation of
 pixel intensity and the ink area (fraction of pixels > 0, Welch tests), and the champion's
 accuracy on the new images against its accuracy on the test split (one-sided Fisher exact test:
-both accuracies are measured, so a perfect test score is not taken as certain).
+both accuracies are measured, so a perfect test score is not taken as certain), overall and,
+when there are several new batches, per batch at the Bonferroni level.
 """
 
 from __future__ import annotations
 
 import math
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.stats import chisquare, fisher_exact, ttest_ind_from_stats
@@ -82,10 +83,20 @@ class ChampionOnNew:
     images: int
     test_correct: int
     test_images: int
+    per_batch: dict[str, tuple[int, int]] = field(default_factory=dict)  # (correct, images)
 
     @property
     def test_accuracy(self) -> float:
         return self.test_correct / self.test_images
+
+    def less_accurate_p(self, correct: int, images: int) -> float:
+        """One-sided Fisher exact p-value: ``correct`` of ``images`` new images is below the
+        test accuracy."""
+        table = [
+            [correct, images - correct],
+            [self.test_correct, self.test_images - self.test_correct],
+        ]
+        return float(fisher_exact(table, alternative="less").pvalue)
 
 
 def drift(
@@ -115,11 +126,7 @@ def drift(
     report["pixels"] = _pixel_shifts(names, reference, new_stats, alpha, report["flags"])
     if champion is not None:
         accuracy = champion.correct / champion.images
-        table = [
-            [champion.correct, champion.images - champion.correct],
-            [champion.test_correct, champion.test_images - champion.test_correct],
-        ]
-        p = fisher_exact(table, alternative="less").pvalue
+        p = champion.less_accurate_p(champion.correct, champion.images)
         report["champion_on_new"] = {
             "version": champion.version,
             "accuracy": accuracy,
@@ -127,7 +134,8 @@ def drift(
             "images": champion.images,
             "test_accuracy": champion.test_accuracy,
             "test_images": champion.test_images,
-            "p_value": float(p),
+            "p_value": p,
+            "per_batch": _batch_accuracy(champion, alpha, report["flags"]),
         }
         if p < alpha:
             report["flags"].append(
@@ -137,6 +145,32 @@ def drift(
             )
     report["summary"] = "; ".join(report["flags"]) or "nothing flagged"
     return json_safe(report)
+
+
+def _batch_accuracy(champion: ChampionOnNew, alpha: float, flags: list[str]) -> dict:
+    """Per new batch, the champion's accuracy and its Fisher exact test; with several batches,
+    those below the Bonferroni level are flagged (with one, the overall test is the batch's)."""
+    rows = {
+        batch: {
+            "correct": correct,
+            "images": images,
+            "accuracy": correct / images,
+            "p_value": champion.less_accurate_p(correct, images),
+        }
+        for batch, (correct, images) in champion.per_batch.items()
+    }
+    level = alpha / max(len(rows), 1)
+    low = [
+        f"{batch} ({row['accuracy']:.4f}, p = {row['p_value']:.3g})"
+        for batch, row in rows.items()
+        if len(rows) > 1 and row["p_value"] < level
+    ]
+    if low:
+        flags.append(
+            f"champion version {champion.version} is less accurate than on the test split on "
+            f"the batches (Fisher exact, Bonferroni level {level:.2g}): {', '.join(low)}"
+        )
+    return rows
 
 
 def _class_frequencies(
@@ -280,6 +314,15 @@ def to_markdown(report: dict, title: str) -> str:
             f"{champion['test_accuracy']:.4f} on the {champion['test_images']} test images "
             f"(one-sided Fisher exact p = {champion['p_value']:.3g})."
         )
+        batches = champion.get("per_batch", {})
+        if len(batches) > 1:
+            lines += ["", "| batch | correct | images | accuracy | Fisher exact p |"]
+            lines += ["| --- | ---: | ---: | ---: | ---: |"]
+            lines += [
+                f"| {literal(name)} | {row['correct']} | {row['images']} | "
+                f"{row['accuracy']:.4f} | {row['p_value']:.3g} |"
+                for name, row in batches.items()
+            ]
     return "\n".join(lines) + "\n"
 
 

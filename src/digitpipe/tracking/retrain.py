@@ -310,7 +310,7 @@ def drift_report(
     if champion_model is not None and comparison is not None and len(new):
         right = correct(*champion_model, new, batch_size)
         per_batch = {
-            batch: [int(right[mask].sum()), int(mask.sum())]
+            batch: (int(right[mask].sum()), int(mask.sum()))
             for batch in sorted(fresh)
             if (mask := np.array([batch_of(i) == batch for i in new.ids])).any()
         }
@@ -320,6 +320,7 @@ def drift_report(
             len(new),
             comparison.champion_correct,
             comparison.images,
+            per_batch,
         )
     report = drift(
         reference,
@@ -329,11 +330,6 @@ def drift_report(
         champion,
         track.drift_alpha,
     )
-    if champion is not None:
-        report["champion_on_new"]["per_batch"] = {
-            batch: {"correct": k, "images": n, "accuracy": k / n}
-            for batch, (k, n) in per_batch.items()
-        }
     return report
 
 
