@@ -100,7 +100,7 @@ def test_drift_flags_an_unbalanced_batch_but_not_a_balanced_one(mnist_train):
 
     pick = fresh[np.isin(labels[fresh], [1, 7])][:300]
     unbalanced = images_of(images[pick], labels[pick], "incoming/week2")
-    champion = ChampionOnNew("4", correct=240, images=300, test_correct=970, test_images=1000)
+    champion = ChampionOnNew("4", {"week2": (240, 300)}, test_correct=970, test_images=1000)
     report = drift(reference, "ref", unbalanced, {"week2": 300}, champion, 0.01)
     assert report["classes"]["p_value"] < 1e-10
     assert report["flags"][0].startswith("class frequencies differ from the reference")
@@ -118,7 +118,7 @@ def test_drift_names_the_batch_the_champion_is_worse_on(mnist_train):
     reference, fresh = samples(mnist_train)
     new = images_of(images[fresh[:600]], labels[fresh[:600]], "incoming/w")
     per_batch = {"good": (297, 300), "bad": (280, 300)}
-    champion = ChampionOnNew("3", 577, 600, 985, 1000, per_batch)
+    champion = ChampionOnNew("3", per_batch, 985, 1000)
     report = drift(reference, "ref", new, {"good": 300, "bad": 300}, champion, 0.01)
     rows = report["champion_on_new"]["per_batch"]
     assert rows["bad"]["p_value"] < 0.005 < rows["good"]["p_value"]  # Bonferroni: 0.01 / 2
@@ -127,7 +127,7 @@ def test_drift_names_the_batch_the_champion_is_worse_on(mnist_train):
     page = to_markdown(report, "Drift")
     assert "| bad | 280 | 300 | 0.9333 |" in page and "| good | 297 | 300 | 0.9900 |" in page
 
-    alone = ChampionOnNew("3", 280, 300, 985, 1000, {"bad": (280, 300)})
+    alone = ChampionOnNew("3", {"bad": (280, 300)}, 985, 1000)
     one = images_of(images[fresh[:300]], labels[fresh[:300]], "incoming/bad")
     report = drift(reference, "ref", one, {"bad": 300}, alone, 0.01)
     assert not any("on the batches" in flag for flag in report["flags"])  # the overall test says it
@@ -151,7 +151,7 @@ def test_drift_weighs_a_perfect_test_score_as_a_measurement(mnist_train):
     new = images_of(images[fresh[:300]], labels[fresh[:300]], "incoming/w")
     verdicts = {}
     for correct in (999, 900):
-        champion = ChampionOnNew("1", correct, 1000, test_correct=200, test_images=200)
+        champion = ChampionOnNew("1", {"w": (correct, 1000)}, test_correct=200, test_images=200)
         report = drift(reference, "ref", new, {"w": 300}, champion, 0.01)
         verdicts[correct] = report["champion_on_new"]["p_value"]
         flagged = any("less accurate on the new images" in flag for flag in report["flags"])

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from scipy.stats import chisquare, fisher_exact, ttest_ind_from_stats
@@ -76,14 +76,20 @@ def data_stats(train: ImageSet, batches: dict[str, int]) -> dict:
 
 @dataclass(frozen=True)
 class ChampionOnNew:
-    """The champion's accuracy on the new images, beside its accuracy on the test split."""
+    """The champion's results on each new batch, beside its accuracy on the test split."""
 
     version: str
-    correct: int
-    images: int
+    per_batch: dict[str, tuple[int, int]]  # (correct, images) by batch
     test_correct: int
     test_images: int
-    per_batch: dict[str, tuple[int, int]] = field(default_factory=dict)  # (correct, images)
+
+    @property
+    def correct(self) -> int:
+        return sum(correct for correct, _ in self.per_batch.values())
+
+    @property
+    def images(self) -> int:
+        return sum(images for _, images in self.per_batch.values())
 
     @property
     def test_accuracy(self) -> float:
@@ -159,11 +165,13 @@ def _batch_accuracy(champion: ChampionOnNew, alpha: float, flags: list[str]) -> 
         }
         for batch, (correct, images) in champion.per_batch.items()
     }
-    level = alpha / max(len(rows), 1)
+    if len(rows) < 2:
+        return rows
+    level = alpha / len(rows)
     low = [
         f"{batch} ({row['accuracy']:.4f}, p = {row['p_value']:.3g})"
         for batch, row in rows.items()
-        if len(rows) > 1 and row["p_value"] < level
+        if row["p_value"] < level
     ]
     if low:
         flags.append(

@@ -309,18 +309,14 @@ def drift_report(
     champion = None
     if champion_model is not None and comparison is not None and len(new):
         right = correct(*champion_model, new, batch_size)
+        batch_of_row = np.array([batch_of(i) for i in new.ids], dtype=object)
         per_batch = {
             batch: (int(right[mask].sum()), int(mask.sum()))
             for batch in sorted(fresh)
-            if (mask := np.array([batch_of(i) == batch for i in new.ids])).any()
+            if (mask := batch_of_row == batch).any()
         }
         champion = ChampionOnNew(
-            str(current.version),
-            int(right.sum()),
-            len(new),
-            comparison.champion_correct,
-            comparison.images,
-            per_batch,
+            str(current.version), per_batch, comparison.champion_correct, comparison.images
         )
     report = drift(
         reference,
