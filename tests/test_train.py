@@ -22,9 +22,11 @@ from digitpipe.core.paths import CHECKPOINT_ROOT, MODEL_DIR, PROCESSED_DIR, TRAI
 from digitpipe.dataset.parquet import read_split
 from digitpipe.model.export import load_model
 from digitpipe.model.zoo import BUILDERS
-from digitpipe.train.callbacks import weight_average
-from digitpipe.train.data import IndexBatches, augment
-from digitpipe.train.recipes import RECIPES
+from digitpipe.train.callbacks import History, weight_average
+from digitpipe.train.checkpoint import read_checkpoint
+from digitpipe.train.data import DigitData, IndexBatches, augment
+from digitpipe.train.recipes import RECIPES, resolve_recipe
+from digitpipe.train.run import build_module, build_trainer, fit
 from digitpipe.train.run import run as train
 
 TOO_MANY = max(2, len(os.sched_getaffinity(0))) + 1  # CPU training processes beyond the cap
@@ -339,6 +341,31 @@ def test_killed_run_resumes_from_its_last_checkpoint(ingested):
     assert history["epoch"].tolist() == [1, 2, 3, 4, 5, 6]
     assert json.loads((ingested / TRAIN_REPORTS / "metrics.json").read_text())["epochs"] == 6
     assert not list((ingested / CHECKPOINT_ROOT).glob("*/last.ckpt"))
+    # The default recipe augments: the resumed run drew what an uninterrupted one draws.
+    resumed_weights = (ingested / MODEL_DIR / "model.safetensors").read_bytes()
+    uninterrupted = stage(ingested)
+    assert uninterrupted.wait(timeout=300) == 0
+    assert (ingested / MODEL_DIR / "model.safetensors").read_bytes() == resumed_weights
+
+
+def test_last_checkpoint_follows_every_epoch_not_only_the_best(ingested, tmp_path):
+    # A learning rate of 1e-12 leaves the weights, and so the validation loss, as they were: no
+    # epoch after the first is the best, and the checkpoint a resume reads must still move on.
+    edit_params(ingested, "model", arch="softmax")
+    edit_params(ingested, "train", max_epochs=3, optimizer="sgd", lr=1e-12, momentum=0.0, ema=0.0)
+    params = load_params(ingested / "params.yaml")
+    recipe = resolve_recipe("softmax", params.train)
+    train_split, val_split = (
+        read_split(ingested / PROCESSED_DIR / f"{split}.parquet") for split in ("train", "val")
+    )
+    history = History(tmp_path / "history.csv", print_lines=False)
+    trainer, best = build_trainer(params.train, params.runtime, recipe, tmp_path, [history])
+    data = DigitData.for_recipe(train_split, val_split, recipe, params.train.seed)
+    fit(trainer, build_module("softmax", recipe, train_split), data, None)
+    assert read_checkpoint(best.best_model_path)["epoch"] == 0
+    last = read_checkpoint(tmp_path / "last.ckpt")
+    assert last["epoch"] == 2
+    assert [row["epoch"] for row in last["callbacks"]["History"]["rows"]] == [1, 2, 3]
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,5 @@
-"""Training callbacks: per-epoch history (CSV + plain progress lines), throughput, weight EMA."""
+"""Training callbacks: per-epoch history (CSV + plain progress lines), throughput, weight EMA,
+random generator states."""
 
 from __future__ import annotations
 
@@ -132,6 +133,33 @@ class EpochBar(TQDMProgressBar):
         self.train_progress_bar.set_description(
             f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}"
         )
+
+
+class GeneratorStates(L.Callback):
+    """Carries torch's global random generators (the CPU's and the training device's) in each
+    checkpoint, so a resumed run draws the augmentations the uninterrupted run would have drawn:
+    Lightning's checkpoints hold no generator state."""
+
+    def __init__(self) -> None:
+        self.device = torch.device("cpu")
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self.device = trainer.strategy.root_device
+
+    def state_dict(self) -> dict[str, Any]:
+        states = {"cpu": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            states["cuda"] = torch.cuda.get_rng_state(self.device)
+        elif self.device.type == "mps":
+            states["mps"] = torch.mps.get_rng_state()
+        return states
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        torch.set_rng_state(state_dict["cpu"])
+        if "cuda" in state_dict and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state_dict["cuda"], self.device)
+        elif "mps" in state_dict and self.device.type == "mps":
+            torch.mps.set_rng_state(state_dict["mps"])
 
 
 def wants_bar(progress: str) -> bool:

@@ -46,7 +46,14 @@ from digitpipe.dataset.parquet import read_split
 from digitpipe.model.export import ModelSpec, save_model
 from digitpipe.model.zoo import check_image_size, count_parameters
 from digitpipe.plotting import save_figure
-from digitpipe.train.callbacks import EpochBar, History, wants_bar, wants_lines, weight_average
+from digitpipe.train.callbacks import (
+    EpochBar,
+    GeneratorStates,
+    History,
+    wants_bar,
+    wants_lines,
+    weight_average,
+)
 from digitpipe.train.checkpoint import network_weights, read_checkpoint, write_portable_checkpoint
 from digitpipe.train.data import DigitData
 from digitpipe.train.figures import learning_curves_figure
@@ -155,8 +162,8 @@ def build_module(arch: str, recipe: Recipe, train: ImageSet) -> DigitClassifier:
 
 # Part of the checkpoint folder's name: a checkpoint of another format is never resumed.
 # 2: manual optimisation (counts its own steps: an automatic-mode checkpoint would resume with
-# the weight average frozen).
-CHECKPOINT_FORMAT = 2
+# the weight average frozen). 3: `last.ckpt` after every epoch, with the generators' states.
+CHECKPOINT_FORMAT = 3
 
 
 def run_key(params: Params, recipe: Recipe, data_files: list[Path]) -> str:
@@ -180,11 +187,12 @@ def build_trainer(
 ) -> tuple[L.Trainer, ModelCheckpoint]:
     # The exported epoch has the lowest validation loss: near 99.5% accuracy on a few thousand
     # images, epochs differ in accuracy by a handful of images, which is noise.
-    checkpoint = ModelCheckpoint(
-        dirpath=run_dir, filename="best", monitor="val/loss", mode="min", save_last=True
-    )
+    checkpoint = ModelCheckpoint(dirpath=run_dir, filename="best", monitor="val/loss", mode="min")
+    # Resume continues from the latest epoch: a callback of its own, since `save_last` on the
+    # monitored one rewrites `last.ckpt` only in epochs that improve on the best (Lightning 2.6).
+    latest = ModelCheckpoint(dirpath=run_dir, filename="last", enable_version_counter=False)
     bar = wants_bar(runtime.progress)
-    callbacks = [checkpoint, *callbacks]
+    callbacks = [checkpoint, latest, GeneratorStates(), *callbacks]
     callbacks += [weight_average(recipe.ema)] if recipe.ema else []
     callbacks += [EpochBar()] if bar else []
     try:
