@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from torch.utils.data import DataLoader, TensorDataset
 
 from digitpipe.cli import main
-from digitpipe.core.config import ARCHITECTURES, load_params
+from digitpipe.core.config import ARCHITECTURES, Augment, TrainParams, load_params
 from digitpipe.core.paths import CHECKPOINT_ROOT, MODEL_DIR, PROCESSED_DIR, TRAIN_REPORTS
 from digitpipe.dataset.parquet import read_split
 from digitpipe.model.export import load_model
@@ -41,6 +41,15 @@ def train_in(project, **changes):
 
 def test_zoo_and_recipes_cover_every_architecture():
     assert tuple(BUILDERS) == ARCHITECTURES == tuple(RECIPES)
+
+
+def test_an_augment_key_keeps_the_recipes_other_augmentations():
+    rotation_only = TrainParams.model_validate({"augment": {"rotation": 3}})
+    expected = RECIPES["bncnn"].augment.model_copy(update={"rotation": 3.0})
+    assert expected.translation > 0 and resolve_recipe("bncnn", rotation_only).augment == expected
+    all_off = TrainParams.model_validate({"augment": dict.fromkeys(Augment.model_fields, 0)})
+    assert resolve_recipe("bncnn", all_off).augment == Augment()
+    assert resolve_recipe("best", TrainParams()).augment == RECIPES["best"].augment
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)

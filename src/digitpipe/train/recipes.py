@@ -73,12 +73,15 @@ FALLBACK = Recipe(
 
 
 def resolve_recipe(arch: str, train: TrainParams) -> Recipe:
-    """The complete recipe: params.yaml's non-null keys over the arch's recipe over FALLBACK."""
+    """The complete recipe: params.yaml's non-null keys over the arch's recipe over FALLBACK.
+
+    ``augment`` merges key by key: ``augment: {rotation: 3}`` keeps the recipe's translation,
+    scale and elastic distortion.
+    """
     merged = FALLBACK.model_dump()
     for layer in (RECIPES[arch], train):
-        merged |= {
-            key: value
-            for key, value in layer.model_dump(include=set(Recipe.model_fields)).items()
-            if value is not None
-        }
+        settings = layer.model_dump(include=set(Recipe.model_fields), exclude_none=True)
+        if layer.augment is not None:
+            settings["augment"] = merged["augment"] | layer.augment.model_dump(exclude_unset=True)
+        merged |= settings
     return Recipe.model_validate(merged)
