@@ -134,6 +134,19 @@ def test_a_bad_batch_is_refused_by_name_and_nothing_changes(
     assert outputs(tiny_project) == before
 
 
+def test_a_limit_that_samples_batch_images_out_says_so(tiny_project, incoming, mnist_train, capsys):
+    images, labels = mnist_train
+    write_csv(incoming / "week1.csv", images[800:900], labels[800:900])
+    ingest(tiny_project)
+    assert capsys.readouterr().err == ""  # every batch image is in train or val
+    edit_params(tiny_project, "data", limit={"train": 300, "val": 30, "test": None})
+    summary = ingest(tiny_project)
+    kept = sum(summary["incoming"]["batches"]["week1"]["in_splits"].values())
+    assert 0 < kept < 100
+    warning = capsys.readouterr().err
+    assert f"data.limit keeps {kept} of the 100 images of the drop-folder batches" in warning
+
+
 def test_incoming_null_turns_the_folder_off(tiny_project, incoming, mnist_train):
     images, labels = mnist_train
     write_csv(incoming / "week1.csv", images[900:950], labels[900:950])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -185,6 +186,22 @@ def _batch_summary(batch: Batch, splits: dict[str, ImageSet]) -> dict:
     }
 
 
+def limit_warning(summary: dict) -> str | None:
+    """Say so when data.limit sampled drop-folder images out of train and val."""
+    incoming = summary.get("incoming")
+    if incoming is None:
+        return None
+    kept = sum(sum(batch["in_splits"].values()) for batch in incoming["batches"].values())
+    if kept == incoming["count"]:
+        return None
+    return (
+        f"data.limit keeps {kept:,} of the {incoming['count']:,} images of the drop-folder "
+        "batches (train and val are stratified samples of all their images), and a retrain's "
+        "drift report compares only those; set data.limit.train and data.limit.val to null to "
+        "train on every image."
+    )
+
+
 def headline(summary: dict) -> dict:
     """reports/ingest/metrics.json: images per split and the class count (per-class counts are
     in summary.json, which is no DVC metric: they would make `dvc metrics show` unreadable)."""
@@ -197,6 +214,8 @@ def run(params: Params, root: Path = Path(".")) -> dict:
     reports appear together or not at all (both are swapped in only once everything is drawn)."""
     splits, batches = _build(params.data, root)
     summary = summarize(splits, batches)
+    if warning := limit_warning(summary):
+        print(f"digitpipe: warning: {warning}", file=sys.stderr)
     with atomic_dir(root / PROCESSED_DIR) as data, atomic_dir(root / INGEST_REPORTS) as reports:
         write_splits(splits, data)
         write_json(reports / "summary.json", summary)
