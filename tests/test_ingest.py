@@ -87,6 +87,15 @@ def test_limit_caps_each_split_with_a_stratified_sample(tiny_project):
     assert np.bincount(splits["train"].labels, minlength=10).min() >= 5
 
 
+def test_a_checksum_of_no_source_file_is_reported(tiny_project, capsys):
+    ingest(tiny_project)
+    assert "data.checksums" not in capsys.readouterr().err
+    typo = "data/raw/train-image.gz"  # the source is train-images.gz
+    edit_params(tiny_project, "data", checksums={typo: "0" * 64})
+    ingest(tiny_project)
+    assert f"data.checksums lists {typo}, which is no file of" in capsys.readouterr().err
+
+
 def test_kaggle_csv_matches_the_idx_path(tmp_path, mnist_train):
     images, labels = mnist_train[0][:3000], mnist_train[1][:3000]
     write_idx(images, tmp_path / "images.gz", compress=True)

@@ -17,7 +17,7 @@ from digitpipe.dataset.checks import check_labels
 from digitpipe.dataset.images import ImageSet, batch_of, concat
 from digitpipe.dataset.parquet import write_split
 from digitpipe.ingest.figures import class_distribution_figure, sample_digits_figure
-from digitpipe.ingest.sources import Batch, load_batches, load_source
+from digitpipe.ingest.sources import Batch, load_batches, load_source, unused_checksums
 from digitpipe.ingest.split import split_off, stratified_sample
 from digitpipe.plotting import save_figure
 
@@ -214,7 +214,15 @@ def run(params: Params, root: Path = Path(".")) -> dict:
     reports appear together or not at all (both are swapped in only once everything is drawn)."""
     splits, batches = _build(params.data, root)
     summary = summarize(splits, batches)
-    if warning := limit_warning(summary):
+    warnings = [
+        *(
+            f"data.checksums lists {path}, which is no file of data.train, data.test or "
+            "data.predict, so nothing was checked against it; correct the path or remove the entry."
+            for path in unused_checksums(params.data)
+        ),
+        limit_warning(summary),
+    ]
+    for warning in filter(None, warnings):
         print(f"digitpipe: warning: {warning}", file=sys.stderr)
     with atomic_dir(root / PROCESSED_DIR) as data, atomic_dir(root / INGEST_REPORTS) as reports:
         write_splits(splits, data)

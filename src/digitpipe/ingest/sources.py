@@ -78,6 +78,13 @@ def _read_verified(relative: Path, data: DataParams, root: Path) -> np.ndarray:
     return parse_idx(raw)
 
 
+def unused_checksums(data: DataParams) -> list[Path]:
+    """The data.checksums entries that name no file of a configured source: nothing checks them."""
+    sources = (data.train, data.test, data.predict)
+    named = {file for source in sources if source is not None for file in source.files}
+    return [path for path in data.checksums if path not in named]
+
+
 def _verify_checksum(raw: RawFile, relative: Path, data: DataParams) -> None:
     if raw.sha256 != data.checksums[relative]:
         raise DigitpipeError(
