@@ -135,6 +135,9 @@ class EpochBar(TQDMProgressBar):
         )
 
 
+DEVICE_GENERATORS = {"cuda": torch.cuda, "mps": torch.mps}  # the accelerators' own generators
+
+
 class GeneratorStates(L.Callback):
     """Carries torch's global random generators (the CPU's and the training device's) in each
     checkpoint, so a resumed run draws the augmentations the uninterrupted run would have drawn:
@@ -148,18 +151,16 @@ class GeneratorStates(L.Callback):
 
     def state_dict(self) -> dict[str, Any]:
         states = {"cpu": torch.get_rng_state()}
-        if self.device.type == "cuda":
-            states["cuda"] = torch.cuda.get_rng_state(self.device)
-        elif self.device.type == "mps":
-            states["mps"] = torch.mps.get_rng_state()
+        if backend := DEVICE_GENERATORS.get(self.device.type):
+            states[self.device.type] = backend.get_rng_state(self.device)
         return states
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         torch.set_rng_state(state_dict["cpu"])
-        if "cuda" in state_dict and self.device.type == "cuda":
-            torch.cuda.set_rng_state(state_dict["cuda"], self.device)
-        elif "mps" in state_dict and self.device.type == "mps":
-            torch.mps.set_rng_state(state_dict["mps"])
+        if (backend := DEVICE_GENERATORS.get(self.device.type)) and (
+            state := state_dict.get(self.device.type)
+        ) is not None:
+            backend.set_rng_state(state, self.device)
 
 
 def wants_bar(progress: str) -> bool:
