@@ -40,3 +40,13 @@ def test_stats_refuses_a_fifo_unopened(tmp_path, capsys):
     os.mkfifo(fifo)
     assert main(["stats", str(fifo)]) == 2  # opening it would wait for a writer forever
     assert f"{fifo}: not a regular file (a FIFO (named pipe))" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("wait", ["-1", "nan", "soon"])
+def test_retrain_refuses_a_wait_that_is_not_seconds(wait, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # were it accepted, nothing here to retrain
+    with pytest.raises(SystemExit) as exit_info:
+        main(["retrain", "--wait", wait])
+    assert exit_info.value.code == 2
+    expected = f"argument --wait: expected a number of seconds, 0 or more, got '{wait}'"
+    assert expected in capsys.readouterr().err

@@ -357,8 +357,27 @@ def test_bad_input_fails_clearly_with_no_output(case, tiny_project, monkeypatch,
     [
         ({"val_fraction": 1.5}, ["data.val_fraction", "less than 1", "1.5"]),
         ({"val_fraction": 0}, ["data.val_fraction", "greater than 0"]),
-        ({"colour": "red"}, ["data.colour", "Extra inputs"]),
-        ({"train": {"images": "a", "csv": "b"}}, ["data.train", "either 'images'"]),
+        ({"colour": "red"}, ["data.colour: not a key of data; its keys are train, test, predict"]),
+        (
+            {"tset_fraction": 0.2},
+            ["data.tset_fraction: not a key of data; did you mean data.test_"],
+        ),
+        (
+            {"train": {"imgs": "a"}},
+            ["data.train.imgs: not a key of data.train; did you mean data."],
+        ),
+        ({"train": {"images": "a", "csv": "b"}}, ["data.train: give either 'images'"]),
+        (
+            {"test_fraction": 0.1},
+            [
+                "data: give a 'test' source or a 'test_fraction', not both: set data.test: null to "
+                "hold out test_fraction of train, or test_fraction: 0 to keep the test source\n"
+            ],
+        ),
+        (
+            {"class_names": ["a", "b", "a"]},
+            ["data: class_names must be unique, but these appear more than once: ['a']; give"],
+        ),
         ({"limit": {"train": 0}}, ["data.limit.train", "greater than 0"]),
         ({"limit": 2000}, ["data.limit", "give a cap per split, e.g. limit: {train: 2000"]),
         ({"class_names": ["a\nb", "c"]}, ["data.class_names.0", "one line of text"]),
@@ -373,3 +392,5 @@ def test_bad_params_name_the_key(tiny_project, monkeypatch, capsys, changes, wor
     assert "params.yaml" in message
     for word in words:
         assert word in message
+    # A validator's own sentence, without pydantic's prefix or the whole section it was given.
+    assert "Value error" not in message and "(got {" not in message

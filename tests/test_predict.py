@@ -8,7 +8,8 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import MNIST, trained_model, write_csv
+import yaml
+from conftest import MNIST, default_params, mnist_data, trained_model, write_csv
 from PIL import Image
 
 from digitpipe.cli import main
@@ -308,6 +309,24 @@ def test_command_errors_are_one_clear_line(tmp_path, model_dir, mnist_test, caps
     last_line = capsys.readouterr().err.splitlines()[-1]
     assert last_line.startswith("digitpipe: error: ") and words in last_line
     assert not out.exists()
+
+
+def test_the_default_model_folder_missing_outside_a_project_says_so(
+    tmp_path, mnist_test, monkeypatch, capsys
+):
+    Image.fromarray(mnist_test[0][0]).save(tmp_path / "good.png")
+    monkeypatch.chdir(tmp_path)
+    assert main(["predict", "good.png"]) == 2
+    message = capsys.readouterr().err
+    assert f"no model folder models in the current folder ({tmp_path}); run predict" in message
+    assert "--model DIR" in message and "--model-uri URI" in message
+    assert "dvc repro train" not in message
+    # In a project (params.yaml here) that has not trained yet, the advice is to train.
+    params = default_params(mnist_data().model_dump(mode="json"))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    assert main(["predict", "good.png"]) == 2
+    assert "run the train stage first (dvc repro train)" in capsys.readouterr().err
+    assert not (tmp_path / "predictions.csv").exists()
 
 
 @pytest.mark.parametrize(

@@ -116,11 +116,16 @@ def test_tracking_off_writes_to_no_store(ingested, tmp_path_factory, monkeypatch
             ["evaluate.calibration_bins", "less than or equal to 1000"],
         ),
         ("evaluate", "evaluate", {"batch_size": "many"}, ["evaluate.batch_size", "integer"]),
-        ("evaluate", "evaluate", {"bins": 10}, ["evaluate.bins", "Extra inputs"]),
+        (
+            "evaluate",
+            "evaluate",
+            {"bins": 10},
+            ["evaluate.bins: not a key of evaluate; its keys are batch_size, pair_gallery_size"],
+        ),
         ("train", "track", {"promotion_margin": 1.5}, ["track.promotion_margin", "less than 1"]),
         ("train", "track", {"enabled": "sometimes"}, ["track.enabled", "boolean"]),
         ("train", "track", {"experiment": ""}, ["track.experiment", "at least 1 character"]),
-        ("train", "track", {"uri": "http://x"}, ["track.uri", "Extra inputs"]),
+        ("train", "track", {"uri": "http://x"}, ["track.uri: not a key of track; its keys are"]),
     ],
 )
 def test_bad_evaluate_and_track_values_are_refused_by_key(

@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 import yaml
 from conftest import default_params, edit_params, free_port, mnist_data, write_csv
+from mlflow.tracking import MlflowClient
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
@@ -306,6 +307,41 @@ def test_model_uri_against_a_missing_store_creates_none(tmp_path, monkeypatch, c
     assert main(args) == 2
     assert_refused(capsys.readouterr().err, f"{store} does not exist")
     assert not store.exists() and not (tmp_path / "predictions.csv").exists()
+
+
+@pytest.mark.parametrize("store", ["sqlite", "server"])
+def test_model_uri_the_registry_lacks_names_what_it_has(
+    store, tmp_path, monkeypatch, capsys, request
+):
+    """The store answered, so the advice is not to check that it is up: the name, alias or
+    version is missing, and the message lists what there is."""
+    uri = (
+        request.getfixturevalue("mlflow_server")
+        if store == "server"
+        else f"sqlite:///{tmp_path}/m.db"
+    )
+    client = MlflowClient(uri)
+    client.create_registered_model("digitpipe")
+    run = client.create_run("0").info.run_id
+    for _ in range(2):
+        client.create_model_version("digitpipe", f"runs:/{run}/model", run_id=run)
+    client.set_registered_model_alias("digitpipe", "champion", "2")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)
+    expected = {
+        "models:/digitpipe@nosuch": "registered model 'digitpipe' has no alias 'nosuch' "
+        "(aliases: @champion (version 2); newest versions: 1, 2); ask for one of those",
+        "models:/digitpipe/7": "registered model 'digitpipe' has no version 7 (aliases: "
+        "@champion (version 2)",
+        "models:/nosuch@champion": f"the tracking store {uri} has no registered model "
+        "'nosuch' (it has: digitpipe); check the name",
+    }
+    for model_uri, words in expected.items():
+        assert main(["predict", str(picture(tmp_path)), "--model-uri", model_uri]) == 2
+        err = capsys.readouterr().err
+        assert_refused(err, f"{model_uri}: {words}")
+        assert "reachable" not in err
+    assert not (tmp_path / "predictions.csv").exists()
 
 
 def test_model_uri_store_is_in_the_project_whatever_params_file(tmp_path, monkeypatch, capsys):

@@ -382,6 +382,21 @@ def test_last_checkpoint_follows_every_epoch_not_only_the_best(ingested, tmp_pat
     [
         ("model", {"arch": "resnet"}, ["model.arch", "'softmax'", "'bncnn'"]),
         ("train", {"lr": -0.1}, ["train.lr", "greater than 0"]),
+        (
+            "train",
+            {"learning_rate": 0.1},
+            ["train.learning_rate: not a key of train; did you mean train.lr?"],
+        ),
+        (
+            "train",
+            {"augment": {"rotate": 5}},
+            ["train.augment.rotate: not a key of train.augment; did you mean train.augment.rot"],
+        ),
+        (
+            "trian",
+            {"lr": 0.1},
+            ["trian: not a section of the parameters; did you mean train or track?"],
+        ),
         ("train", {"accelerator": "tpu"}, ["train.accelerator", "'auto'", "'mps'"]),
         ("train", {"batch_size": 5000}, ["train.batch_size 5000", "larger than the training"]),
         (

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import signal
 import sys
@@ -12,8 +13,9 @@ from pathlib import Path
 
 from digitpipe import __version__
 from digitpipe.core.config import TrackParams, load_params
+from digitpipe.core.errors import DigitpipeError
 from digitpipe.core.numbers import json_safe
-from digitpipe.core.paths import PARAMS_FILE
+from digitpipe.core.paths import MODEL_DIR, PARAMS_FILE
 from digitpipe.core.stage import run_stage, user_errors
 
 # Pipeline stages: `digitpipe NAME` runs the stage's `run(params)` like `dvc repro` would.
@@ -79,7 +81,7 @@ def _predict(args: argparse.Namespace) -> int:
     predictor = (
         Predictor.from_uri(args.model_uri, params.track if params else TrackParams(), Path("."))
         if args.model_uri
-        else Predictor.from_dir(args.model)
+        else Predictor.from_dir(_model_dir(args.model))
     )
     label_column = params.data.csv_label_column if params else LABEL_COLUMN
     summary = predict(
@@ -92,6 +94,30 @@ def _predict(args: argparse.Namespace) -> int:
     )
     print(summary)
     return 0
+
+
+def _model_dir(given: Path | None) -> Path:
+    """``--model``, else ``models`` in the current folder; outside a project (no params.yaml
+    here) a missing one is refused as such, not as a model to train."""
+    if given is None and not MODEL_DIR.is_dir() and not PARAMS_FILE.exists():
+        raise DigitpipeError(
+            f"no model folder {MODEL_DIR} in the current folder ({Path.cwd()}); run predict "
+            "from the project folder, or pass --model DIR (a train-stage model folder) or "
+            "--model-uri URI (a registered model)."
+        )
+    return given or MODEL_DIR
+
+
+def _seconds(text: str) -> float:
+    """An argparse type: a number of seconds, 0 or more (filelock waits forever on a negative or
+    NaN timeout)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if math.isnan(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, 0 or more, got {text!r}")
+    return value
 
 
 def described(commands, name: str, text: str) -> argparse.ArgumentParser:
@@ -138,9 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument(
         "--model",
         type=Path,
-        default=Path("models"),
         metavar="DIR",
-        help="a train-stage model folder (default: models)",
+        help="a train-stage model folder (default: models, in the current folder)",
     )
     source.add_argument(
         "--model-uri", metavar="URI", help="a registered model, e.g. models:/digitpipe@champion"
@@ -180,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     retrain.add_argument(
         "--wait",
-        type=float,
+        type=_seconds,
         default=0.0,
         metavar="SECONDS",
         help="wait this long for a running retrain to finish (default: skip)",

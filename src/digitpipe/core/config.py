@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
+from collections import Counter
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 import yaml
 from pydantic import (
@@ -111,11 +113,21 @@ class DataParams(Section):
         if self.test is None and self.test_fraction == 0:
             raise ValueError("no 'test' source: give one, or a 'test_fraction' > 0 to hold out")
         if self.test is not None and self.test_fraction > 0:
-            raise ValueError("give a 'test' source or a 'test_fraction', not both")
+            raise ValueError(
+                "give a 'test' source or a 'test_fraction', not both: set data.test: null to hold "
+                "out test_fraction of train, or test_fraction: 0 to keep the test source"
+            )
         if self.val_fraction + self.test_fraction >= 1:
-            raise ValueError("val_fraction + test_fraction must leave training data (< 1)")
-        if self.class_names and len(set(self.class_names)) != len(self.class_names):
-            raise ValueError("class_names must be unique")
+            raise ValueError(
+                f"val_fraction + test_fraction must leave training data (< 1), got "
+                f"{self.val_fraction} + {self.test_fraction}; lower one of them"
+            )
+        repeated = [name for name, n in Counter(self.class_names or []).items() if n > 1]
+        if repeated:
+            raise ValueError(
+                f"class_names must be unique, but these appear more than once: "
+                f"{excerpt(repeated)}; give each class its own name"
+            )
         return self
 
 
@@ -261,10 +273,47 @@ def _describe(error: ValidationError, source: str) -> str:
     """One line per bad key (the first MAX_ERRORS), quoting at most ECHO characters of input."""
     items = error.errors()
     lines = [f"{source}: invalid parameters; fix these keys:"]
-    lines += [f"  - {invalid_field(item, ECHO)}" for item in items[:MAX_ERRORS]]
+    lines += [f"  - {_explain(item)}" for item in items[:MAX_ERRORS]]
     if len(items) > MAX_ERRORS:
         lines.append(f"  ... and {len(items) - MAX_ERRORS} more")
     return "\n".join(lines)
+
+
+def _explain(item: dict) -> str:
+    """One validation error as a line; an unknown key (usually a typo) with the nearest keys."""
+    if item["type"] != "extra_forbidden":
+        return invalid_field(item, ECHO)
+    *path, key = (excerpt(part, ECHO, quote=False) for part in item["loc"])
+    section = ".".join(path)
+    known = list(_section_at(path).model_fields)
+    close = _nearest(key, known)
+    where = f"not a key of {section}" if section else "not a section of the parameters"
+    prefix = f"{section}." if section else ""
+    if close:
+        return f"{prefix}{key}: {where}; did you mean {' or '.join(prefix + k for k in close)}?"
+    return f"{prefix}{key}: {where}; its keys are {', '.join(known)}"
+
+
+def _nearest(key: str, known: list[str]) -> list[str]:
+    """The known keys ``key`` most likely misspells, or abbreviates by initials (learning_rate:
+    lr, which difflib alone finds too different)."""
+    initials = {name: "".join(word[:1] for word in name.split("_")) for name in [key, *known]}
+    short = [name for name in known if key == initials[name] or name == initials[key]]
+    close = difflib.get_close_matches(key, known, n=3)
+    return list(dict.fromkeys(short + close))
+
+
+def _section_at(path: list[str]) -> type[BaseModel]:
+    """The Section model at ``path`` in Params, e.g. ["data", "limit"] -> Limits."""
+    model: type[BaseModel] = Params
+    for key in path:
+        annotation = model.model_fields[key].annotation
+        model = next(
+            kind
+            for kind in (annotation, *get_args(annotation))
+            if isinstance(kind, type) and issubclass(kind, BaseModel)
+        )
+    return model
 
 
 def parse_params(raw: dict, source: str = "params") -> Params:

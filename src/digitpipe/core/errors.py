@@ -20,7 +20,12 @@ def excerpt(value: object, limit: int = 60, *, quote: bool = True) -> str:
 
 def invalid_field(item: dict, limit: int = 80) -> str:
     """One of pydantic's validation errors as "key: problem (got value)", quoting at most
-    ``limit`` characters of the key and of the value."""
+    ``limit`` characters of the key and of the value. A validator's own sentence is given as
+    written; a model validator's input, a whole section, is not quoted (its sentence names the
+    keys)."""
     key = ".".join(excerpt(part, limit, quote=False) for part in item["loc"]) or "(top level)"
-    got = "" if item["type"] == "missing" else f" (got {excerpt(item['input'], limit)})"
-    return f"{key}: {excerpt(item['msg'], 300, quote=False)}{got}"
+    own = item["type"] == "value_error"
+    problem = item["msg"].removeprefix("Value error, ") if own else item["msg"]
+    quiet = item["type"] == "missing" or (own and isinstance(item["input"], dict))
+    got = "" if quiet else f" (got {excerpt(item['input'], limit)})"
+    return f"{key}: {excerpt(problem, 300, quote=False)}{got}"

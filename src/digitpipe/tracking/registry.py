@@ -19,12 +19,16 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from digitpipe.core.errors import DigitpipeError
+from digitpipe.core.errors import DigitpipeError, excerpt
 from digitpipe.tracking.runs import WEIGHTS_ARTIFACTS, RunRef
 from digitpipe.tracking.store import bounded_http, ensure_reachable
 
 CHAMPION = "champion"
 MAX_TAG = 5000  # MLflow's limit on a model version tag's value
+# The registry's answers for a name, version or alias it does not have (MLflow 3.x answers a
+# missing alias with INVALID_PARAMETER_VALUE, from SQLite and from a server alike).
+NOT_FOUND = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
+MAX_LISTED = 10  # registered models or versions a message lists
 
 
 def download_weights(uri: str, tracking: str, dst: Path | None = None) -> Path:
@@ -42,11 +46,10 @@ def download_weights(uri: str, tracking: str, dst: Path | None = None) -> Path:
     try:
         with bounded_http():
             client = MlflowClient(tracking)
-            version = (
-                client.get_model_version_by_alias(name, alias)
-                if alias
-                else client.get_model_version(name, number)
-            )
+            version = _find_version(client, name, alias, number)
+            if version is None:
+                wanted = f"alias {alias!r}" if alias else f"version {number}"
+                raise DigitpipeError(f"{uri}: {_absent(client, tracking, name, wanted)}.")
             folder = client.download_artifacts(
                 version.run_id, WEIGHTS_ARTIFACTS, str(dst or tempfile.mkdtemp())
             )
@@ -60,6 +63,44 @@ def download_weights(uri: str, tracking: str, dst: Path | None = None) -> Path:
             "that it is up and reachable, then retry."
         ) from exc
     return Path(folder)
+
+
+def _find_version(
+    client: MlflowClient, name: str, alias: str | None, number: str | None
+) -> ModelVersion | None:
+    """The version of ``name`` with ``alias``, else ``number``; None when the registry answers
+    that it has no such model or version (any other failure is raised)."""
+    try:
+        if alias:
+            return client.get_model_version_by_alias(name, alias)
+        return client.get_model_version(name, number)
+    except MlflowException as exc:
+        if exc.error_code in NOT_FOUND:
+            return None
+        raise
+
+
+def _absent(client: MlflowClient, tracking: str, name: str, wanted: str) -> str:
+    """What the store lacks (``wanted`` of model ``name``, or the model), and what it has."""
+    try:
+        model = client.get_registered_model(name)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        names = [found.name for found in client.search_registered_models(max_results=MAX_LISTED)]
+        return (
+            f"the tracking store {tracking} has no registered model {name!r} (it has: "
+            f"{excerpt(', '.join(names) or 'none', 200, quote=False)}); check the name, or "
+            "register one with digitpipe retrain"
+        )
+    numbers = [str(version.version) for version in versions(client, name)][-MAX_LISTED:]
+    aliases = ", ".join(f"@{alias} (version {number})" for alias, number in model.aliases.items())
+    return (
+        f"registered model {name!r} has no {wanted} (aliases: {aliases or 'none'}; newest "
+        f"versions: {', '.join(numbers) or 'none'}); ask for one of those, as "
+        f"models:/{name}@ALIAS or models:/{name}/VERSION (digitpipe retrain sets @{CHAMPION} "
+        "when it promotes a version)"
+    )
 
 
 def registered_version(client: MlflowClient, name: str, ref: RunRef) -> str:
