@@ -31,6 +31,7 @@ from digitpipe.dataset.idx import write_idx
 
 MAX_RSS_MB = 200  # the ingest process, all of it: a bomb may add only what its header declares
 MAX_EXTRA_RSS_MB = 100  # predict (torch loaded first): above the same command on a missing file
+CLEAN_EXIT_RUNS = 5  # the abort at exit came in about 1 run in 5
 HANG_GUARD_S = 60  # a process still running then has hung; speed is measured in bench/hostile.py
 
 MEASURE = """
@@ -241,6 +242,13 @@ def _pixel_rows(rows: int, pixels: int) -> str:
     return "\n".join([header, *body]) + "\n"
 
 
+def _short_row(text: str, line: int, values: int) -> str:
+    """``text`` with line ``line`` (from 1) cut to its first ``values`` values."""
+    lines = text.split("\n")
+    lines[line - 1] = ",".join(lines[line - 1].split(",")[:values])
+    return "\n".join(lines)
+
+
 FILE_CASES = {
     "idx dims overflow int64 to 0": (
         _raw_idx("test-images", idx_header(0x08, 65536, 65536, 65536, 65536) + bytes(16)),
@@ -292,6 +300,14 @@ FILE_CASES = {
         _csv(_pixel_rows(2000, 784).replace("\n3,", '\n"3,', 1)),
         ["train.csv", "line 5 has an unpaired double quote", "Remove the stray quote"],
     ),
+    "csv row of 780 values in a file over pyarrow's 1 MB block": (
+        _csv(_short_row(_pixel_rows(2000, 784), line=1500, values=780)),
+        ["train.csv", "line 1500 has 780 values where the header has 785 columns"],
+    ),
+    "csv latin-1 cell in a row of the wrong length": (  # pyarrow could not show this row
+        _csv(f"label,{PIXELS}\n1,2,3,4,5\n1,2,\xe9,4\n".encode("latin-1")),
+        ["train.csv", "line 3 holds byte 0xe9, which is not ASCII"],
+    ),
     "csv utf-16": (
         _csv(f"label,{PIXELS}\n1,2,3,4,5\n".encode("utf-16")),
         ["train.csv", "binary content (starts with 0xfffe6c00)", "UTF-8 text"],
@@ -332,6 +348,21 @@ def test_csv_with_a_header_over_1_mb_is_read(tiny_project, monkeypatch, capsys):
     assert status == 0, err
     table = pq.read_table(tiny_project / PROCESSED_DIR / "train.parquet")
     assert json.loads(table.schema.metadata[b"digitpipe"])["height"] == side
+
+
+def test_predict_exits_cleanly_after_refusing_a_csv(tmp_path, model_dir):
+    """Exit status 2 and the one message, every time: pyarrow's threaded CSV reader let a pool
+    thread outlive read_csv, and the interpreter's exit aborted it (exit 134, 1 run in 5)."""
+    (tmp_path / "nohdr.csv").write_text(_pixel_rows(20, 784).split("\n", 1)[1])
+    for _ in range(CLEAN_EXIT_RUNS):
+        run = digitpipe(tmp_path, "predict", "nohdr.csv", "--model", model_dir)
+        assert run.rc == 2, run
+        assert_refused(
+            run.err,
+            "skipped nohdr.csv: the first row holds numbers, not column names",
+            "label,pixel0,...,pixel783 when the first column holds the labels",
+            "nothing to predict",
+        )
 
 
 # ---------------------------------------------------------------- params.yaml

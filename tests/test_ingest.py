@@ -220,6 +220,11 @@ def _fractional_pixel(project):
     write_idx(images, project / "data/raw/test-images")
 
 
+def _scaled_to_one(project):
+    images = read_idx(project / "data/raw/test-images").astype(np.float32)
+    write_idx(images / 255, project / "data/raw/test-images")
+
+
 def _fractional_label(project):
     labels = read_idx(project / "data/raw/test-labels").astype(np.float64)
     labels[4] = 1.5
@@ -327,6 +332,23 @@ BAD_INPUTS = {
     "csv fraction": (
         lambda p: _csv_train(p, f"{CSV_HEADER}\n1,2.5,3,4,5\n"),
         ["train.csv", "2.5", "not a whole number"],
+    ),
+    "csv pixels scaled 0..1": (
+        lambda p: _csv_train(p, f"{CSV_HEADER}\n1,0,0.329,1,0\n2,0.5,0,0,1\n"),
+        ["train.csv", "'pixel1' has value 0.329", "0..255", "within 0..1", "multiply them by 255"],
+    ),
+    "idx pixels scaled 0..1": (_scaled_to_one, ["test-images", "within 0..1", "by 255"]),
+    "csv without a header row": (
+        lambda p: _csv_train(p, "0,0,0,0,0\n1,0,0,255,0\n"),
+        ["train.csv", "first row holds numbers, not column names", "no header row"],
+    ),
+    "csv row of too few values": (  # line numbers as an editor shows them: blank lines count
+        lambda p: _csv_train(p, f"{CSV_HEADER}\n1,2,3,4,5\n\n1,2,3\n1,2,3,4,5\n"),
+        ["train.csv", "line 4 has 3 values where the header has 5 columns", "fix or remove"],
+    ),
+    "csv stray quote": (
+        lambda p: _csv_train(p, f'{CSV_HEADER}\n1,2,3,4,5\n1,"2,3,4,5\n1,2,3,4,5\n'),
+        ["train.csv", "line 3 has an unpaired double quote", "Remove the stray quote"],
     ),
     "csv empty": (lambda p: _csv_train(p, ""), ["train.csv", "empty"]),
     "csv label range": (

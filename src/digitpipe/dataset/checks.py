@@ -21,6 +21,17 @@ def first_invalid(values: np.ndarray, bounds: tuple[int, int] | None) -> tuple[i
     return tuple(int(i) for i in np.argwhere(bad)[0]) if bad.any() else None
 
 
+def scaled_hint(pixels: np.ndarray) -> str:
+    """For pixels refused as not whole numbers in 0..255: a sentence saying they look scaled to
+    0..1 when every one is within 0..1 (MNIST as many libraries serve it), else ""."""
+    if pixels.size and pixels.min() >= 0 and pixels.max() <= 1:
+        return (
+            " Every value is within 0..1: the pixels look scaled to 0..1; multiply them by 255 "
+            "and round to whole numbers."
+        )
+    return ""
+
+
 def check_labels(
     path: Path, labels: np.ndarray, classes: int, owner: str, ids: Sequence[str] | None = None
 ) -> None:

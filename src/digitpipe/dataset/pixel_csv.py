@@ -2,7 +2,8 @@
 
 The file is read as bounded text (:func:`digitpipe.dataset.idx.read_bytes`: a regular file,
 gzip detected by content, at most ``MAX_TEXT_BYTES``); the header must be UTF-8 with unique
-names and at most ``MAX_HEADER_BYTES`` long (a 400x400-pixel header is about 2 MB).
+names and at most ``MAX_HEADER_BYTES`` long (a 400x400-pixel header is about 2 MB), the rows
+ASCII. A bad row is named by its line number, counted as an editor does (the header is line 1).
 """
 
 from __future__ import annotations
@@ -19,12 +20,13 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from digitpipe.core.errors import DigitpipeError, excerpt
-from digitpipe.dataset.checks import first_invalid
+from digitpipe.dataset.checks import first_invalid, scaled_hint
 from digitpipe.dataset.idx import read_bytes
 
 MAX_HEADER_BYTES = 64 * 2**20
 MIN_BLOCK_BYTES = 2**20  # pyarrow's default block size; a block must hold the header and a row
 PIXEL_NAME = re.compile(r"pixel(\d{1,9})")  # Kaggle's pixel column names
+NON_ASCII = re.compile(rb"[\x80-\xff]")
 EXACT_INT = 2**53  # labels beyond this stay float, so a label check reports their real value
 
 
@@ -40,6 +42,7 @@ class CsvImages:
 def read_pixel_csv(path: Path, label_column: str) -> CsvImages:
     """Read a pixel CSV with a header; every column except ``label_column`` is a pixel."""
     table = _parse(path, read_bytes(path, "text").data)
+    _check_names(path, table.column_names, label_column)
     if table.num_rows == 0:
         raise DigitpipeError(f"{path}: the CSV has a header but no rows.")
     labels = None
@@ -74,33 +77,94 @@ def _in_pixel_order(path: Path, table: pa.Table) -> pa.Table:
 
 
 def _parse(path: Path, data: bytes) -> pa.Table:
-    """The CSV ``data`` as a table, after checking its header (size, encoding, unique names)."""
+    """The CSV ``data`` as a table, after checking its header (size, encoding) and rows (ASCII,
+    one value per column, no stray quote)."""
     if not data:
         raise DigitpipeError(f"{path}: the file is empty; expected a CSV with a header.")
     header = _header(path, data)
+    _check_ascii_rows(path, data, len(header.encode()))
     block = max(MIN_BLOCK_BYTES, 16 * (len(header) + 1))
-    options = pacsv.ReadOptions(block_size=block)
+    # One thread: pyarrow's threaded reader lets a pool thread drop the last reference to `data`
+    # after read_csv has returned; that thread then waits for the GIL, and when the interpreter
+    # exits first it is ended inside a C++ destructor: "terminate called without an active
+    # exception", exit 134 (about 1 run in 5 of a refused file). The serial reader also numbers
+    # the rows, and on 2 cores it is as fast (42000 Kaggle rows: 0.9-1.0 s against 1.3-2.6 s).
+    options = pacsv.ReadOptions(block_size=block, use_threads=False)
+    invalid: list[pacsv.InvalidRow] = []
+    parse = pacsv.ParseOptions(invalid_row_handler=lambda row: invalid.append(row) or "error")
     try:
-        table = pacsv.read_csv(pa.py_buffer(data), read_options=options)
+        table = pacsv.read_csv(pa.py_buffer(data), read_options=options, parse_options=parse)
     except pa.ArrowInvalid as exc:
+        if invalid:
+            raise _row_error(path, data, invalid[0]) from None
         if "straddl" in str(exc):  # pyarrow's words for a row longer than a block
             raise DigitpipeError(
                 f"{path}: line {_longest_line(data)} (the longest) is longer than {block:,} "
                 f"bytes while the header is {len(header):,} bytes; a pixel row is about as long "
                 "as its header. Check the file's line breaks."
             ) from None
+        if b'"' in data:  # a quoted value across a block's end: "out of sync with chunker"
+            raise _quote_error(path, data) from None
         raise DigitpipeError(
             f"{path}: not a well-formed CSV ({excerpt(str(exc), 200, quote=False)})."
         ) from None
     _check_row_count(path, data, table.num_rows)
-    first: dict[str, int] = {}
-    for col, name in enumerate(table.column_names):
-        if first.setdefault(name, col) != col:
-            raise DigitpipeError(
-                f"{path}: column {excerpt(name)} appears twice in the header (columns "
-                f"{first[name] + 1} and {col + 1}); each column name must be unique."
-            )
     return table
+
+
+def _check_names(path: Path, names: list[str], label_column: str) -> None:
+    """Refuse a header that names a column twice, or a first row of numbers: no header at all."""
+    first: dict[str, int] = {}
+    for col, name in enumerate(names):
+        if first.setdefault(name, col) == col:
+            continue
+        if _all_numbers(names):
+            raise DigitpipeError(
+                f"{path}: the first row holds numbers, not column names: the file has no header "
+                f"row. Add one: {label_column},pixel0,...,pixel{len(names) - 2} when the first "
+                f"column holds the labels, else pixel0,...,pixel{len(names) - 1}."
+            )
+        raise DigitpipeError(
+            f"{path}: column {excerpt(name)} appears twice in the header (columns "
+            f"{first[name] + 1} and {col + 1}); each column name must be unique."
+        )
+
+
+def _all_numbers(names: list[str]) -> bool:
+    """Whether every name reads as a number (pyarrow's reading of a CSV value)."""
+    try:
+        pc.cast(pa.array(names), pa.float64())
+    except pa.ArrowInvalid:
+        return False
+    return True
+
+
+def _check_ascii_rows(path: Path, data: bytes, start: int) -> None:
+    """Refuse a byte beyond ASCII from ``start`` (the end of the header) on: rows hold numbers,
+    and pyarrow could not show a row that is not UTF-8 to the invalid-row handler."""
+    if data.isascii():
+        return
+    found = NON_ASCII.search(data, start)
+    if found is None:
+        return
+    line = _line_at(data, found.start())
+    raise DigitpipeError(
+        f"{path}: line {line} holds byte 0x{data[found.start()]:02x}, which is not ASCII; pixel "
+        "CSV rows hold plain numbers only. Fix that line (was the file saved in another "
+        "encoding?)."
+    )
+
+
+def _row_error(path: Path, data: bytes, row: pacsv.InvalidRow) -> DigitpipeError:
+    """The error for pyarrow's first row with the wrong number of values."""
+    if "\n" in row.text or "\r" in row.text:  # a quote opened a value that spans lines
+        return _quote_error(path, data)
+    line = _line_of(data, row.text) or row.number  # pyarrow's number skips blank lines
+    return DigitpipeError(
+        f"{path}: line {line} has {row.actual_columns} values where the header has "
+        f"{row.expected_columns} columns ({excerpt(row.text, 40)}); each row needs one value "
+        "per column: fix or remove that line."
+    )
 
 
 def _check_row_count(path: Path, data: bytes, rows: int) -> None:
@@ -111,8 +175,17 @@ def _check_row_count(path: Path, data: bytes, rows: int) -> None:
     lines = data.splitlines()
     if rows == sum(1 for line in lines[1:] if line):
         return
+    raise _quote_error(path, data)
+
+
+def _quote_error(path: Path, data: bytes) -> DigitpipeError:
+    """The error for rows that a quote made span lines, naming the first unpaired quote."""
     number, quoted = next(
-        ((number, line) for number, line in enumerate(lines, start=1) if line.count(b'"') % 2),
+        (
+            (number, line)
+            for number, line in enumerate(data.splitlines(), start=1)
+            if line.count(b'"') % 2
+        ),
         (None, b""),
     )
     shown = excerpt(quoted.decode(errors="replace"), 40)
@@ -121,10 +194,23 @@ def _check_row_count(path: Path, data: bytes, rows: int) -> None:
         if number
         else "a quoted value spans lines"
     )
-    raise DigitpipeError(
+    return DigitpipeError(
         f"{path}: {where}, so its rows cannot be read reliably; pixel CSVs need one row per "
         "line and no quotes around values. Remove the stray quote."
     )
+
+
+def _line_of(data: bytes, text: str) -> int | None:
+    """The number of the first line of ``data`` that reads ``text`` in full (None: none does)."""
+    found = re.search(rb"(?<![^\r\n])" + re.escape(text.encode()) + rb"(?![^\r\n])", data)
+    return None if found is None else _line_at(data, found.start())
+
+
+def _line_at(data: bytes, position: int) -> int:
+    """The number (from 1) of the line holding ``data[position]``; a line ends at LF, CR LF or CR,
+    as pyarrow's do."""
+    ends = data.count(b"\n", 0, position) + data.count(b"\r", 0, position)
+    return ends - data.count(b"\r\n", 0, position) + 1
 
 
 def _longest_line(data: bytes) -> int:
@@ -178,9 +264,10 @@ def _whole_numbers(path: Path, table: pa.Table, bounds: tuple[int, int] | None) 
             if isinstance(value, float) and math.isinf(value)
             else f"value {excerpt(value, 40)}"
         )
+        hint = "" if bounds is None else scaled_hint(matrix)
         raise DigitpipeError(
             f"{path}: column {excerpt(table.column_names[col])} has {shown} at data row "
-            f"{row + 1}, not a whole number{fault}."
+            f"{row + 1}, not a whole number{fault}.{hint}"
         )
     return matrix
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from digitpipe.core.errors import DigitpipeError
-from digitpipe.dataset.checks import first_invalid
+from digitpipe.dataset.checks import first_invalid, scaled_hint
 
 
 def as_images(
@@ -49,7 +49,7 @@ def as_images(
     if index is not None:
         raise DigitpipeError(
             f"{path}: pixel value {array[index].item()!r} in image {index[0]} is not a whole "
-            "number in 0..255; convert the images to 8-bit grayscale."
+            f"number in 0..255; convert the images to 8-bit grayscale.{scaled_hint(array)}"
         )
     return array.astype(np.uint8, copy=False)
 
