@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import REPO, edit_params, stopped_after_a_checkpoint
+from pydantic import ValidationError
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -50,6 +51,8 @@ def test_an_augment_key_keeps_the_recipes_other_augmentations():
     all_off = TrainParams.model_validate({"augment": dict.fromkeys(Augment.model_fields, 0)})
     assert resolve_recipe("bncnn", all_off).augment == Augment()
     assert resolve_recipe("best", TrainParams()).augment == RECIPES["best"].augment
+    with pytest.raises(ValidationError, match="sets no key"):  # it would keep the recipe's
+        TrainParams.model_validate({"augment": {}})
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)

@@ -187,6 +187,17 @@ class TrainParams(Recipe):
     precision: Literal[PRECISIONS] = "32-true"
     limit_batches: Count | None = None  # cap batches per epoch (quick runs, tests)
 
+    @field_validator("augment")
+    @classmethod
+    def _augment_names_a_key(cls, augment: Augment | None) -> Augment | None:
+        """``augment`` merges into the recipe's key by key, so ``{}`` would change nothing."""
+        if augment is not None and not augment.model_fields_set:
+            raise ValueError(
+                "{} sets no key: null keeps the recipe's augmentation, and {rotation: 0, "
+                "translation: 0, scale: 0, elastic: 0} turns it off"
+            )
+        return augment
+
 
 ARCHITECTURES = ("softmax", "mlp", "lenet", "convnet3", "tinycnn", "bncnn", "best")
 
