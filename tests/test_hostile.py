@@ -350,6 +350,26 @@ def test_csv_with_a_header_over_1_mb_is_read(tiny_project, monkeypatch, capsys):
     assert json.loads(table.schema.metadata[b"digitpipe"])["height"] == side
 
 
+def test_blank_lines_and_a_stray_quote_are_located_in_bounded_memory(tiny_project):
+    """Checking the row count and finding the quote once split the file into a list of lines:
+    8 bytes a line, 240 MB for these 30 MB of blank lines."""
+    header, body = _pixel_rows(20, 4).split("\n", 1)
+    text = header + "\n" * 30_000_000 + body.replace("\n3,", '\n"3,', 1)
+    _csv(text)(tiny_project)
+    run = digitpipe(tiny_project, "ingest")
+    line = text[: text.index('"')].count("\n") + 1
+    assert run.rc == 2
+    assert_refused(run.err, f"line {line} has an unpaired double quote")
+    assert run.rss_mb < MAX_RSS_MB, run
+
+
+def test_csv_with_cr_line_ends_names_the_line_of_a_bad_byte(tiny_project, monkeypatch, capsys):
+    _csv(f"label,{PIXELS}\r1,2,3,4,5\r1,2,\xe9,4,5\r".encode("latin-1"))(tiny_project)
+    status, err = ingest(tiny_project, monkeypatch, capsys)
+    assert status == 2
+    assert_refused(err, "train.csv: line 3 holds byte 0xe9, which is not ASCII")
+
+
 def test_predict_exits_cleanly_after_refusing_a_csv(tmp_path, model_dir):
     """Exit status 2 and the one message, every time: pyarrow's threaded CSV reader let a pool
     thread outlive read_csv, and the interpreter's exit aborted it (exit 134, 1 run in 5)."""

@@ -20,6 +20,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from digitpipe.core.errors import DigitpipeError, excerpt
+from digitpipe.core.numbers import counted
 from digitpipe.dataset.checks import first_invalid, scaled_hint
 from digitpipe.dataset.idx import read_bytes
 
@@ -27,6 +28,7 @@ MAX_HEADER_BYTES = 64 * 2**20
 MIN_BLOCK_BYTES = 2**20  # pyarrow's default block size; a block must hold the header and a row
 PIXEL_NAME = re.compile(r"pixel(\d{1,9})")  # Kaggle's pixel column names
 NON_ASCII = re.compile(rb"[\x80-\xff]")
+LINE_END = re.compile(rb"[\r\n]")
 EXACT_INT = 2**53  # labels beyond this stay float, so a label check reports their real value
 
 
@@ -82,7 +84,8 @@ def _parse(path: Path, data: bytes) -> pa.Table:
     if not data:
         raise DigitpipeError(f"{path}: the file is empty; expected a CSV with a header.")
     header = _header(path, data)
-    _check_ascii_rows(path, data, len(header.encode()))
+    header_end = len(header.encode())
+    _check_ascii_rows(path, data, header_end)
     block = max(MIN_BLOCK_BYTES, 16 * (len(header) + 1))
     # One thread: pyarrow's threaded reader lets a pool thread drop the last reference to `data`
     # after read_csv has returned; that thread then waits for the GIL, and when the interpreter
@@ -108,7 +111,7 @@ def _parse(path: Path, data: bytes) -> pa.Table:
         raise DigitpipeError(
             f"{path}: not a well-formed CSV ({excerpt(str(exc), 200, quote=False)})."
         ) from None
-    _check_row_count(path, data, table.num_rows)
+    _check_row_count(path, data, header_end, table.num_rows)
     return table
 
 
@@ -161,43 +164,69 @@ def _row_error(path: Path, data: bytes, row: pacsv.InvalidRow) -> DigitpipeError
         return _quote_error(path, data)
     line = _line_of(data, row.text) or row.number  # pyarrow's number skips blank lines
     return DigitpipeError(
-        f"{path}: line {line} has {row.actual_columns} values where the header has "
+        f"{path}: line {line} has {counted(row.actual_columns, 'value')} where the header has "
         f"{row.expected_columns} columns ({excerpt(row.text, 40)}); each row needs one value "
         "per column: fix or remove that line."
     )
 
 
-def _check_row_count(path: Path, data: bytes, rows: int) -> None:
+def _check_row_count(path: Path, data: bytes, header_end: int, rows: int) -> None:
     """Refuse a parse that lost rows: every line after the header that is not blank must be one
     row. (pyarrow's block parser can swallow the lines after a stray double quote silently.)"""
     if rows == data.count(b"\n") + (not data.endswith(b"\n")) - 1:
         return  # the common case: no blank lines, "\n" or "\r\n" line ends
-    lines = data.splitlines()
-    if rows == sum(1 for line in lines[1:] if line):
+    if rows == _lines_holding_text(memoryview(data)[header_end:]):
         return
     raise _quote_error(path, data)
 
 
+def _lines_holding_text(data: memoryview) -> int:
+    """The lines of ``data`` that are not blank (a line ends at LF, CR LF or CR), counted a chunk
+    at a time: a file of blank lines costs no more memory than a chunk's masks."""
+    count, after_line_end = 0, True
+    for start in range(0, len(data), MIN_BLOCK_BYTES):
+        chunk = np.frombuffer(data[start : start + MIN_BLOCK_BYTES], np.uint8)
+        ends = (chunk == ord("\n")) | (chunk == ord("\r"))
+        starts_a_line = np.concatenate(([after_line_end], ends[:-1]))
+        count += int(np.count_nonzero(starts_a_line & ~ends))
+        after_line_end = bool(ends[-1])
+    return count
+
+
 def _quote_error(path: Path, data: bytes) -> DigitpipeError:
     """The error for rows that a quote made span lines, naming the first unpaired quote."""
-    number, quoted = next(
-        (
-            (number, line)
-            for number, line in enumerate(data.splitlines(), start=1)
-            if line.count(b'"') % 2
-        ),
-        (None, b""),
-    )
-    shown = excerpt(quoted.decode(errors="replace"), 40)
+    start = _unpaired_quote_line(data)
     where = (
-        f"line {number} has an unpaired double quote ({shown})"
-        if number
-        else "a quoted value spans lines"
+        "a quoted value spans lines"
+        if start is None
+        else f"line {_line_at(data, start)} has an unpaired double quote "
+        f"({excerpt(data[start : start + 80].splitlines()[0].decode(errors='replace'), 40)})"
     )
     return DigitpipeError(
         f"{path}: {where}, so its rows cannot be read reliably; pixel CSVs need one row per "
         "line and no quotes around values. Remove the stray quote."
     )
+
+
+def _unpaired_quote_line(data: bytes) -> int | None:
+    """Where the first line holding an odd number of double quotes starts (None: no such line).
+    Only the lines holding a quote are visited, each search starting where the last ended."""
+    line_end, quote = 0, data.find(b'"')
+    while quote >= 0:
+        start = max(data.rfind(b"\n", line_end, quote), data.rfind(b"\r", line_end, quote)) + 1
+        line_end = _line_end(data, quote)
+        if data.count(b'"', start, line_end) % 2:
+            return start
+        quote = data.find(b'"', line_end)
+    return None
+
+
+def _line_end(data: bytes, position: int, stop: int | None = None) -> int:
+    """Where the line holding ``data[position]`` ends: its LF or CR, else ``stop`` (default: the
+    end of ``data``)."""
+    stop = len(data) if stop is None else min(stop, len(data))
+    found = LINE_END.search(data, position, stop)
+    return stop if found is None else found.start()
 
 
 def _line_of(data: bytes, text: str) -> int | None:
@@ -220,14 +249,14 @@ def _longest_line(data: bytes) -> int:
 
 
 def _header(path: Path, data: bytes) -> str:
-    """The first line of ``data``: at most MAX_HEADER_BYTES of UTF-8 text."""
-    end = data.find(b"\n", 0, MAX_HEADER_BYTES + 1)
-    if end < 0 and len(data) > MAX_HEADER_BYTES:
+    """The first line of ``data`` (to its LF or CR): at most MAX_HEADER_BYTES of UTF-8 text."""
+    end = _line_end(data, 0, MAX_HEADER_BYTES + 1)
+    if end > MAX_HEADER_BYTES:
         raise DigitpipeError(
             f"{path}: no line break in the first {MAX_HEADER_BYTES >> 20} MiB: the header line "
             "is too long, or this is not a CSV file."
         )
-    line = data[: len(data) if end < 0 else end]
+    line = data[:end]
     try:
         return line.decode("utf-8")
     except UnicodeDecodeError as exc:
