@@ -326,6 +326,7 @@ def test_model_uri_the_registry_lacks_names_what_it_has(
     for _ in range(2):
         client.create_model_version("digitpipe", f"runs:/{run}/model", run_id=run)
     client.set_registered_model_alias("digitpipe", "champion", "2")
+    client.create_registered_model("empty")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.chdir(tmp_path)
     expected = {
@@ -334,7 +335,9 @@ def test_model_uri_the_registry_lacks_names_what_it_has(
         "models:/digitpipe/7": "registered model 'digitpipe' has no version 7 (aliases: "
         "@champion (version 2)",
         "models:/nosuch@champion": f"the tracking store {uri} has no registered model "
-        "'nosuch' (it has: digitpipe); check the name",
+        "'nosuch' (it has: digitpipe, empty); check the name",
+        "models:/empty@champion": "registered model 'empty' has no alias 'champion', nor any "
+        "version yet; digitpipe retrain registers",
     }
     for model_uri, words in expected.items():
         assert main(["predict", str(picture(tmp_path)), "--model-uri", model_uri]) == 2

@@ -94,6 +94,11 @@ def _absent(client: MlflowClient, tracking: str, name: str, wanted: str) -> str:
             "register one with digitpipe retrain"
         )
     numbers = [str(version.version) for version in versions(client, name)][-MAX_LISTED:]
+    if not numbers:
+        return (
+            f"registered model {name!r} has no {wanted}, nor any version yet; digitpipe retrain "
+            f"registers each run's model and sets @{CHAMPION} when it promotes one"
+        )
     aliases = ", ".join(f"@{alias} (version {number})" for alias, number in model.aliases.items())
     return (
         f"registered model {name!r} has no {wanted} (aliases: {aliases or 'none'}; newest "
