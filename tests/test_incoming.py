@@ -3,6 +3,7 @@ order, validated like any source, with their provenance in the image ids and the
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import numpy as np
@@ -145,6 +146,23 @@ def test_a_limit_that_samples_batch_images_out_says_so(tiny_project, incoming, m
     assert 0 < kept < 100
     warning = capsys.readouterr().err
     assert f"data.limit keeps {kept} of the 100 images of the drop-folder batches" in warning
+
+
+def test_a_checksum_of_a_batch_file_is_checked_without_a_warning(
+    tiny_project, incoming, mnist_train, capsys
+):
+    images, labels = mnist_train
+    batch = incoming / "week1.csv"
+    write_csv(batch, images[800:900], labels[800:900])
+    listed = f"{INCOMING}/week1.csv"
+    edit_params(
+        tiny_project, "data", checksums={listed: hashlib.sha256(batch.read_bytes()).hexdigest()}
+    )
+    ingest(tiny_project)
+    assert "data.checksums" not in capsys.readouterr().err
+    edit_params(tiny_project, "data", checksums={listed: "0" * 64})
+    with pytest.raises(DigitpipeError, match="checksum mismatch"):
+        ingest(tiny_project)
 
 
 def test_incoming_null_turns_the_folder_off(tiny_project, incoming, mnist_train):

@@ -216,9 +216,10 @@ def run(params: Params, root: Path = Path(".")) -> dict:
     summary = summarize(splits, batches)
     warnings = [
         *(
-            f"data.checksums lists {path}, which is no file of data.train, data.test or "
-            "data.predict, so nothing was checked against it; correct the path or remove the entry."
-            for path in unused_checksums(params.data)
+            f"data.checksums lists {path}, which is no file of data.train, data.test, "
+            "data.predict or a drop-folder batch, so nothing was checked against it; correct the "
+            "path or remove the entry."
+            for path in unused_checksums(params.data, batches)
         ),
         limit_warning(summary),
     ]

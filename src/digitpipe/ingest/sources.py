@@ -4,6 +4,7 @@ drop folder (``data.incoming``)."""
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,9 +79,10 @@ def _read_verified(relative: Path, data: DataParams, root: Path) -> np.ndarray:
     return parse_idx(raw)
 
 
-def unused_checksums(data: DataParams) -> list[Path]:
-    """The data.checksums entries that name no file of a configured source: nothing checks them."""
-    sources = (data.train, data.test, data.predict)
+def unused_checksums(data: DataParams, batches: Sequence[Batch]) -> list[Path]:
+    """The data.checksums entries that name no file of a configured source or of a drop-folder
+    batch: nothing checks them."""
+    sources = (data.train, data.test, data.predict, *(batch.source for batch in batches))
     named = {file for source in sources if source is not None for file in source.files}
     return [path for path in data.checksums if path not in named]
 
