@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -27,7 +28,7 @@ from digitpipe.train.callbacks import History, weight_average
 from digitpipe.train.checkpoint import read_checkpoint
 from digitpipe.train.data import DigitData, IndexBatches, augment
 from digitpipe.train.recipes import RECIPES, resolve_recipe
-from digitpipe.train.run import build_module, build_trainer, fit
+from digitpipe.train.run import INTERRUPTED, build_module, build_trainer, fit
 from digitpipe.train.run import run as train
 
 TOO_MANY = max(2, len(os.sched_getaffinity(0))) + 1  # CPU training processes beyond the cap
@@ -358,6 +359,23 @@ def test_killed_run_resumes_from_its_last_checkpoint(ingested):
     uninterrupted = stage(ingested)
     assert uninterrupted.wait(timeout=300) == 0
     assert (ingested / MODEL_DIR / "model.safetensors").read_bytes() == resumed_weights
+
+
+@pytest.mark.slow
+def test_ctrl_c_says_how_to_resume_and_the_rerun_goes_on_from_there(ingested):
+    edit_params(ingested, "train", max_epochs=6, limit_batches=12)
+    edit_params(ingested, "runtime", progress="lines")
+    process = stage(ingested)
+    stopped_after_a_checkpoint(ingested, lambda: process.pid, lambda: process.poll() is not None)
+    process.send_signal(signal.SIGINT)
+    process.send_signal(signal.SIGCONT)
+    output = process.communicate(timeout=300)[0]
+    assert process.returncode == 1 and INTERRUPTED in output, output
+    resumed = stage(ingested)
+    output = resumed.communicate(timeout=300)[0]
+    assert resumed.returncode == 0, output
+    finished = int(re.search(r"Resuming from .*: epoch (\d) was the last to finish", output)[1])
+    assert f"epoch {finished}/6 " not in output and f"epoch {finished + 1}/6 " in output
 
 
 def test_last_checkpoint_follows_every_epoch_not_only_the_best(ingested, tmp_path):

@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -340,14 +341,20 @@ def resume_from(run_dir: Path, runtime: RuntimeParams) -> Path | None:
     if not (runtime.resume and last.exists()):
         return None
     try:
-        read_checkpoint(last)
+        finished = read_checkpoint(last)["epoch"] + 1  # Lightning counts epochs from 0
     except Exception as exc:  # any unreadable checkpoint: torch raises many kinds
         aside = last.with_name("last.ckpt.corrupt")
         last.replace(aside)
         print(f"{last} cannot be read ({type(exc).__name__}); moved to {aside}, starting afresh.")
         return None
-    print(f"Resuming from {last}", flush=True)
+    print(f"Resuming from {last}: epoch {finished} was the last to finish", flush=True)
     return last
+
+
+INTERRUPTED = (
+    "train: interrupted. The last finished epoch's checkpoint is kept under checkpoints/; "
+    "rerun the stage (runtime.resume: true) to continue from it."
+)
 
 
 def fit(trainer: L.Trainer, module: DigitClassifier, data: DigitData, ckpt: Path | None) -> None:
@@ -357,7 +364,12 @@ def fit(trainer: L.Trainer, module: DigitClassifier, data: DigitData, ckpt: Path
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
         warnings.filterwarnings("ignore", ".*treespec, LeafSpec.*")
         warnings.filterwarnings("ignore", ".*exists and is not empty.*")
-        trainer.fit(module, datamodule=data, ckpt_path=ckpt)
+        try:
+            trainer.fit(module, datamodule=data, ckpt_path=ckpt)
+        except SystemExit:
+            if trainer.interrupted:  # Ctrl-C: Lightning stops and exits with status 1, silently
+                print(INTERRUPTED, file=sys.stderr, flush=True)
+            raise
 
 
 def export(
