@@ -335,12 +335,18 @@ def test_ddp_with_two_cpu_processes(ingested):
     assert "\r" not in output  # not a terminal: plain lines, no bar
 
 
+def stopped_training(project) -> subprocess.Popen:
+    """A 6-epoch train stage, started, then stopped (SIGSTOP) once it has saved a checkpoint."""
+    edit_params(project, "train", max_epochs=6, limit_batches=12)
+    edit_params(project, "runtime", progress="lines")
+    process = stage(project)
+    stopped_after_a_checkpoint(project, lambda: process.pid, lambda: process.poll() is not None)
+    return process
+
+
 @pytest.mark.slow
 def test_killed_run_resumes_from_its_last_checkpoint(ingested):
-    edit_params(ingested, "train", max_epochs=6, limit_batches=12)
-    edit_params(ingested, "runtime", progress="lines")
-    process = stage(ingested)
-    stopped_after_a_checkpoint(ingested, lambda: process.pid, lambda: process.poll() is not None)
+    process = stopped_training(ingested)
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert not (ingested / TRAIN_REPORTS / "metrics.json").exists()
@@ -363,10 +369,7 @@ def test_killed_run_resumes_from_its_last_checkpoint(ingested):
 
 @pytest.mark.slow
 def test_ctrl_c_says_how_to_resume_and_the_rerun_goes_on_from_there(ingested):
-    edit_params(ingested, "train", max_epochs=6, limit_batches=12)
-    edit_params(ingested, "runtime", progress="lines")
-    process = stage(ingested)
-    stopped_after_a_checkpoint(ingested, lambda: process.pid, lambda: process.poll() is not None)
+    process = stopped_training(ingested)
     process.send_signal(signal.SIGINT)
     process.send_signal(signal.SIGCONT)
     output = process.communicate(timeout=300)[0]
