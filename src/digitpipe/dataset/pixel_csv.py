@@ -91,7 +91,8 @@ def _parse(path: Path, data: bytes) -> pa.Table:
     # after read_csv has returned; that thread then waits for the GIL, and when the interpreter
     # exits first it is ended inside a C++ destructor: "terminate called without an active
     # exception", exit 134 (about 1 run in 5 of a refused file). The serial reader also numbers
-    # the rows, and on 2 cores it is as fast (42000 Kaggle rows: 0.9-1.0 s against 1.3-2.6 s).
+    # the rows; on 2 cores it costs a little (ingest of 42000 Kaggle rows, run interleaved with
+    # the threaded version: 1.34-1.72 s against 1.15-1.16 s).
     options = pacsv.ReadOptions(block_size=block, use_threads=False)
     invalid: list[pacsv.InvalidRow] = []
     parse = pacsv.ParseOptions(invalid_row_handler=lambda row: invalid.append(row) or "error")

@@ -102,7 +102,7 @@ def _absent(client: MlflowClient, tracking: str, name: str, wanted: str) -> str:
     aliases = ", ".join(f"@{alias} (version {number})" for alias, number in model.aliases.items())
     return (
         f"registered model {name!r} has no {wanted} (aliases: {aliases or 'none'}; newest "
-        f"versions: {', '.join(numbers) or 'none'}); ask for one of those, as "
+        f"versions: {', '.join(numbers)}); ask for one of those, as "
         f"models:/{name}@ALIAS or models:/{name}/VERSION (digitpipe retrain sets @{CHAMPION} "
         "when it promotes a version)"
     )
