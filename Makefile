@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # Stage commands in dvc.yaml call `python`: make it the virtual environment's.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install repro test test-fast test-matrix lint bench lock clean remote push pull
+.PHONY: install repro test test-fast test-matrix lint bench lock clean push pull
 
 install: $(STAMP)
 
@@ -20,19 +20,15 @@ repro: $(STAMP)
 	$(BIN)/dvc repro
 
 # Share data, models, reports and the run-cache through the DVC remote (.dvc/config: a folder
-# beside this clone). DVC_REMOTE=s3://bucket/path (or any dvc remote URL) points this clone
-# elsewhere, e.g. in a scheduled CI job; the run-cache lets a teammate's `dvc repro` skip
-# every stage that already ran anywhere.
-remote: $(STAMP)
-ifdef DVC_REMOTE
-	$(BIN)/dvc remote add --local --force --default env "$(DVC_REMOTE)"
-endif
+# beside this clone); the run-cache lets a teammate's `dvc repro` skip every stage that already
+# ran anywhere. DVC_REMOTE=s3://bucket/path (any dvc remote URL, or a configured remote's name)
+# points one command elsewhere, e.g. in a scheduled CI job, and writes no DVC config file
+# (docs/scaling-out-remotes.md). `make pull` from an empty remote pulls nothing and succeeds.
+push: $(STAMP)
+	$(BIN)/digitpipe push
 
-push: remote
-	$(BIN)/dvc push --run-cache
-
-pull: remote
-	$(BIN)/dvc pull --run-cache
+pull: $(STAMP)
+	$(BIN)/digitpipe pull
 
 # One pytest worker per core: the slow tests wait on subprocesses (dvc, mlflow) as much as on torch.
 PYTEST := $(BIN)/python -m pytest -n auto --dist worksteal

@@ -90,8 +90,13 @@ def write_csv(path: Path, images: np.ndarray, labels: np.ndarray | None) -> Path
 @pytest.fixture()
 def tiny_project(tmp_path: Path, mnist_train) -> Path:
     """A project folder with 600 train and 200 test MNIST digits as gzip IDX, and params.yaml."""
+    return write_tiny_project(tmp_path, mnist_train)
+
+
+def write_tiny_project(folder: Path, mnist_train) -> Path:
+    """The tiny project (see :func:`tiny_project`) written into ``folder``."""
     images, labels = mnist_train
-    raw = tmp_path / "data" / "raw"
+    raw = folder / "data" / "raw"
     write_idx(images[:600], raw / "train-images.gz", compress=True)
     write_idx(labels[:600], raw / "train-labels.gz", compress=True)
     write_idx(images[600:800], raw / "test-images", compress=False)
@@ -104,8 +109,8 @@ def tiny_project(tmp_path: Path, mnist_train) -> Path:
         track={"enabled": False},  # tracking tests turn it on
         runtime={"progress": "none"},
     )
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    return tmp_path
+    (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return folder
 
 
 QUICK_TRAIN = {"max_epochs": 1, "batch_size": 32, "limit_batches": 3}

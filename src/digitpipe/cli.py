@@ -52,6 +52,17 @@ def _retrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _transfer(direction: str) -> Callable[[argparse.Namespace], int]:
+    @user_errors
+    def handler(args: argparse.Namespace) -> int:
+        from digitpipe import remote
+
+        print(getattr(remote, direction)(args.remote))
+        return 0
+
+    return handler
+
+
 def stats_command(path: Path, as_json: bool) -> str:
     """What `digitpipe stats` prints: Markdown tables, or one standard JSON object (null where a
     statistic is undefined)."""
@@ -217,6 +228,20 @@ def build_parser() -> argparse.ArgumentParser:
         "retrain nothing",
     )
     retrain.set_defaults(handler=_retrain)
+    for direction, text in (
+        ("push", "push data, outputs and the run-cache to the DVC remote"),
+        ("pull", "pull data, outputs and the run-cache from the DVC remote (empty: nothing)"),
+    ):
+        transfer = described(commands, direction, text)
+        transfer.add_argument(
+            "--remote",
+            default=os.environ.get("DVC_REMOTE"),
+            metavar="URL|NAME",
+            help="a remote URL (s3://bucket/path, ssh://host/path, a folder) or a configured "
+            "remote's name, for this command only: nothing is written to .dvc/config or "
+            ".dvc/config.local (default: $DVC_REMOTE, else the default remote)",
+        )
+        transfer.set_defaults(handler=_transfer(direction))
     return parser
 
 
