@@ -1,6 +1,6 @@
-"""deploy/retrain.sh, which cron and systemd run: pull (a failure tolerated), retrain, push only
-after a successful retrain, never two at once. Here `make` and `digitpipe` are stand-ins that
-record their calls."""
+"""deploy/retrain.sh, which cron and systemd run: pull (a failed pull ends the run; `make pull`
+succeeds on an empty remote, see test_remotes.py), retrain, push only after a successful
+retrain, never two at once. Here `make` and `digitpipe` are stand-ins that record their calls."""
 
 from __future__ import annotations
 
@@ -16,12 +16,12 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def clone(tmp_path, retrain_status: int):
+def clone(tmp_path, retrain_status: int, pull_status: int = 0):
     root = tmp_path / "clone"
     (root / "deploy").mkdir(parents=True)
     shutil.copy(REPO / "deploy" / "retrain.sh", root / "deploy")
     (root / "Makefile").write_text(
-        "pull:\n\techo pull >> calls; exit 1\npush:\n\techo push >> calls\n"
+        f"pull:\n\techo pull >> calls; exit {pull_status}\npush:\n\techo push >> calls\n"
     )
     digitpipe = root / ".venv" / "bin" / "digitpipe"
     digitpipe.parent.mkdir(parents=True)
@@ -40,12 +40,21 @@ def run(root, *args):
     )
 
 
-def test_pull_retrain_push_with_an_empty_remote(tmp_path):
+def test_pull_retrain_push(tmp_path):
     root = clone(tmp_path, 0)
     result = run(root, "--wait", "600")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "make pull failed" in result.stdout
     assert (root / "calls").read_text().splitlines() == ["pull", "retrain --wait 600", "push"]
+
+
+def test_a_failed_pull_retrains_nothing(tmp_path):
+    """A remote that cannot be used (a missing plugin, wrong credentials) fails the run at once:
+    its push would fail too, after a retrain from scratch."""
+    root = clone(tmp_path, 0, pull_status=2)
+    result = run(root)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "make pull failed" in result.stdout
+    assert (root / "calls").read_text().splitlines() == ["pull"]
 
 
 def test_a_failed_retrain_pushes_nothing(tmp_path):
