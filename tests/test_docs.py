@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import re
 import shlex
+import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO
+from conftest import QUICK_TRAIN, REPO, dvc, edit_params, init_pipeline_repo
 
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 FENCE = re.compile(r"^(`{3,}|~{3,}).*?^\1", re.MULTILINE | re.DOTALL)
@@ -175,3 +176,31 @@ def test_a_wrong_command_is_caught() -> None:
     ):
         with pytest.raises((AssertionError, SystemExit)):
             check_command(words, set())
+
+
+@pytest.mark.slow
+def test_readme_experiments_run_as_shown(tiny_project: Path) -> None:
+    """The README's five experiment commands, word for word, in a tiny pipeline repo: both
+    experiments run, the reset between them starts the second from the committed params, the
+    table names both, and the plots page is written."""
+    edit_params(tiny_project, "train", **QUICK_TRAIN)
+    env = init_pipeline_repo(tiny_project)
+    dvc(tiny_project, env, "repro")
+    for args in (
+        ["add", "-A"],
+        ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "."],
+    ):
+        subprocess.run(["git", *args], cwd=tiny_project, check=True, capture_output=True)
+    shown = [w for w in bash_commands(REPO / "README.md") if w[0] in ("dvc", "git")]
+    assert len(shown) == 5
+    outputs = []
+    for words in shown:
+        result = subprocess.run(words, cwd=tiny_project, env=env, capture_output=True, text=True)
+        assert result.returncode == 0, f"{' '.join(words)}\n{result.stdout}{result.stderr}"
+        outputs.append(result.stdout)
+        if words[:3] == ["dvc", "exp", "run"] and "train.lr=0.005" in words:
+            params = yaml.safe_load((tiny_project / "params.yaml").read_text())
+            assert (params["model"]["arch"], params["train"]["lr"]) == ("bncnn", 0.005)
+    table = outputs[3]
+    assert "lenet-1ep" in table and "bncnn-lr005" in table and "test.accuracy" in table, table
+    assert (tiny_project / "dvc_plots" / "index.html").exists()
