@@ -186,6 +186,9 @@ class TrainParams(Recipe):
     strategy: Literal[STRATEGIES] = "auto"
     precision: Literal[PRECISIONS] = "32-true"
     limit_batches: Count | None = None  # cap batches per epoch (quick runs, tests)
+    # Seconds any process waits for the others: for every node to join, and in each collective.
+    # A node that never starts otherwise holds the rest for Lightning's default of 30 minutes.
+    ddp_timeout: Annotated[int, Field(gt=0, le=86_400)] = 300
 
     @field_validator("augment")
     @classmethod

@@ -57,6 +57,7 @@ from digitpipe.train.callbacks import (
 )
 from digitpipe.train.checkpoint import network_weights, read_checkpoint, write_portable_checkpoint
 from digitpipe.train.data import DigitData
+from digitpipe.train.distributed import agreed_resume, strategy
 from digitpipe.train.figures import learning_curves_figure
 from digitpipe.train.module import DigitClassifier
 from digitpipe.train.recipes import resolve_recipe
@@ -172,7 +173,7 @@ def run_key(params: Params, recipe: Recipe, data_files: list[Path]) -> str:
     identity = [
         CHECKPOINT_FORMAT,
         params.model.model_dump(),
-        params.train.model_dump(),
+        params.train.model_dump(exclude={"ddp_timeout"}),  # how long to wait changes no result
         recipe.model_dump(),
         [file_digest(path) for path in data_files],
     ]
@@ -201,7 +202,7 @@ def build_trainer(
             accelerator=train.accelerator,
             devices=train.devices,
             num_nodes=train.num_nodes,
-            strategy=train.strategy,
+            strategy=strategy(train),
             precision=train.precision,
             max_epochs=recipe.max_epochs,
             deterministic=train.deterministic,
@@ -256,19 +257,20 @@ def run(params: Params, root: Path = Path(".")) -> dict | None:
     on_rank_zero = rank_zero_only.rank == 0  # under DDP only rank 0 prints and talks to MLflow
     if on_rank_zero:
         print(describe(params, recipe, module, train, trainer), flush=True)
-    resume = resume_from(run_dir, params.runtime)
-    tracking = (
-        start_tracking(params, root, recipe, history, run_dir, resume) if on_rank_zero else None
-    )
-    if tracking is not None:
-        trainer.callbacks.append(tracking)
-    started = time.perf_counter()
-    fit(
-        trainer,
-        module,
-        DigitData.for_recipe(train, val, recipe, params.train.seed),
-        resume,
-    )
+    choice = resume_from(run_dir, params.runtime) if on_rank_zero else None
+    with agreed_resume(trainer, choice, params.train.ddp_timeout) as resume:
+        tracking = (
+            start_tracking(params, root, recipe, history, run_dir, resume) if on_rank_zero else None
+        )
+        if tracking is not None:
+            trainer.callbacks.append(tracking)
+        started = time.perf_counter()
+        fit(
+            trainer,
+            module,
+            DigitData.for_recipe(train, val, recipe, params.train.seed),
+            resume,
+        )
     if not trainer.is_global_zero:
         return None
     net, best_epoch = export(module, recipe, checkpoint.best_model_path, root / MODEL_DIR)
