@@ -10,6 +10,7 @@ import shutil
 import sys
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import lightning as L
@@ -19,7 +20,7 @@ from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from digitpipe.core.atomic import write_json, write_text
+from digitpipe.core.atomic import staged_outputs, write_json, write_text
 from digitpipe.core.config import (
     ACCELERATORS,
     Augment,
@@ -63,6 +64,15 @@ from digitpipe.train.recipes import resolve_recipe
 
 MLFLOW_RUN_FILE = "mlflow_run_id"  # beside the checkpoints: the run a resumed training continues
 MAX_RUN_ID_BYTES = 256  # an MLflow run id is 32 hex digits
+HISTORY_FILE = TRAIN_REPORTS / "history.csv"
+# Every output of the stage (dvc.yaml's outs, metrics and plots), published together.
+TRAIN_OUTPUTS = (
+    MODEL_DIR,
+    HISTORY_FILE,
+    TRAIN_REPORTS / "metrics.json",
+    TRAIN_REPORTS / "speed.json",
+    TRAIN_REPORTS / "learning_curves.png",
+)
 # Set by torchrun / torch.distributed launchers and by SLURM: without one, num_nodes > 1 hangs.
 LAUNCHER_VARIABLES = ("MASTER_ADDR", "TORCHELASTIC_RUN_ID", "SLURM_NTASKS", "NODE_RANK")
 
@@ -244,9 +254,7 @@ def run(params: Params, root: Path = Path(".")) -> dict | None:
         )
     check_image_size(params.model.arch, *train.image_size)
     run_dir = root / CHECKPOINT_ROOT / run_key(params, recipe, list(data_files.values()))
-    history = History(
-        root / TRAIN_REPORTS / "history.csv", print_lines=wants_lines(params.runtime.progress)
-    )
+    history = History(run_dir / HISTORY_FILE.name, print_lines=wants_lines(params.runtime.progress))
     trainer, checkpoint = build_trainer(params.train, params.runtime, recipe, run_dir, [history])
     check_cpu_processes(trainer)
     recipe = fit_batch(recipe, params.train, trainer.world_size, train)
@@ -271,15 +279,35 @@ def run(params: Params, root: Path = Path(".")) -> dict | None:
     )
     if not trainer.is_global_zero:
         return None
-    net, best_epoch = export(module, recipe, checkpoint.best_model_path, root / MODEL_DIR)
-    metrics = write_reports(net, history, best_epoch, root)
-    speed = write_speed(history, trainer, time.perf_counter() - started, root)
+    with failed_run(tracking), staged_outputs(root, "train", TRAIN_OUTPUTS) as out:
+        net, best_epoch = export(module, recipe, checkpoint.best_model_path, out / MODEL_DIR)
+        history.write(out / HISTORY_FILE)
+        metrics = write_reports(net, history, best_epoch, out)
+        speed = write_speed(history, trainer, time.perf_counter() - started, out)
     if tracking is not None:
-        log_results(tracking.ref, root, metrics, speed, val, data_files)
+        with failed_run(tracking):
+            log_results(tracking.ref, root, metrics, speed, val, data_files)
     shutil.rmtree(run_dir, ignore_errors=True)
     with contextlib.suppress(OSError):  # the root too, unless other runs' checkpoints are there
         run_dir.parent.rmdir()
     return metrics
+
+
+@contextlib.contextmanager
+def failed_run(tracking) -> Iterator[None]:
+    """Mark the training's MLflow run FAILED (KILLED on a signal) when the block raises: after
+    `fit`, Lightning's exception hook no longer does. Runs after the staged outputs are removed,
+    which frees the space a full disk needs for the store's write."""
+    try:
+        yield
+    except BaseException as exc:
+        if tracking is not None:
+            from digitpipe.tracking.runs import mark
+
+            with contextlib.suppress(Exception):  # the first error is the one to report
+                interrupted = isinstance(exc, KeyboardInterrupt | SystemExit)
+                mark(tracking.ref, "KILLED" if interrupted else "FAILED")
+        raise
 
 
 def describe(
