@@ -45,9 +45,11 @@ from digitpipe.core.paths import (
 from digitpipe.core.provenance import file_digest
 from digitpipe.dataset.images import ImageSet
 from digitpipe.dataset.parquet import read_split
+from digitpipe.model import zoo
 from digitpipe.model.export import ModelSpec, save_model
 from digitpipe.model.zoo import check_image_size, count_parameters
 from digitpipe.plotting import save_figure
+from digitpipe.train import module as lightning_module
 from digitpipe.train.callbacks import (
     EpochBar,
     GeneratorStates,
@@ -177,14 +179,21 @@ def build_module(arch: str, recipe: Recipe, train: ImageSet) -> DigitClassifier:
 CHECKPOINT_FORMAT = 3
 
 
+# The code that defines the network and its training step: a checkpoint of an interrupted run is
+# resumed only by the same code (a changed layer size made every rerun fail to load it).
+MODEL_CODE = (Path(zoo.__file__), Path(lightning_module.__file__))
+
+
 def run_key(params: Params, recipe: Recipe, data_files: list[Path]) -> str:
-    """Names the checkpoint folder: resume only ever continues the very same run."""
+    """Names the checkpoint folder: resume only ever continues the very same run, of the same
+    model code."""
     identity = [
         CHECKPOINT_FORMAT,
         params.model.model_dump(),
         params.train.model_dump(),
         recipe.model_dump(),
         [file_digest(path) for path in data_files],
+        [file_digest(path) for path in MODEL_CODE],
     ]
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -264,7 +273,7 @@ def run(params: Params, root: Path = Path(".")) -> dict | None:
     on_rank_zero = rank_zero_only.rank == 0  # under DDP only rank 0 prints and talks to MLflow
     if on_rank_zero:
         print(describe(params, recipe, module, train, trainer), flush=True)
-    resume = resume_from(run_dir, params.runtime)
+    resume = resume_from(run_dir, params.runtime, module)
     tracking = (
         start_tracking(params, root, recipe, history, run_dir, resume) if on_rank_zero else None
     )
@@ -362,21 +371,46 @@ def interrupted_run_id(marker: Path) -> str | None:
         return None
 
 
-def resume_from(run_dir: Path, runtime: RuntimeParams) -> Path | None:
-    """The interrupted run's last checkpoint, when resuming is on and it is readable; a corrupt
-    one (a truncated write) is set aside with a message, and training starts afresh."""
+def resume_from(run_dir: Path, runtime: RuntimeParams, module: L.LightningModule) -> Path | None:
+    """The interrupted run's last checkpoint, when resuming is on and it is readable and fits
+    ``module``; one that does not (a truncated write, a network changed since) is set aside with
+    a message, and training starts afresh."""
     last = run_dir / "last.ckpt"
     if not (runtime.resume and last.exists()):
         return None
     try:
-        finished = read_checkpoint(last)["epoch"] + 1  # Lightning counts epochs from 0
+        checkpoint = read_checkpoint(last)
+        finished = checkpoint["epoch"] + 1  # Lightning counts epochs from 0
+        saved = checkpoint["state_dict"]
     except Exception as exc:  # any unreadable checkpoint: torch raises many kinds
-        aside = last.with_name("last.ckpt.corrupt")
-        last.replace(aside)
-        print(f"{last} cannot be read ({type(exc).__name__}); moved to {aside}, starting afresh.")
+        set_aside(last, "corrupt", f"cannot be read ({type(exc).__name__})")
+        return None
+    misfit = does_not_fit(saved, module.state_dict())
+    if misfit:
+        set_aside(last, "mismatch", f"does not fit the network ({misfit})")
         return None
     print(f"Resuming from {last}: epoch {finished} was the last to finish", flush=True)
     return last
+
+
+def does_not_fit(saved: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> str | None:
+    """Why the weights ``saved`` cannot be loaded where ``expected`` are, or None."""
+    if unknown := sorted(saved.keys() - expected.keys()):
+        return f"{unknown[0]} is not in the network"
+    if missing := sorted(expected.keys() - saved.keys()):
+        return f"{missing[0]} is missing"
+    for name, tensor in expected.items():
+        if saved[name].shape != tensor.shape:
+            return f"{name} is {list(saved[name].shape)}, the network's {list(tensor.shape)}"
+    return None
+
+
+def set_aside(checkpoint: Path, kind: str, problem: str) -> None:
+    """Rename ``checkpoint`` to ``<name>.<kind>`` and say so: training starts afresh."""
+    aside = checkpoint.with_name(f"{checkpoint.name}.{kind}")
+    with contextlib.suppress(FileNotFoundError):  # another DDP process set it aside first
+        checkpoint.replace(aside)
+    print(f"{checkpoint} {problem}; moved to {aside}, starting afresh.", flush=True)
 
 
 INTERRUPTED = (
