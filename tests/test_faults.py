@@ -4,6 +4,7 @@ resumes; a diverging or unlaunchable training stops with a message; leftovers ar
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -11,10 +12,13 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import (
+    REPO,
     dvc,
     edit_params,
     init_pipeline_repo,
+    stage_processes,
     stopped_after_a_checkpoint,
     wait_until,
 )
@@ -25,28 +29,9 @@ from digitpipe.core.atomic import write_text
 from digitpipe.core.config import load_params
 from digitpipe.core.lifetime import POLL_SECONDS, alive
 from digitpipe.core.paths import CHECKPOINT_ROOT, MODEL_DIR, split_file
+from digitpipe.train.checkpoint import read_checkpoint
 from digitpipe.train.recipes import resolve_recipe
 from digitpipe.train.run import run_key
-
-
-def stage_processes(project: Path, script: str) -> list[int]:
-    """Pids of the Python processes running ``script`` with ``project`` as their working
-    directory. A child forked by such a process (a `git` call between fork and exec) shows the
-    same command line for a moment; it is left out by its parent, as is a shell wrapper."""
-    found = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().decode().split("\0")
-            if not (Path(argv[0]).name.startswith("python") and argv[1:2] == [script]):
-                continue
-            cwd = os.readlink(entry / "cwd")
-        except (OSError, ValueError):  # gone meanwhile, or a command line that is not UTF-8
-            continue
-        if Path(cwd) == project and (process := alive(int(entry.name))) is not None:
-            found[process.pid] = process.parent
-    return [pid for pid, parent in found.items() if parent not in found]
 
 
 @pytest.mark.slow
@@ -191,16 +176,21 @@ def test_several_nodes_without_a_launcher_are_refused(ingested, monkeypatch, cap
     assert "num_nodes is 2" in message and "torchrun" in message
 
 
+def resume_folder(project: Path) -> Path:
+    """Where an interrupted run of the project's params would have left its checkpoints."""
+    params = load_params(project / "params.yaml")
+    recipe = resolve_recipe(params.model.arch, params.train)
+    splits = [project / split_file(name) for name in ("train", "val")]
+    return project / CHECKPOINT_ROOT / run_key(params, recipe, splits)
+
+
 def test_a_corrupt_resume_checkpoint_is_set_aside(ingested, monkeypatch, capsys):
     edit_params(ingested, "train", max_epochs=2)
     monkeypatch.chdir(ingested)
     assert main(["train"]) == 0
     exported = (ingested / MODEL_DIR / "model.safetensors").read_bytes()
     # A truncated last.ckpt where an interrupted run of the same params would have left it.
-    params = load_params(ingested / "params.yaml")
-    recipe = resolve_recipe(params.model.arch, params.train)
-    splits = [ingested / split_file(name) for name in ("train", "val")]
-    folder = ingested / CHECKPOINT_ROOT / run_key(params, recipe, splits)
+    folder = resume_folder(ingested)
     folder.mkdir(parents=True)
     (folder / "last.ckpt").write_bytes(b"PK\x03\x04 truncated")
     capsys.readouterr()
@@ -208,6 +198,60 @@ def test_a_corrupt_resume_checkpoint_is_set_aside(ingested, monkeypatch, capsys)
     output = capsys.readouterr().out
     assert "cannot be read" in output and "starting afresh" in output
     assert (ingested / MODEL_DIR / "model.safetensors").read_bytes() == exported
+
+
+def test_a_resume_checkpoint_that_does_not_fit_the_network_is_set_aside(
+    ingested, monkeypatch, capsys
+):
+    """An interrupted run's checkpoint that loads but no longer fits the network (its code
+    changed a layer's size) is set aside with a message; training starts afresh."""
+    edit_params(ingested, "train", max_epochs=2)
+    monkeypatch.chdir(ingested)
+    assert main(["train"]) == 0
+    exported = (ingested / MODEL_DIR / "model.safetensors").read_bytes()
+    checkpoint = read_checkpoint(ingested / MODEL_DIR / "model.ckpt")
+    name, weight = next((k, v) for k, v in checkpoint["state_dict"].items() if v.ndim > 1)
+    checkpoint["state_dict"][name] = torch.zeros(weight.shape[0] + 1, *weight.shape[1:])
+    folder = resume_folder(ingested)
+    folder.mkdir(parents=True)
+    torch.save(checkpoint, folder / "last.ckpt")
+    capsys.readouterr()
+    assert main(["train"]) == 0
+    output = capsys.readouterr().out
+    assert f"does not fit the network ({name} is [{weight.shape[0] + 1}," in output, output
+    assert "last.ckpt.mismatch, starting afresh" in output
+    assert (ingested / MODEL_DIR / "model.safetensors").read_bytes() == exported
+
+
+KEY_OF_THIS_CODE = """
+from pathlib import Path
+from digitpipe.core.config import load_params
+from digitpipe.train.recipes import resolve_recipe
+from digitpipe.train.run import run_key
+params = load_params(Path("params.yaml"))
+recipe = resolve_recipe(params.model.arch, params.train)
+print(run_key(params, recipe, [Path("data/processed/train.parquet")]))
+"""
+
+
+@pytest.mark.slow
+def test_the_resume_key_follows_the_model_code(ingested, tmp_path):
+    """A checkpoint is resumed only by the code that wrote it: a layer widened in the zoo's
+    source changes the checkpoint folder's name."""
+
+    def key(src: Path) -> str:
+        env = os.environ | {"PYTHONPATH": str(src)}
+        command = [sys.executable, "-c", KEY_OF_THIS_CODE]
+        return subprocess.run(
+            command, cwd=ingested, env=env, capture_output=True, text=True, check=True
+        ).stdout.strip()
+
+    copy = tmp_path / "src"
+    shutil.copytree(REPO / "src", copy, ignore=shutil.ignore_patterns("__pycache__"))
+    unchanged = key(copy)
+    zoo = copy / "digitpipe/model/zoo.py"
+    zoo.write_text(zoo.read_text().replace(", 128)", ", 129)").replace("(128,", "(129,"))
+    assert len(unchanged) == 16 and key(copy) != unchanged
 
 
 def test_leftover_temporary_files_are_removed_by_the_next_write(tmp_path):

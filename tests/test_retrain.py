@@ -8,22 +8,24 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import QUICK_TRAIN, edit_params, init_pipeline_repo, write_csv
+from conftest import QUICK_TRAIN, edit_params, init_pipeline_repo, wait_until, write_csv
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from statsmodels.stats.contingency_tables import mcnemar
 
-from digitpipe.core.paths import MODEL_DIR, split_file
+from digitpipe.core.lifetime import Process, alive
+from digitpipe.core.paths import CHECKPOINT_ROOT, MODEL_DIR, split_file
 from digitpipe.dataset.parquet import read_split
 from digitpipe.model.export import load_model
 from digitpipe.model.inference import predict_probabilities
-from digitpipe.tracking.retrain import LOCK_FILE, exclusive
+from digitpipe.tracking.retrain import LOCK_FILE, STOPPED, exclusive
 
 pytestmark = pytest.mark.slow
 DIGITPIPE = str(Path(sys.executable).parent / "digitpipe")
@@ -189,3 +191,47 @@ def test_a_retrain_never_overlaps_a_running_one(tiny_project):
             output = retrain(tiny_project, env, "--wait", wait)
             assert "digitpipe retrain: skipped: another retrain is running" in output
     assert not (tiny_project / "data/processed").exists()  # nothing ran
+
+
+def descendants(pid: int) -> list[Process]:
+    """The live processes below ``pid``: its children, theirs, and so on."""
+    processes = [
+        alive(int(entry.name)) for entry in Path("/proc").iterdir() if entry.name.isdigit()
+    ]
+    below, parents = [], {pid}
+    for _ in range(8):  # retrain, dvc, a shell wrapper perhaps, the stage: well within 8 levels
+        found = [p for p in processes if p is not None and p.parent in parents and p not in below]
+        below += found
+        parents |= {p.pid for p in found}
+    return below
+
+
+def test_sigterm_ends_the_pipeline_and_the_next_retrain_runs_at_once(pipeline):
+    """A retrain ended with SIGTERM during training ends its `dvc repro` and the stage with it
+    (they held DVC's locks against the next retrain); the next retrain resumes the training."""
+    project, env, client = pipeline
+    edit_params(project, "train", max_epochs=8, limit_batches=12)
+    # Its own experiment and model: the module's server holds the other test's.
+    edit_params(project, "track", experiment="retrain-sigterm", registered_model="sigterm")
+    process = start(project, env)
+
+    def training() -> bool:
+        return bool(list((project / CHECKPOINT_ROOT).glob("*/last.ckpt")))
+
+    assert wait_until(training, 300, lambda: process.poll() is not None), process.communicate()
+    below = descendants(process.pid)
+    assert any(p.name == "python" for p in below), below  # the train stage
+    process.send_signal(signal.SIGTERM)
+    output = process.communicate(timeout=120)[0]
+    assert process.returncode == 128 + signal.SIGTERM, output
+    assert STOPPED in output, output
+    # The same process still there (its start time tells a reused pid), if reparented to init.
+    left = [p for p in below if (now := alive(p.pid)) is not None and now.started == p.started]
+    assert not left, f"left running after the retrain ended: {left}"
+
+    output = retrain(project, env)
+    assert "digitpipe retrain: version 1 " in output, output
+    assert "Resuming from" in output, output
+    experiment = client.get_experiment_by_name("retrain-sigterm")
+    (run,) = client.search_runs([experiment.experiment_id])  # the interrupted one, resumed
+    assert run.info.status == "FINISHED"

@@ -28,7 +28,7 @@ from digitpipe.train.callbacks import History, weight_average
 from digitpipe.train.checkpoint import read_checkpoint
 from digitpipe.train.data import DigitData, IndexBatches, augment
 from digitpipe.train.recipes import RECIPES, resolve_recipe
-from digitpipe.train.run import INTERRUPTED, build_module, build_trainer, fit
+from digitpipe.train.run import INTERRUPTED, TRAIN_OUTPUTS, build_module, build_trainer, fit
 from digitpipe.train.run import run as train
 
 TOO_MANY = max(2, len(os.sched_getaffinity(0))) + 1  # CPU training processes beyond the cap
@@ -379,6 +379,30 @@ def test_ctrl_c_says_how_to_resume_and_the_rerun_goes_on_from_there(ingested):
     assert resumed.returncode == 0, output
     finished = int(re.search(r"Resuming from .*: epoch (\d) was the last to finish", output)[1])
     assert f"epoch {finished}/6 " not in output and f"epoch {finished + 1}/6 " in output
+
+
+def train_outputs(project) -> dict[str, bytes]:
+    """Every file the train stage publishes, by path, with its bytes."""
+    files = [project / path for path in TRAIN_OUTPUTS]
+    files = [f for path in files for f in (sorted(path.rglob("*")) if path.is_dir() else [path])]
+    return {str(f.relative_to(project)): f.read_bytes() for f in files}
+
+
+@pytest.mark.slow
+def test_a_stopped_training_leaves_the_previous_outputs_as_they_were(ingested):
+    """The history is written after every epoch, beside the checkpoints: a training ended before
+    its export replaces none of the outputs that describe the previous model."""
+    edit_params(ingested, "train", max_epochs=2)
+    assert stage(ingested).wait(timeout=300) == 0
+    previous = train_outputs(ingested)
+    assert len(previous) == 8  # four files in models/, four in reports/train/
+    process = stopped_training(ingested)
+    process.send_signal(signal.SIGTERM)
+    process.send_signal(signal.SIGCONT)
+    output = process.communicate(timeout=300)[0]
+    assert process.returncode == 128 + signal.SIGTERM, output
+    assert train_outputs(ingested) == previous
+    assert list((ingested / CHECKPOINT_ROOT).glob("*/history.csv"))  # the run's, kept to resume
 
 
 def test_last_checkpoint_follows_every_epoch_not_only_the_best(ingested, tmp_path):

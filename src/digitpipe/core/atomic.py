@@ -6,7 +6,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -82,3 +82,54 @@ def write_json(target: str | os.PathLike, obj: object) -> None:
     """Write ``obj`` as indented, standard JSON (NaN and infinities as null) to ``target``
     atomically."""
     write_text(target, json.dumps(json_safe(obj), indent=2, allow_nan=False) + "\n")
+
+
+@contextmanager
+def staged_outputs(root: str | os.PathLike, stage: str, outputs: Sequence[Path]) -> Iterator[Path]:
+    """Yield a staging folder inside ``root`` in which the ``stage`` writes all its ``outputs``
+    (paths relative to ``root``, files or folders) at the same relative paths; on success publish
+    them together, else leave the previous outputs as they were.
+
+    Every byte is written before anything is published, so a full disk or a failed step never
+    leaves a mix of old and new outputs; publishing is only renames, and a failed or interrupted
+    one puts the previous outputs back. An output the stage did not write is removed.
+    """
+    label = _prepared(Path(root) / f"{stage}-outputs")
+    staging = Path(tempfile.mkdtemp(prefix=f".{label.name}.", suffix=".tmp", dir=label.parent))
+    try:
+        yield staging
+        _publish(staging, label.parent, outputs)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _publish(staging: Path, root: Path, outputs: Sequence[Path]) -> None:
+    """Move each staged output onto its place under ``root``, the previous one set aside first;
+    on any failure (a signal's SystemExit included) undo every move, newest first."""
+    moves: list[tuple[Path, Path]] = []  # (from, to), in the order done
+    try:
+        for output in outputs:
+            target, staged = root / output, staging / output
+            remove_leftovers(target)
+            if target.exists() or target.is_symlink():
+                previous = target.with_name(f".{target.name}.previous.tmp")
+                os.replace(target, previous)
+                moves.append((target, previous))
+            if staged.exists():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(staged, target)
+                moves.append((staged, target))
+    except BaseException:
+        for origin, moved in reversed(moves):
+            os.replace(moved, origin)
+        raise
+    for _, moved in moves:
+        if moved.name.endswith(".previous.tmp"):
+            _remove(moved)

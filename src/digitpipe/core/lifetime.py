@@ -3,14 +3,16 @@ and SIGHUP end it through its cleanups."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 PR_SET_PDEATHSIG = 1  # prctl(2) option: the signal this process gets when its parent dies
 
@@ -84,3 +86,39 @@ def die_with_launcher() -> None:
     found = launcher()
     if found is not None and found.pid != os.getppid():
         threading.Thread(target=watch, args=(found,), name="launcher-watch", daemon=True).start()
+
+
+# How long a stopped group gets to end through its cleanups (a stage marks its MLflow run KILLED,
+# DVC releases its locks: seconds) before it is killed.
+GROUP_GRACE_SECONDS = 60
+
+
+def run_as_group(command: list[str], **popen: Any) -> int:
+    """Run ``command`` in a process group of its own and return its exit status.
+
+    SIGTERM or SIGINT to this process ends the whole group and waits for it before this process
+    ends: a `dvc repro` left behind would run on as an orphan and hold DVC's locks against the
+    next run. The group gets SIGINT, as from Ctrl-C: DVC unwinds and releases its locks, a stage
+    ends through its cleanups (its MLflow run marked KILLED); whatever is left gets SIGKILL after
+    GROUP_GRACE_SECONDS.
+    """
+    child = subprocess.Popen(command, start_new_session=True, **popen)
+    previous = signal.signal(signal.SIGTERM, lambda received, frame: sys.exit(128 + received))
+    try:
+        return child.wait()
+    except BaseException:  # SystemExit from SIGTERM, KeyboardInterrupt from SIGINT
+        end_group(child)
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def end_group(leader: subprocess.Popen) -> None:
+    """End the process group ``leader`` started and wait for its leader to end."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(leader.pid, signal.SIGINT)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        leader.wait(GROUP_GRACE_SECONDS)
+    with contextlib.suppress(ProcessLookupError):  # stragglers beyond the leader, or the leader
+        os.killpg(leader.pid, signal.SIGKILL)
+    leader.wait()

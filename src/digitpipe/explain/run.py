@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import save
 from torch import nn
 
 from digitpipe.core.atomic import atomic_dir, write_json
@@ -147,7 +147,8 @@ def run(params: Params, root: Path = Path(".")) -> dict:
     manifest = build_manifest(spec, test, reasons, rows, activations, layer_kinds(net))
     with atomic_dir(root / ACTIVATIONS_REPORTS) as out:
         tensors = {name: values.contiguous() for name, values in activations.items()}
-        save_file(tensors, str(out / TENSORS_FILE), metadata={"image_ids": ",".join(reasons)})
+        # Bytes written by Python: a full disk raises OSError, not safetensors' own error.
+        (out / TENSORS_FILE).write_bytes(save(tensors, metadata={"image_ids": ",".join(reasons)}))
         write_json(out / "manifest.json", manifest)
         draw_pictures(net, spec, test, reasons, rows, activations, settings, out)
     if params.track.enabled:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from digitpipe.core.atomic import atomic_dir, write_json
+from digitpipe.core.atomic import staged_outputs, write_json
 from digitpipe.core.config import DataParams, Params, Source
 from digitpipe.core.errors import DigitpipeError
 from digitpipe.core.paths import INGEST_REPORTS, PROCESSED_DIR
@@ -225,7 +225,8 @@ def run(params: Params, root: Path = Path(".")) -> dict:
     ]
     for warning in filter(None, warnings):
         print(f"digitpipe: warning: {warning}", file=sys.stderr)
-    with atomic_dir(root / PROCESSED_DIR) as data, atomic_dir(root / INGEST_REPORTS) as reports:
+    with staged_outputs(root, "ingest", (PROCESSED_DIR, INGEST_REPORTS)) as out:
+        data, reports = out / PROCESSED_DIR, out / INGEST_REPORTS
         write_splits(splits, data)
         write_json(reports / "summary.json", summary)
         write_json(reports / "metrics.json", headline(summary))

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 
 from digitpipe.core.atomic import atomic_path, write_json
@@ -58,8 +58,11 @@ def save_model(net: nn.Module, spec: ModelSpec, model_dir: str | os.PathLike) ->
     """Write ``model.safetensors`` and ``model.json`` into ``model_dir`` atomically."""
     model_dir = Path(model_dir)
     state = {name: tensor.detach().cpu().contiguous() for name, tensor in net.state_dict().items()}
+    weights = save(state, metadata={"digitpipe": json.dumps(asdict(spec))})
     with atomic_path(model_dir / WEIGHTS_FILE) as tmp:
-        save_file(state, str(tmp), metadata={"digitpipe": json.dumps(asdict(spec))})
+        # Written by Python, not safetensors' save_file: its SafetensorError hides a full disk's
+        # OSError, which the stage reports as one message.
+        tmp.write_bytes(weights)
     write_json(model_dir / SPEC_FILE, asdict(spec))
 
 

@@ -4,21 +4,23 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from digitpipe.core.atomic import write_text
+from digitpipe.core.atomic import staged_outputs, write_text
 from digitpipe.core.config import Params
 from digitpipe.core.paths import REPORTS
 from digitpipe.report.build import build_markdown
 from digitpipe.report.html import render_html
 
+REPORT_OUTPUTS = (REPORTS / "report.md", REPORTS / "report.html")  # published together
+
 
 def write_reports(params: Params, root: Path, run_id: str | None) -> str:
-    """Write both reports under ``root/reports`` (both built before either is written); return
+    """Write both reports under ``root/reports`` (built first, then published together); return
     the Markdown."""
-    reports = root / REPORTS
     markdown = build_markdown(params, root, run_id)
-    page = render_html(markdown, params.report.title, reports)
-    write_text(reports / "report.md", markdown)
-    write_text(reports / "report.html", page)
+    page = render_html(markdown, params.report.title, root / REPORTS)
+    with staged_outputs(root, "report", REPORT_OUTPUTS) as out:
+        write_text(out / REPORT_OUTPUTS[0], markdown)
+        write_text(out / REPORT_OUTPUTS[1], page)
     return markdown
 
 

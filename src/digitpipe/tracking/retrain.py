@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,6 +34,7 @@ from torch import nn
 from digitpipe.core.atomic import write_json, write_text
 from digitpipe.core.config import Params, TrackParams
 from digitpipe.core.errors import DigitpipeError
+from digitpipe.core.lifetime import run_as_group
 from digitpipe.core.paths import MODEL_DIR, STATE_DIR, split_file
 from digitpipe.core.provenance import file_digest
 from digitpipe.dataset.images import ImageSet, batch_of, concat
@@ -113,13 +113,22 @@ def exclusive(lock_path: Path, wait_s: float) -> Iterator[None]:
         lock.release()
 
 
+STOPPED = "digitpipe retrain: interrupted; `dvc repro` was stopped, nothing was registered."
+
+
 def reproduce(root: Path) -> None:
-    """`dvc repro`, with this interpreter's environment first on PATH (as `make` sets it)."""
+    """`dvc repro`, with this interpreter's environment first on PATH (as `make` sets it), ended
+    with this process (see ``run_as_group``)."""
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     dvc = shutil.which("dvc", path=path)
     if dvc is None:
         raise DigitpipeError("dvc is not installed in this environment; run `make install`.")
-    if subprocess.run([dvc, "repro"], cwd=root, env={**os.environ, "PATH": path}).returncode:
+    try:
+        status = run_as_group([dvc, "repro"], cwd=root, env={**os.environ, "PATH": path})
+    except (KeyboardInterrupt, SystemExit):
+        print(STOPPED, file=sys.stderr, flush=True)
+        raise
+    if status:
         raise DigitpipeError("`dvc repro` failed (its output is above); nothing was registered.")
 
 

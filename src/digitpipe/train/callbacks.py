@@ -44,7 +44,8 @@ def epoch_figures(values: dict[str, float]) -> str:
 
 class History(L.Callback):
     """Records one row per epoch, rewrites ``path`` (without the timings) after each, and
-    optionally prints it.
+    optionally prints it. ``path`` is a working copy beside the checkpoints: the stage publishes
+    the history with its other outputs (:meth:`write`) only once training has succeeded.
 
     The rows travel in checkpoints, so a resumed run continues its history. Hand-written rather
     than Lightning's CSVLogger: that logger writes one row per logging call (train and validation
@@ -84,16 +85,17 @@ class History(L.Callback):
             )
         self.rows.append(row)
         if trainer.is_global_zero:
-            self._write()
+            self.write(self.path)
             if self.print_lines:
                 print(self._line(row, trainer.max_epochs), flush=True)
 
-    def _write(self) -> None:
+    def write(self, path: Path) -> None:
+        """The rows so far as CSV (without the timings) into ``path``."""
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, HISTORY_FIELDS, lineterminator="\n", extrasaction="ignore")
         writer.writeheader()
         writer.writerows(self.rows)
-        write_text(self.path, buffer.getvalue())
+        write_text(path, buffer.getvalue())
 
     @staticmethod
     def _line(row: dict[str, float], max_epochs: int) -> str:

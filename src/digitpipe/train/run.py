@@ -10,6 +10,7 @@ import shutil
 import sys
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import lightning as L
@@ -19,7 +20,7 @@ from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from digitpipe.core.atomic import write_json, write_text
+from digitpipe.core.atomic import staged_outputs, write_json, write_text
 from digitpipe.core.config import (
     ACCELERATORS,
     Augment,
@@ -44,9 +45,11 @@ from digitpipe.core.paths import (
 from digitpipe.core.provenance import file_digest
 from digitpipe.dataset.images import ImageSet
 from digitpipe.dataset.parquet import read_split
+from digitpipe.model import zoo
 from digitpipe.model.export import ModelSpec, save_model
 from digitpipe.model.zoo import check_image_size, count_parameters
 from digitpipe.plotting import save_figure
+from digitpipe.train import module as lightning_module
 from digitpipe.train.callbacks import (
     EpochBar,
     GeneratorStates,
@@ -64,6 +67,15 @@ from digitpipe.train.recipes import resolve_recipe
 
 MLFLOW_RUN_FILE = "mlflow_run_id"  # beside the checkpoints: the run a resumed training continues
 MAX_RUN_ID_BYTES = 256  # an MLflow run id is 32 hex digits
+HISTORY_FILE = TRAIN_REPORTS / "history.csv"
+# Every output of the stage (dvc.yaml's outs, metrics and plots), published together.
+TRAIN_OUTPUTS = (
+    MODEL_DIR,
+    HISTORY_FILE,
+    TRAIN_REPORTS / "metrics.json",
+    TRAIN_REPORTS / "speed.json",
+    TRAIN_REPORTS / "learning_curves.png",
+)
 # Set by torchrun / torch.distributed launchers and by SLURM: without one, num_nodes > 1 hangs.
 LAUNCHER_VARIABLES = ("MASTER_ADDR", "TORCHELASTIC_RUN_ID", "SLURM_NTASKS", "NODE_RANK")
 
@@ -168,14 +180,21 @@ def build_module(arch: str, recipe: Recipe, train: ImageSet) -> DigitClassifier:
 CHECKPOINT_FORMAT = 3
 
 
+# The code that defines the network and its training step: a checkpoint of an interrupted run is
+# resumed only by the same code (a changed layer size made every rerun fail to load it).
+MODEL_CODE = (Path(zoo.__file__), Path(lightning_module.__file__))
+
+
 def run_key(params: Params, recipe: Recipe, data_files: list[Path]) -> str:
-    """Names the checkpoint folder: resume only ever continues the very same run."""
+    """Names the checkpoint folder: resume only ever continues the very same run, of the same
+    model code."""
     identity = [
         CHECKPOINT_FORMAT,
         params.model.model_dump(),
         params.train.model_dump(exclude={"ddp_timeout"}),  # how long to wait changes no result
         recipe.model_dump(),
         [file_digest(path) for path in data_files],
+        [file_digest(path) for path in MODEL_CODE],
     ]
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -245,9 +264,7 @@ def run(params: Params, root: Path = Path(".")) -> dict | None:
         )
     check_image_size(params.model.arch, *train.image_size)
     run_dir = root / CHECKPOINT_ROOT / run_key(params, recipe, list(data_files.values()))
-    history = History(
-        root / TRAIN_REPORTS / "history.csv", print_lines=wants_lines(params.runtime.progress)
-    )
+    history = History(run_dir / HISTORY_FILE.name, print_lines=wants_lines(params.runtime.progress))
     trainer, checkpoint = build_trainer(params.train, params.runtime, recipe, run_dir, [history])
     check_cpu_processes(trainer)
     recipe = fit_batch(recipe, params.train, trainer.world_size, train)
@@ -257,7 +274,7 @@ def run(params: Params, root: Path = Path(".")) -> dict | None:
     on_rank_zero = rank_zero_only.rank == 0  # under DDP only rank 0 prints and talks to MLflow
     if on_rank_zero:
         print(describe(params, recipe, module, train, trainer), flush=True)
-    choice = resume_from(run_dir, params.runtime) if on_rank_zero else None
+    choice = resume_from(run_dir, params.runtime, module) if on_rank_zero else None
     with agreed_resume(trainer, choice, params.train.ddp_timeout) as resume:
         tracking = (
             start_tracking(params, root, recipe, history, run_dir, resume) if on_rank_zero else None
@@ -273,15 +290,35 @@ def run(params: Params, root: Path = Path(".")) -> dict | None:
         )
     if not trainer.is_global_zero:
         return None
-    net, best_epoch = export(module, recipe, checkpoint.best_model_path, root / MODEL_DIR)
-    metrics = write_reports(net, history, best_epoch, root)
-    speed = write_speed(history, trainer, time.perf_counter() - started, root)
+    with failed_run(tracking), staged_outputs(root, "train", TRAIN_OUTPUTS) as out:
+        net, best_epoch = export(module, recipe, checkpoint.best_model_path, out / MODEL_DIR)
+        history.write(out / HISTORY_FILE)
+        metrics = write_reports(net, history, best_epoch, out)
+        speed = write_speed(history, trainer, time.perf_counter() - started, out)
     if tracking is not None:
-        log_results(tracking.ref, root, metrics, speed, val, data_files)
+        with failed_run(tracking):
+            log_results(tracking.ref, root, metrics, speed, val, data_files)
     shutil.rmtree(run_dir, ignore_errors=True)
     with contextlib.suppress(OSError):  # the root too, unless other runs' checkpoints are there
         run_dir.parent.rmdir()
     return metrics
+
+
+@contextlib.contextmanager
+def failed_run(tracking) -> Iterator[None]:
+    """Mark the training's MLflow run FAILED (KILLED on a signal) when the block raises: after
+    `fit`, Lightning's exception hook no longer does. Runs after the staged outputs are removed,
+    which frees the space a full disk needs for the store's write."""
+    try:
+        yield
+    except BaseException as exc:
+        if tracking is not None:
+            from digitpipe.tracking.runs import mark
+
+            with contextlib.suppress(Exception):  # the first error is the one to report
+                interrupted = isinstance(exc, KeyboardInterrupt | SystemExit)
+                mark(tracking.ref, "KILLED" if interrupted else "FAILED")
+        raise
 
 
 def describe(
@@ -336,21 +373,46 @@ def interrupted_run_id(marker: Path) -> str | None:
         return None
 
 
-def resume_from(run_dir: Path, runtime: RuntimeParams) -> Path | None:
-    """The interrupted run's last checkpoint, when resuming is on and it is readable; a corrupt
-    one (a truncated write) is set aside with a message, and training starts afresh."""
+def resume_from(run_dir: Path, runtime: RuntimeParams, module: L.LightningModule) -> Path | None:
+    """The interrupted run's last checkpoint, when resuming is on and it is readable and fits
+    ``module``; one that does not (a truncated write, a network changed since) is set aside with
+    a message, and training starts afresh."""
     last = run_dir / "last.ckpt"
     if not (runtime.resume and last.exists()):
         return None
     try:
-        finished = read_checkpoint(last)["epoch"] + 1  # Lightning counts epochs from 0
+        checkpoint = read_checkpoint(last)
+        finished = checkpoint["epoch"] + 1  # Lightning counts epochs from 0
+        saved = checkpoint["state_dict"]
     except Exception as exc:  # any unreadable checkpoint: torch raises many kinds
-        aside = last.with_name("last.ckpt.corrupt")
-        last.replace(aside)
-        print(f"{last} cannot be read ({type(exc).__name__}); moved to {aside}, starting afresh.")
+        set_aside(last, "corrupt", f"cannot be read ({type(exc).__name__})")
+        return None
+    misfit = does_not_fit(saved, module.state_dict())
+    if misfit:
+        set_aside(last, "mismatch", f"does not fit the network ({misfit})")
         return None
     print(f"Resuming from {last}: epoch {finished} was the last to finish", flush=True)
     return last
+
+
+def does_not_fit(saved: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> str | None:
+    """Why the weights ``saved`` cannot be loaded where ``expected`` are, or None."""
+    if unknown := sorted(saved.keys() - expected.keys()):
+        return f"{unknown[0]} is not in the network"
+    if missing := sorted(expected.keys() - saved.keys()):
+        return f"{missing[0]} is missing"
+    for name, tensor in expected.items():
+        if saved[name].shape != tensor.shape:
+            return f"{name} is {list(saved[name].shape)}, the network's {list(tensor.shape)}"
+    return None
+
+
+def set_aside(checkpoint: Path, kind: str, problem: str) -> None:
+    """Rename ``checkpoint`` to ``<name>.<kind>`` and say so: training starts afresh."""
+    aside = checkpoint.with_name(f"{checkpoint.name}.{kind}")
+    with contextlib.suppress(FileNotFoundError):  # another DDP process set it aside first
+        checkpoint.replace(aside)
+    print(f"{checkpoint} {problem}; moved to {aside}, starting afresh.", flush=True)
 
 
 INTERRUPTED = (
