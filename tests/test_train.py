@@ -405,6 +405,7 @@ def test_last_checkpoint_follows_every_epoch_not_only_the_best(ingested, tmp_pat
     ("section", "changes", "words"),
     [
         ("model", {"arch": "resnet"}, ["model.arch", "'softmax'", "'bncnn'"]),
+        ("train", {"recipe": "lenet"}, ["train: holds the 'lenet' recipe", "-S model=bncnn`"]),
         ("train", {"lr": -0.1}, ["train.lr", "greater than 0"]),
         (
             "train",
