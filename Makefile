@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # Stage commands in dvc.yaml call `python`: make it the virtual environment's.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install repro test test-fast test-matrix lint bench lock clean push pull
+.PHONY: install params repro test test-fast test-matrix lint bench lock clean push pull
 
 install: $(STAMP)
 
@@ -15,6 +15,12 @@ $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[dev]'
 	touch $(STAMP)
+
+# params.yaml is composed from conf/ by Hydra, as `dvc exp run` composes it (DVC's own function,
+# so the two cannot differ): edit conf/config.yaml or conf/model/, then `make params`.
+params: $(STAMP)
+	$(BIN)/python -c 'import os; from dvc.utils.hydra import compose_and_dump; \
+	compose_and_dump("params.yaml", os.path.abspath("conf"), None, "config", os.getcwd(), [])'
 
 repro: $(STAMP)
 	$(BIN)/dvc repro

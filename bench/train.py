@@ -26,7 +26,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
-from digitpipe.core.config import Augment, Params, RuntimeParams, load_params
+from digitpipe.core.config import Augment, Params, RuntimeParams, TrainParams, load_params
 from digitpipe.core.paths import PROCESSED_DIR
 from digitpipe.core.stage import quiet_libraries
 from digitpipe.dataset.parquet import read_split
@@ -43,7 +43,8 @@ BATCH_SIZE = 100
 
 
 def lenet_module(params: Params, train) -> DigitClassifier:
-    recipe = resolve_recipe("lenet", params.train).model_copy(update={"scheduler": "none"})
+    # The reference recipe, whatever params.yaml holds (its train keys are model.arch's).
+    recipe = resolve_recipe("lenet", TrainParams()).model_copy(update={"scheduler": "none"})
     return build_module("lenet", recipe, train)
 
 

@@ -235,12 +235,12 @@ def test_stages_refuse_a_label_outside_the_classes(project, stage, monkeypatch, 
 DAMAGED_REPORTS = [
     ("reports/ingest/summary.json", b"[1, 2]", "expected a JSON object, not [1, 2]", "ingest"),
     (
-        "reports/train/metrics.json",
+        "reports/train/summary.json",
         b"{}",
         "unexpected content: parameters: Field required",
         "train",
     ),
-    ("reports/evaluate/metrics.json", b"junk", "not valid JSON (Expecting value", "evaluate"),
+    ("reports/evaluate/scores.json", b"junk", "not valid JSON (Expecting value", "evaluate"),
     (
         "reports/evaluate/worst_cases.json",
         b"{}",
@@ -275,7 +275,7 @@ def test_report_refuses_damaged_inputs(project, name, content, fault, writer, mo
 EDITED_REPORTS = [
     ("reports/ingest/summary.json", ["splits", "train", "count", "many"], "splits.train.count:"),
     ("reports/ingest/summary.json", ["splits", "val", "count", "54"], "val.count: Input should"),
-    ("reports/evaluate/metrics.json", ["test", "accuracy", None], "test.accuracy: Input should"),
+    ("reports/evaluate/scores.json", ["test", "accuracy", None], "test.accuracy: Input should"),
     ("reports/evaluate/worst_cases.json", ["most_confused_pair", "count", [1]], "pair.count:"),
     ("reports/activations/manifest.json", ["layers", 0, "shape", "4x4"], "layers.0.shape:"),
     ("models/recipe.json", ["augment", "rotation", "a lot"], "augment.rotation: Input should"),

@@ -88,12 +88,15 @@ def test_predictions_and_metrics_agree_with_sklearn(evaluated):
     ece = l1_calibration_error(probabilities, labels, bins)
     assert ece > 0.01, "a model trained for 3 batches is not calibrated"
     assert metrics["ece"] == pytest.approx(ece, abs=TOL) and metrics["n"] == 200
-    # metrics.json: the same figures, named as MLflow shows them (test.*, val.*).
-    written = json.loads((project / EVALUATE_REPORTS / "metrics.json").read_text())
+    # scores.json: the same figures, named as MLflow shows them (test.*, val.*); metrics.json,
+    # the DVC metric, the two that `dvc exp show` leads with.
+    written = json.loads((project / EVALUATE_REPORTS / "scores.json").read_text())
     assert written == {
         "test": {k: v for k, v in metrics.items() if k != "val"},
         "val": metrics["val"],
     }
+    headline = json.loads((project / EVALUATE_REPORTS / "metrics.json").read_text())
+    assert headline == {"test": {"accuracy": metrics["accuracy"], "log_loss": metrics["log_loss"]}}
 
 
 def l1_calibration_error(probabilities: np.ndarray, labels: np.ndarray, bins: int) -> float:

@@ -131,8 +131,8 @@ def test_report_shows_every_picture_and_the_numbers_of_the_metrics_files(ingeste
     assert "<table>" in page
     assert markdown == (ingested / "reports/report.md").read_text()
     summary = json.loads((reports / "ingest/summary.json").read_text())
-    trained = json.loads((reports / "train/metrics.json").read_text())
-    written = json.loads((reports / "evaluate/metrics.json").read_text())
+    trained = json.loads((reports / "train/summary.json").read_text())
+    written = json.loads((reports / "evaluate/scores.json").read_text())
     tested, validated = written["test"], written["val"]
     assert tested["n"] == 200
 
@@ -153,8 +153,8 @@ def test_report_shows_every_picture_and_the_numbers_of_the_metrics_files(ingeste
     assert trained["parameters"] == count
     assert model["epochs (exported)"] == [f"{trained['epochs']} ({trained['best_epoch']})"]
     loss, accuracy = map(float, model["validation loss, accuracy (exported epoch)"][0].split(","))
-    assert loss == pytest.approx(trained["val_loss"], abs=5e-5)
-    assert accuracy == pytest.approx(trained["val_accuracy"], abs=5e-5)
+    assert loss == pytest.approx(trained["best_epoch_val_loss"], abs=5e-5)
+    assert accuracy == pytest.approx(trained["best_epoch_val_accuracy"], abs=5e-5)
 
     lead = f"On {tested['n']:,} test images, each predicted as the mean over the image and its "
     assert lead + "four copies moved 1 pixel (so is the validation accuracy):" in markdown

@@ -1,7 +1,7 @@
-"""`make test` holds after a user edits params.yaml: a copy of the repository with an edited
-params.yaml (a `dvc exp run -S model.arch=mlp -S train.max_epochs=1` applied, or the README's
-Kaggle data block with Kaggle-style CSVs in place) passes a sample of the suite, run there
-against the copy's own code."""
+"""`make test` holds after a user edits the parameters: a copy of the repository with a
+params.yaml composed from edited conf/ (a `dvc exp run -S model=mlp -S train.max_epochs=1`
+applied, or the README's Kaggle data block in conf/config.yaml with Kaggle-style CSVs in place)
+passes a sample of the suite, run there against the copy's own code."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import REPO, write_csv
+from test_recipes import compose
 
 from digitpipe.core.config import load_params
 
@@ -54,16 +55,16 @@ def copy_repository(target: Path) -> Path:
     return target
 
 
-def edit(params_file: Path, **sections: dict) -> None:
-    params = yaml.safe_load(params_file.read_text())
+def edit(config_file: Path, **sections: dict) -> None:
+    config = yaml.safe_load(config_file.read_text())
     for section, changes in sections.items():
-        params[section] = {**params.get(section, {}), **changes}
-    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+        config[section] = {**config.get(section, {}), **changes}
+    config_file.write_text(yaml.safe_dump(config, sort_keys=False))
 
 
 def mlp_one_epoch(copy: Path, mnist_train) -> None:
-    """What `dvc exp apply` of `dvc exp run -S model.arch=mlp -S train.max_epochs=1` leaves."""
-    edit(copy / "params.yaml", model={"arch": "mlp"}, train={"max_epochs": 1})
+    """What `dvc exp apply` of `dvc exp run -S model=mlp -S train.max_epochs=1` leaves."""
+    compose(copy / "params.yaml", "model=mlp", "train.max_epochs=1", conf=copy / "conf")
 
 
 def kaggle_block(copy: Path, mnist_train) -> None:
@@ -74,7 +75,7 @@ def kaggle_block(copy: Path, mnist_train) -> None:
     write_csv(folder / "train.csv", images[:1000], labels[:1000])
     write_csv(folder / "test.csv", images[1000:1200], None)
     edit(
-        copy / "params.yaml",
+        copy / "conf/config.yaml",
         data={
             "train": {"csv": "data/raw/kaggle/train.csv"},
             "test": None,
@@ -83,6 +84,7 @@ def kaggle_block(copy: Path, mnist_train) -> None:
             "checksums": {},
         },
     )
+    compose(copy / "params.yaml", conf=copy / "conf")  # as `make params` or `dvc exp run`
 
 
 @pytest.mark.parametrize("change", [mlp_one_epoch, kaggle_block], ids=["mlp", "kaggle"])

@@ -84,7 +84,7 @@ def killed_after_first_epoch(project) -> list:
     stopped_after_a_checkpoint(project, lambda: process.pid, lambda: process.poll() is not None)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    assert not (project / TRAIN_REPORTS / "metrics.json").exists()
+    assert not (project / TRAIN_REPORTS / "summary.json").exists()
     return list((project / CHECKPOINT_ROOT).glob("*/last.ckpt"))
 
 
@@ -119,7 +119,7 @@ def test_bf16_mixed_trains_on_a_cpu(ingested):
     train(load_params(ingested / "params.yaml"), ingested)
     full = (ingested / MODEL_DIR / "model.safetensors").read_bytes()
     edit_params(ingested, "train", precision="bf16-mixed")
-    metrics = train(load_params(ingested / "params.yaml"), ingested)
+    summary = train(load_params(ingested / "params.yaml"), ingested)
     speed = json.loads((ingested / TRAIN_REPORTS / "speed.json").read_text())
     assert (speed["accelerator"], speed["precision"]) == ("cpu", "bf16-mixed")
     # The precision reached the Trainer: bfloat16 arithmetic gives other weights...
@@ -135,7 +135,7 @@ def test_bf16_mixed_trains_on_a_cpu(ingested):
         logits = net(torch.from_numpy(val.images[:, None].astype(np.float32)))
     loss = torch.nn.functional.cross_entropy(logits, torch.from_numpy(val.labels)).item()
     # Validation ran under bf16 autocast: agreement to bfloat16's precision (8 bits).
-    assert metrics["val_loss"] == pytest.approx(loss, rel=0.02)
+    assert summary["best_epoch_val_loss"] == pytest.approx(loss, rel=0.02)
 
 
 @pytest.mark.slow
@@ -150,13 +150,13 @@ def test_ddp_rank_zero_alone_logs_to_mlflow(ingested):
     (run,) = client.search_runs([experiment.experiment_id])  # one run, not one per rank
     assert run.info.status == "FINISHED"
     assert run.data.tags["train.devices"] == "2" and run.data.tags["train.accelerator"] == "cpu"
-    metrics = json.loads((ingested / TRAIN_REPORTS / "metrics.json").read_text())
+    summary = json.loads((ingested / TRAIN_REPORTS / "summary.json").read_text())
     history = history_of(ingested)
     for name in ("train_loss", "val_loss", "val_acc"):
         logged = client.get_metric_history(run.info.run_id, name)
         assert [m.step for m in logged] == [1, 2], name  # each epoch once: rank 1 logs nothing
         assert [m.value for m in logged] == pytest.approx(history[name].tolist()), name
-    assert run.data.metrics["train.val_accuracy"] == metrics["val_accuracy"]
+    assert run.data.metrics["train.best_epoch_val_accuracy"] == summary["best_epoch_val_accuracy"]
     assert MODEL_URI_TAG in run.data.tags
 
 

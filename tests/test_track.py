@@ -97,7 +97,7 @@ def test_one_run_holds_the_pipeline_run(ingested, mlflow_server, monkeypatch):
     assert run.data.params["train.max_epochs"] == "2"
     history = client.get_metric_history(ref.run_id, "val_acc")
     assert [m.step for m in history] == [1, 2]
-    assert "train.val_accuracy" in run.data.metrics
+    assert "train.best_epoch_val_accuracy" in run.data.metrics
     tags = run.data.tags
     assert tags["train.accelerator"] == "cpu" and tags["version.torch"].startswith("2.13")
     inputs = {i.tags[0].value: i.dataset for i in run.inputs.dataset_inputs}

@@ -72,7 +72,10 @@ def test_each_zoo_model_trains_and_exports(ingested, arch):
     # The one epoch is the exported one: its validation figures are the exported network's on
     # the validation images (60, fewer than the 3 batches of 32 validated).
     assert metrics["best_epoch"] == row["epoch"] == 1
-    assert (metrics["val_loss"], metrics["val_accuracy"]) == (row["val_loss"], row["val_acc"])
+    assert (metrics["best_epoch_val_loss"], metrics["best_epoch_val_accuracy"]) == (
+        row["val_loss"],
+        row["val_acc"],
+    )
     val = read_split(ingested / PROCESSED_DIR / "val.parquet")
     with torch.no_grad():
         logits = net(torch.from_numpy(val.images[:, None].astype(np.float32)))
@@ -182,7 +185,7 @@ def test_the_exported_epoch_has_the_lowest_validation_loss(ingested, smoothing):
     loss = torch.nn.functional.cross_entropy(
         logits, torch.from_numpy(val.labels[:seen]), label_smoothing=smoothing
     )
-    assert loss.item() == pytest.approx(metrics["val_loss"], abs=1e-5)
+    assert loss.item() == pytest.approx(metrics["best_epoch_val_loss"], abs=1e-5)
 
 
 class LinearProbe(L.LightningModule):
@@ -328,9 +331,9 @@ def test_ddp_with_two_cpu_processes(ingested):
     process = stage(ingested)
     output = process.communicate(timeout=300)[0]
     assert process.returncode == 0, output
-    metrics = json.loads((ingested / TRAIN_REPORTS / "metrics.json").read_text())
+    summary = json.loads((ingested / TRAIN_REPORTS / "summary.json").read_text())
     speed = json.loads((ingested / TRAIN_REPORTS / "speed.json").read_text())
-    assert speed["devices"] == 2 and metrics["epochs"] == 2
+    assert speed["devices"] == 2 and summary["epochs"] == 2
     assert output.count("epoch 2/2 ") == 1, output  # reports come from rank 0 only
     assert "\r" not in output  # not a terminal: plain lines, no bar
 
@@ -349,7 +352,7 @@ def test_killed_run_resumes_from_its_last_checkpoint(ingested):
     process = stopped_training(ingested)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    assert not (ingested / TRAIN_REPORTS / "metrics.json").exists()
+    assert not (ingested / TRAIN_REPORTS / "summary.json").exists()
     resumed = stage(ingested)
     output = resumed.communicate(timeout=300)[0]
     assert resumed.returncode == 0, output
@@ -358,7 +361,7 @@ def test_killed_run_resumes_from_its_last_checkpoint(ingested):
     assert "is not empty" not in output  # the run's own folder, kept for resuming
     history = np.genfromtxt(ingested / TRAIN_REPORTS / "history.csv", delimiter=",", names=True)
     assert history["epoch"].tolist() == [1, 2, 3, 4, 5, 6]
-    assert json.loads((ingested / TRAIN_REPORTS / "metrics.json").read_text())["epochs"] == 6
+    assert json.loads((ingested / TRAIN_REPORTS / "summary.json").read_text())["epochs"] == 6
     assert not list((ingested / CHECKPOINT_ROOT).glob("*/last.ckpt"))
     # The default recipe augments: the resumed run drew what an uninterrupted one draws.
     resumed_weights = (ingested / MODEL_DIR / "model.safetensors").read_bytes()
@@ -429,6 +432,7 @@ def test_last_checkpoint_follows_every_epoch_not_only_the_best(ingested, tmp_pat
     ("section", "changes", "words"),
     [
         ("model", {"arch": "resnet"}, ["model.arch", "'softmax'", "'bncnn'"]),
+        ("train", {"recipe": "lenet"}, ["train: holds the 'lenet' recipe", "-S model=bncnn`"]),
         ("train", {"lr": -0.1}, ["train.lr", "greater than 0"]),
         (
             "train",

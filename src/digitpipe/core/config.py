@@ -16,6 +16,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -140,6 +141,7 @@ class Augment(Section):
     elastic: Annotated[float, Field(ge=0, le=5)] = 0.0  # pixels: smooth random displacement
 
 
+ARCHITECTURES = ("softmax", "mlp", "lenet", "convnet3", "tinycnn", "bncnn", "best")
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 SCHEDULERS = ("onecycle", "none")
 
@@ -176,8 +178,12 @@ PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
 
 
 class TrainParams(Recipe):
-    """The `train` section: recipe overrides, hardware and reproducibility."""
+    """The `train` section: the recipe, hardware and reproducibility."""
 
+    # The reference recipe the keys start from (conf/model/<arch>.yaml sets it with model.arch):
+    # it must be model.arch's, so `-S model.arch=lenet`, which changes the architecture and not
+    # the keys, is refused rather than training lenet with bncnn's recipe. null: not checked.
+    recipe: Literal[ARCHITECTURES] | None = None
     seed: Seed = 42
     deterministic: bool = True
     accelerator: Literal[ACCELERATORS] = "auto"
@@ -200,9 +206,6 @@ class TrainParams(Recipe):
                 "translation: 0, scale: 0, elastic: 0} turns it off"
             )
         return augment
-
-
-ARCHITECTURES = ("softmax", "mlp", "lenet", "convnet3", "tinycnn", "bncnn", "best")
 
 
 class ModelParams(Section):
@@ -273,6 +276,19 @@ class Params(Section):
     report: ReportParams = ReportParams()
     track: TrackParams = TrackParams()
     runtime: RuntimeParams = RuntimeParams()
+
+    @field_validator("train")
+    @classmethod
+    def _recipe_of_the_arch(cls, train: TrainParams, info: ValidationInfo) -> TrainParams:
+        model = info.data.get("model")  # absent when the model section is itself invalid
+        if model is not None and train.recipe not in (None, model.arch):
+            arch = model.arch
+            raise ValueError(
+                f"holds the '{train.recipe}' recipe (train.recipe) but model.arch is '{arch}'; "
+                f"switch architectures with `dvc exp run -S model={arch}`, which sets model.arch "
+                f"with {arch}'s recipe (add -S train.<key>=... to change a key of it)"
+            )
+        return train
 
 
 MAX_PARAMS_BYTES = 2**20  # params.yaml is a few KB; a bigger file is refused unread

@@ -35,13 +35,13 @@ class IngestSummary(StageReport):
 
 
 class TrainSummary(StageReport):
-    """reports/train/metrics.json."""
+    """reports/train/summary.json."""
 
     parameters: int
     epochs: int
     best_epoch: int
-    val_loss: float
-    val_accuracy: float
+    best_epoch_val_loss: float
+    best_epoch_val_accuracy: float
 
 
 class ModelFacts(StageReport):
@@ -68,8 +68,8 @@ class ValMetrics(StageReport):
     accuracy: float | None
 
 
-class EvaluateMetrics(StageReport):
-    """reports/evaluate/metrics.json."""
+class EvaluateScores(StageReport):
+    """reports/evaluate/scores.json."""
 
     test: TestMetrics
     val: ValMetrics

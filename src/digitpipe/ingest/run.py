@@ -202,13 +202,6 @@ def limit_warning(summary: dict) -> str | None:
     )
 
 
-def headline(summary: dict) -> dict:
-    """reports/ingest/metrics.json: images per split and the class count (per-class counts are
-    in summary.json, which is no DVC metric: they would make `dvc metrics show` unreadable)."""
-    images = {name: split["count"] for name, split in summary["splits"].items()}
-    return {"images": images, "classes": len(summary["class_names"])}
-
-
 def run(params: Params, root: Path = Path(".")) -> dict:
     """Run the ingest stage under ``root``; return the summary it writes. The splits and the
     reports appear together or not at all (both are swapped in only once everything is drawn)."""
@@ -229,7 +222,6 @@ def run(params: Params, root: Path = Path(".")) -> dict:
         data, reports = out / PROCESSED_DIR, out / INGEST_REPORTS
         write_splits(splits, data)
         write_json(reports / "summary.json", summary)
-        write_json(reports / "metrics.json", headline(summary))
         save_figure(class_distribution_figure(summary), reports / "class_distribution.png")
         samples = sample_digits_figure(splits["train"], params.data.seed)
         save_figure(samples, reports / "sample_digits.png")

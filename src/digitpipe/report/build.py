@@ -14,7 +14,7 @@ from digitpipe.core.paths import MODEL_DIR, RECIPE_FILE, REPORTS, SPEC_FILE, WEI
 from digitpipe.core.provenance import file_digest, git_commit
 from digitpipe.core.stage_reports import (
     ActivationsManifest,
-    EvaluateMetrics,
+    EvaluateScores,
     IngestSummary,
     ModelFacts,
     TestMetrics,
@@ -62,7 +62,7 @@ def data_section(reports: Path) -> str:
 
 
 def model_section(root: Path, spec: ModelFacts) -> str:
-    train = read_json_report(root / REPORTS / "train/metrics.json", "train", TrainSummary)
+    train = read_json_report(root / REPORTS / "train/summary.json", "train", TrainSummary)
     recipe = read_json_report(root / MODEL_DIR / RECIPE_FILE, "train", Recipe)
     settings = ", ".join(
         f"{key} {_setting(value)}"
@@ -75,7 +75,7 @@ def model_section(root: Path, spec: ModelFacts) -> str:
         ["epochs (exported)", f"{train.epochs} ({train.best_epoch})"],
         [
             "validation loss, accuracy (exported epoch)",
-            f"{train.val_loss:.4f}, {train.val_accuracy:.4f}",
+            f"{train.best_epoch_val_loss:.4f}, {train.best_epoch_val_accuracy:.4f}",
         ],
     ]
     return "\n\n".join(
@@ -87,7 +87,7 @@ def model_section(root: Path, spec: ModelFacts) -> str:
     )
 
 
-def evaluation_section(reports: Path, evaluated: EvaluateMetrics, spec: ModelFacts) -> str:
+def evaluation_section(reports: Path, evaluated: EvaluateScores, spec: ModelFacts) -> str:
     """The test metrics, the confusion matrix and the statistics."""
     shift = spec.test_time_shift
     how = (
@@ -190,7 +190,7 @@ def build_markdown(
     relative to ``reports/``."""
     reports = root / REPORTS
     spec = read_json_report(root / MODEL_DIR / SPEC_FILE, "train", ModelFacts)
-    evaluated = read_json_report(reports / "evaluate/metrics.json", "evaluate", EvaluateMetrics)
+    evaluated = read_json_report(reports / "evaluate/scores.json", "evaluate", EvaluateScores)
     sections = [
         f"# {literal(params.report.title)}",
         run_section(root, spec, evaluated.test, run_id, made or datetime.now(UTC)),

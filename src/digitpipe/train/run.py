@@ -461,22 +461,24 @@ def export(
 
 
 def write_reports(net: torch.nn.Module, history: History, best_epoch: int, root: Path) -> dict:
-    """reports/train/metrics.json (the exported epoch's validation figures: the same for the
-    same training) and the learning curves."""
+    """reports/train/summary.json (the exported epoch's validation figures: the same for the
+    same training) and the learning curves. No DVC metric: evaluate's test figures lead `dvc exp
+    show`, and `best_epoch_` tells these (one pass per image, as training validates) from
+    evaluate's `val.accuracy` (the exported model, with its test-time shifts)."""
     best = history.rows[best_epoch - 1]
-    metrics = {
-        "val_accuracy": best["val_acc"],
-        "val_loss": best["val_loss"],
+    summary = {
         "best_epoch": best["epoch"],
+        "best_epoch_val_accuracy": best["val_acc"],
+        "best_epoch_val_loss": best["val_loss"],
         "epochs": len(history.rows),
         "parameters": count_parameters(net),
     }
-    write_json(root / TRAIN_REPORTS / "metrics.json", metrics)
+    write_json(root / TRAIN_REPORTS / "summary.json", summary)
     save_figure(
         learning_curves_figure(history.rows, best_epoch),
         root / TRAIN_REPORTS / "learning_curves.png",
     )
-    return metrics
+    return summary
 
 
 def write_speed(history: History, trainer: L.Trainer, wall_seconds: float, root: Path) -> dict:
