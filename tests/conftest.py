@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -269,3 +270,46 @@ def mlflow_server(tmp_path_factory):
     yield uri
     process.terminate()
     process.wait(timeout=30)
+
+
+POSTGRES_BIN = Path("/usr/lib/postgresql/15/bin")  # Debian's PostgreSQL 15
+
+
+class Postgres:
+    """A PostgreSQL cluster on 127.0.0.1:``port``, user ``postgres``, no password."""
+
+    def __init__(self, port: int, run_as: list[str]) -> None:
+        self.port, self.run_as = port, run_as
+
+    def uri(self, database: str) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+
+    def create(self, database: str) -> str:
+        """A new, empty database; its URI."""
+        createdb = [str(POSTGRES_BIN / "createdb"), "-h", "127.0.0.1", "-p", str(self.port)]
+        subprocess.run([*createdb, "-U", "postgres", database], check=True)
+        return self.uri(database)
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL cluster for the session, made in a temporary folder and stopped at the
+    end. initdb and pg_ctl refuse to run as root: as root they run as the user postgres, in a
+    folder outside pytest's (which only root may enter)."""
+    if not (POSTGRES_BIN / "pg_ctl").exists():
+        pytest.skip(f"PostgreSQL 15 is not installed ({POSTGRES_BIN})")
+    run_as = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    home = Path(tempfile.mkdtemp(prefix="digitpipe-postgres-"))
+    if run_as:
+        shutil.chown(home, "postgres")
+    data, port = home / "data", free_port()
+    initdb = [str(POSTGRES_BIN / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust"]
+    subprocess.run([*run_as, *initdb, "--no-sync"], check=True, capture_output=True)
+    options = f"-p {port} -k {home} -c listen_addresses=127.0.0.1 -c fsync=off"
+    pg_ctl = [*run_as, str(POSTGRES_BIN / "pg_ctl"), "-D", str(data), "-l", str(home / "log")]
+    subprocess.run([*pg_ctl, "-o", options, "-w", "start"], check=True, capture_output=True)
+    try:
+        yield Postgres(port, run_as)
+    finally:
+        subprocess.run([*pg_ctl, "-m", "fast", "-w", "stop"], check=True, capture_output=True)
+        shutil.rmtree(home)

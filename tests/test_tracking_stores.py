@@ -1,0 +1,85 @@
+"""Tracking stores a team shares (issue 31): PostgreSQL directly or behind `mlflow server`, and a
+store that goes away mid-training. Each failure is one message naming the store (its password
+masked), exit status 2, no traceback; subprocess timeouts only guard against hangs."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from conftest import edit_params, free_port
+from mlflow.tracking import MlflowClient
+
+from digitpipe.cli import main
+from digitpipe.core.paths import CHECKPOINT_ROOT, MODEL_DIR
+from digitpipe.tracking.runs import ARTIFACT_DIR, MODEL_URI_TAG
+
+QUICK_FAILURE_S = 20  # a dead database answers in about 5 s (the connection timeout)
+
+
+def assert_refused(err: str, *words: str) -> None:
+    """One user-facing error naming every word, and no traceback."""
+    assert err.count("digitpipe: error: ") == 1 and "Traceback" not in err, err
+    for word in words:
+        assert word in err, err
+
+
+@pytest.fixture()
+def tracked(ingested, monkeypatch):
+    """The ingested tiny project, tracking on, as the current folder."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    monkeypatch.chdir(ingested)
+    return ingested
+
+
+def train_with(project, uri: str) -> int:
+    edit_params(project, "track", enabled=True, tracking_uri=uri, experiment="stores")
+    return main(["train"])
+
+
+def test_unreachable_database_fails_in_seconds_masking_the_password(tracked, capsys):
+    uri = f"postgresql://team:s3cret@127.0.0.1:{free_port()}/runs"  # nothing listens there
+    started = time.monotonic()
+    assert train_with(tracked, uri) == 2
+    assert time.monotonic() - started < QUICK_FAILURE_S
+    err = capsys.readouterr().err
+    shown = uri.replace("s3cret", "***")
+    assert_refused(err, f"MLflow store {shown} cannot be reached", "Start the database server")
+    assert "s3cret" not in err
+    assert not (tracked / MODEL_DIR).exists() and not (tracked / CHECKPOINT_ROOT).exists()
+
+
+def test_database_without_its_driver_is_one_message(tracked, capsys):
+    uri = "mysql://team:s3cret@127.0.0.1/runs"  # mysqlclient is not installed
+    assert train_with(tracked, uri) == 2
+    err = capsys.readouterr().err
+    assert_refused(err, "MLflow store mysql://team:***@127.0.0.1/runs: no database driver")
+    assert "pymysql" in err and "s3cret" not in err
+
+
+def test_missing_database_is_one_message(tracked, postgres, capsys):
+    uri = postgres.uri("never_created")
+    assert train_with(tracked, uri) == 2
+    err = capsys.readouterr().err
+    assert_refused(err, f"MLflow store {uri} cannot be reached", "does not exist", "createdb")
+
+
+@pytest.mark.slow
+def test_direct_postgresql_store_keeps_artifacts_in_the_repository(
+    tracked, postgres, tmp_path, monkeypatch
+):
+    """A queued DVC experiment runs in a temporary copy (here the project) and names the
+    repository in DVC_ROOT: the artifacts go there, never into the copy's ./mlruns."""
+    uri = postgres.create("direct")
+    repository = tmp_path / "repository"
+    repository.mkdir()
+    monkeypatch.setenv("DVC_ROOT", str(repository))
+    assert train_with(tracked, uri) == 0
+    client = MlflowClient(uri)
+    [run] = client.search_runs([client.get_experiment_by_name("stores").experiment_id])
+    assert run.info.status == "FINISHED" and "train.val_accuracy" in run.data.metrics
+    assert MODEL_URI_TAG in run.data.tags
+    assert run.info.artifact_uri.startswith((repository / ARTIFACT_DIR).as_uri())
+    assert list((repository / ARTIFACT_DIR).rglob("model.safetensors"))
+    assert not (tracked / "mlruns").exists() and not (tracked / ARTIFACT_DIR).exists()
