@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -239,11 +240,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory):
-    """A real `mlflow server` on 127.0.0.1 with a SQLite backend and a local artifact root."""
-    home = tmp_path_factory.mktemp("mlflow-server")
-    port = free_port()
+def start_mlflow_server(backend: str, artifacts: Path, port: int) -> subprocess.Popen:
+    """A real `mlflow server` on 127.0.0.1:``port`` serving artifacts from ``artifacts``, in a
+    process group of its own (its workers die with it); returns once it answers."""
     process = subprocess.Popen(
         [
             sys.executable,
@@ -255,22 +254,44 @@ def mlflow_server(tmp_path_factory):
             "--port",
             str(port),
             "--backend-store-uri",
-            f"sqlite:///{home}/mlflow.db",
+            backend,
             "--artifacts-destination",
-            str(home / "artifacts"),
+            str(artifacts),
             "--workers",
             "1",
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     uri = f"http://127.0.0.1:{port}"
     started = wait_until(lambda: answers(f"{uri}/health"), 90, lambda: process.poll() is not None)
-    assert started, "the mlflow server did not start"
-    yield uri
-    process.terminate()
+    if not started:
+        stop_mlflow_server(process)
+        pytest.fail(f"the mlflow server on {backend} did not start")
+    return process
+
+
+def stop_mlflow_server(process: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
+    """End the server and its workers (its process group) with ``sig``, then SIGKILL if it
+    lingers (a busy machine's uvicorn can take longer than 10 s to stop)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, sig)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
     process.wait(timeout=30)
 
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """A real `mlflow server` on 127.0.0.1 with a SQLite backend and a local artifact root."""
+    home = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    process = start_mlflow_server(f"sqlite:///{home}/mlflow.db", home / "artifacts", port)
+    yield f"http://127.0.0.1:{port}"
+    stop_mlflow_server(process)
 
 POSTGRES_BIN = Path("/usr/lib/postgresql/15/bin")  # Debian's PostgreSQL 15
 

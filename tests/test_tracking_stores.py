@@ -4,17 +4,31 @@ masked), exit status 2, no traceback; subprocess timeouts only guard against han
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
-from conftest import edit_params, free_port
+from conftest import (
+    edit_params,
+    free_port,
+    start_mlflow_server,
+    stop_mlflow_server,
+    stopped_after_a_checkpoint,
+)
 from mlflow.tracking import MlflowClient
 
 from digitpipe.cli import main
 from digitpipe.core.paths import CHECKPOINT_ROOT, MODEL_DIR
 from digitpipe.tracking.runs import ARTIFACT_DIR, MODEL_URI_TAG
+from digitpipe.train.run import MLFLOW_RUN_FILE
 
 QUICK_FAILURE_S = 20  # a dead database answers in about 5 s (the connection timeout)
+STAGE_ENDS_S = 60  # a stage whose server died ends within this (issue 31)
+HANG_GUARD_S = 300
 
 
 def assert_refused(err: str, *words: str) -> None:
@@ -83,3 +97,60 @@ def test_direct_postgresql_store_keeps_artifacts_in_the_repository(
     assert run.info.artifact_uri.startswith((repository / ARTIFACT_DIR).as_uri())
     assert list((repository / ARTIFACT_DIR).rglob("model.safetensors"))
     assert not (tracked / "mlruns").exists() and not (tracked / ARTIFACT_DIR).exists()
+
+
+def start_training(project: Path) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "DVC_ROOT")}
+    return subprocess.Popen(
+        [sys.executable, "-m", "digitpipe.cli", "train"],
+        cwd=project,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
+@pytest.mark.slow
+def test_server_dying_mid_training_ends_the_stage_and_the_rerun_resumes(tracked, tmp_path):
+    home, port = tmp_path / "server", free_port()
+    backend = f"sqlite:///{home / 'mlflow.db'}"
+    home.mkdir()
+    server = start_mlflow_server(backend, home / "artifacts", port)
+    uri = f"http://127.0.0.1:{port}"
+    edit_params(tracked, "train", max_epochs=5)  # long enough to be stopped mid-way
+    edit_params(tracked, "track", enabled=True, tracking_uri=uri, experiment="dying")
+    training = start_training(tracked)
+    try:
+        stopped = stopped_after_a_checkpoint(tracked, lambda: training.pid, training.poll)
+        stop_mlflow_server(server, signal.SIGKILL)
+        died = time.monotonic()
+        os.kill(stopped, signal.SIGCONT)
+        out, err = training.communicate(timeout=HANG_GUARD_S)
+        ended = time.monotonic() - died
+        print(f"the stage ended {ended:.1f} s after the server died")
+        assert ended < STAGE_ENDS_S
+    finally:
+        training.kill()
+        stop_mlflow_server(server)
+    assert training.returncode == 2, out + err
+    assert_refused(err, f"MLflow tracking server {uri} stopped answering", "resumes from it")
+    [marker] = (tracked / CHECKPOINT_ROOT).glob(f"*/{MLFLOW_RUN_FILE}")
+    assert (marker.parent / "last.ckpt").exists()
+    run_id = marker.read_text().strip()
+
+    # The server back (same store, same address): the rerun resumes and finishes the same run.
+    server = start_mlflow_server(backend, home / "artifacts", port)
+    try:
+        rerun = start_training(tracked)
+        out, err = rerun.communicate(timeout=HANG_GUARD_S)
+        assert rerun.returncode == 0, out + err
+        assert "Resuming from" in out
+        client = MlflowClient(uri)
+        [run] = client.search_runs([client.get_experiment_by_name("dying").experiment_id])
+        assert run.info.run_id == run_id and run.info.status == "FINISHED"
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")]
+        assert max(steps) == 5 and MODEL_URI_TAG in run.data.tags
+    finally:
+        stop_mlflow_server(server)
+    assert not (tracked / CHECKPOINT_ROOT).exists()
