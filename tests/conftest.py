@@ -255,6 +255,7 @@ def start_mlflow_server(backend: str, artifacts: Path, port: int) -> subprocess.
             str(port),
             "--backend-store-uri",
             backend,
+            "--serve-artifacts",
             "--artifacts-destination",
             str(artifacts),
             "--workers",
@@ -292,6 +293,7 @@ def mlflow_server(tmp_path_factory):
     process = start_mlflow_server(f"sqlite:///{home}/mlflow.db", home / "artifacts", port)
     yield f"http://127.0.0.1:{port}"
     stop_mlflow_server(process)
+
 
 POSTGRES_BIN = Path("/usr/lib/postgresql/15/bin")  # Debian's PostgreSQL 15
 

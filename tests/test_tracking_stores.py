@@ -13,8 +13,10 @@ from pathlib import Path
 
 import pytest
 from conftest import (
+    QUICK_TRAIN,
     edit_params,
     free_port,
+    init_pipeline_repo,
     start_mlflow_server,
     stop_mlflow_server,
     stopped_after_a_checkpoint,
@@ -154,3 +156,60 @@ def test_server_dying_mid_training_ends_the_stage_and_the_rerun_resumes(tracked,
     finally:
         stop_mlflow_server(server)
     assert not (tracked / CHECKPOINT_ROOT).exists()
+
+
+@pytest.mark.slow
+def test_server_on_postgresql_tracks_and_retrain_promotes(tiny_project, postgres, tmp_path):
+    """`mlflow server` on PostgreSQL, serving artifacts: `digitpipe retrain` (a `dvc repro`)
+    logs one FINISHED run with its metrics and model, registers it and promotes it. Talking to
+    that database directly, an experiment whose artifacts the server keeps is refused before
+    any training."""
+    database, port = postgres.create("server"), free_port()
+    server = start_mlflow_server(database, tmp_path / "artifacts", port)
+    uri = f"http://127.0.0.1:{port}"
+    edit_params(tiny_project, "train", **QUICK_TRAIN)
+    edit_params(
+        tiny_project,
+        "track",
+        enabled=True,
+        tracking_uri=uri,
+        experiment="team",
+        registered_model="team-digits",
+        min_accuracy=0.0,
+    )
+    env = init_pipeline_repo(tiny_project)
+    env.pop("MLFLOW_TRACKING_URI", None)
+    try:
+        done = subprocess.run(
+            [str(Path(sys.executable).parent / "digitpipe"), "retrain"],
+            cwd=tiny_project,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=HANG_GUARD_S * 2,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "version 1 promoted to champion" in done.stdout
+        client = MlflowClient(uri)
+        [run] = client.search_runs([client.get_experiment_by_name("team").experiment_id])
+        assert run.info.status == "FINISHED" and "train.val_accuracy" in run.data.metrics
+        # Promotion loads the registered model through the server and predicts with it.
+        assert MODEL_URI_TAG in run.data.tags
+        champion = client.get_model_version_by_alias("team-digits", "champion")
+        assert champion.version == "1" and champion.run_id == run.info.run_id
+    finally:
+        stop_mlflow_server(server)
+
+    checkpoints = tiny_project / CHECKPOINT_ROOT
+    env["MLFLOW_TRACKING_URI"] = database
+    refused = subprocess.run(
+        [sys.executable, "-m", "digitpipe.cli", "train"],
+        cwd=tiny_project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=HANG_GUARD_S,
+    )
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert_refused(refused.stderr, "MLflow experiment 'team' in", "mlflow-artifacts:", uri[:7])
+    assert not checkpoints.exists()
