@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -264,11 +266,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory):
-    """A real `mlflow server` on 127.0.0.1 with a SQLite backend and a local artifact root."""
-    home = tmp_path_factory.mktemp("mlflow-server")
-    port = free_port()
+def start_mlflow_server(backend: str, artifacts: Path, port: int) -> subprocess.Popen:
+    """A real `mlflow server` on 127.0.0.1:``port`` serving artifacts from ``artifacts``, in a
+    process group of its own (its workers die with it); returns once it answers."""
     process = subprocess.Popen(
         [
             sys.executable,
@@ -280,18 +280,85 @@ def mlflow_server(tmp_path_factory):
             "--port",
             str(port),
             "--backend-store-uri",
-            f"sqlite:///{home}/mlflow.db",
+            backend,
+            "--serve-artifacts",
             "--artifacts-destination",
-            str(home / "artifacts"),
+            str(artifacts),
             "--workers",
             "1",
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     uri = f"http://127.0.0.1:{port}"
     started = wait_until(lambda: answers(f"{uri}/health"), 90, lambda: process.poll() is not None)
-    assert started, "the mlflow server did not start"
-    yield uri
-    process.terminate()
+    if not started:
+        stop_mlflow_server(process)
+        pytest.fail(f"the mlflow server on {backend} did not start")
+    return process
+
+
+def stop_mlflow_server(process: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
+    """End the server and its workers (its process group) with ``sig``, then SIGKILL if it
+    lingers (a busy machine's uvicorn can take longer than 10 s to stop)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, sig)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
     process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """A real `mlflow server` on 127.0.0.1 with a SQLite backend and a local artifact root."""
+    home = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    process = start_mlflow_server(f"sqlite:///{home}/mlflow.db", home / "artifacts", port)
+    yield f"http://127.0.0.1:{port}"
+    stop_mlflow_server(process)
+
+
+POSTGRES_BIN = Path("/usr/lib/postgresql/15/bin")  # Debian's PostgreSQL 15
+
+
+class Postgres:
+    """A PostgreSQL cluster on 127.0.0.1:``port``, user ``postgres``, no password."""
+
+    def __init__(self, port: int, run_as: list[str]) -> None:
+        self.port, self.run_as = port, run_as
+
+    def uri(self, database: str) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+
+    def create(self, database: str) -> str:
+        """A new, empty database; its URI."""
+        createdb = [str(POSTGRES_BIN / "createdb"), "-h", "127.0.0.1", "-p", str(self.port)]
+        subprocess.run([*createdb, "-U", "postgres", database], check=True)
+        return self.uri(database)
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL cluster for the session, made in a temporary folder and stopped at the
+    end. initdb and pg_ctl refuse to run as root: as root they run as the user postgres, in a
+    folder outside pytest's (which only root may enter)."""
+    if not (POSTGRES_BIN / "pg_ctl").exists():
+        pytest.skip(f"PostgreSQL 15 is not installed ({POSTGRES_BIN})")
+    run_as = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    home = Path(tempfile.mkdtemp(prefix="digitpipe-postgres-"))
+    if run_as:
+        shutil.chown(home, "postgres")
+    data, port = home / "data", free_port()
+    initdb = [str(POSTGRES_BIN / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust"]
+    subprocess.run([*run_as, *initdb, "--no-sync"], check=True, capture_output=True)
+    options = f"-p {port} -k {home} -c listen_addresses=127.0.0.1 -c fsync=off"
+    pg_ctl = [*run_as, str(POSTGRES_BIN / "pg_ctl"), "-D", str(data), "-l", str(home / "log")]
+    subprocess.run([*pg_ctl, "-o", options, "-w", "start"], check=True, capture_output=True)
+    try:
+        yield Postgres(port, run_as)
+    finally:
+        subprocess.run([*pg_ctl, "-m", "fast", "-w", "stop"], check=True, capture_output=True)
+        shutil.rmtree(home)

@@ -21,7 +21,7 @@ from mlflow.tracking import MlflowClient
 
 from digitpipe.core.errors import DigitpipeError, excerpt
 from digitpipe.tracking.runs import WEIGHTS_ARTIFACTS, RunRef
-from digitpipe.tracking.store import bounded_http, ensure_reachable
+from digitpipe.tracking.store import ensure_reachable, shown
 
 CHAMPION = "champion"
 MAX_TAG = 5000  # MLflow's limit on a model version tag's value
@@ -44,23 +44,22 @@ def download_weights(uri: str, tracking: str, dst: Path | None = None) -> Path:
     name, alias, number = match.groups()
     ensure_reachable(tracking, write=False)  # a dead server: one message in seconds
     try:
-        with bounded_http():
-            client = MlflowClient(tracking)
-            version = _find_version(client, name, alias, number)
-            if version is None:
-                wanted = f"alias {alias!r}" if alias else f"version {number}"
-                raise DigitpipeError(f"{uri}: {_absent(client, tracking, name, wanted)}.")
-            folder = client.download_artifacts(
-                version.run_id, WEIGHTS_ARTIFACTS, str(dst or tempfile.mkdtemp())
-            )
+        client = MlflowClient(tracking)
+        version = _find_version(client, name, alias, number)
+        if version is None:
+            wanted = f"alias {alias!r}" if alias else f"version {number}"
+            raise DigitpipeError(f"{uri}: {_absent(client, tracking, name, wanted)}.")
+        folder = client.download_artifacts(
+            version.run_id, WEIGHTS_ARTIFACTS, str(dst or tempfile.mkdtemp())
+        )
     except MlflowException as exc:
         if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
             raise DigitpipeError(
-                f"{uri}: not found in the tracking store {tracking} ({exc})."
+                f"{uri}: not found in the tracking store {shown(tracking)} ({exc})."
             ) from exc
         raise DigitpipeError(
-            f"{uri}: the tracking store {tracking} failed to serve it ({exc.message}); check "
-            "that it is up and reachable, then retry."
+            f"{uri}: the tracking store {shown(tracking)} failed to serve it ({exc.message}); "
+            "check that it is up and reachable, then retry."
         ) from exc
     return Path(folder)
 
@@ -89,7 +88,7 @@ def _absent(client: MlflowClient, tracking: str, name: str, wanted: str) -> str:
             raise
         names = [found.name for found in client.search_registered_models(max_results=MAX_LISTED)]
         return (
-            f"the tracking store {tracking} has no registered model {name!r} (it has: "
+            f"the tracking store {shown(tracking)} has no registered model {name!r} (it has: "
             f"{excerpt(', '.join(names) or 'none', 200, quote=False)}); check the name, or "
             "register one with digitpipe retrain"
         )

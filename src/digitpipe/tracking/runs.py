@@ -23,15 +23,23 @@ from typing import Any
 import mlflow
 from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.meta_dataset import MetaDataset
-from mlflow.entities import Param, Run, RunTag
+from mlflow.entities import Experiment, Param, Run, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from digitpipe.core.config import Params, TrackParams
+from digitpipe.core.errors import DigitpipeError
 from digitpipe.core.paths import MODEL_DIR, SPEC_FILE, WEIGHTS_FILE
 from digitpipe.core.provenance import file_digest, git_commit
 from digitpipe.core.stage import quiet_libraries
-from digitpipe.tracking.store import ensure_reachable, repo_root, tracking_uri
+from digitpipe.tracking.store import (
+    ensure_reachable,
+    local_artifacts,
+    repo_root,
+    shown,
+    store_errors,
+    tracking_uri,
+)
 
 quiet_libraries()  # importing mlflow set its INFO level again
 
@@ -119,18 +127,34 @@ def log_datasets(files: dict[str, Path]) -> None:
 
 
 def experiment_in(name: str, uri: str, root: Path) -> str:
-    """The experiment's id, creating it if needed; a local store keeps artifacts beside it in
-    the repository (never in the temporary copy a queued DVC experiment runs in). The experiment
-    is marked as model training, so the MLflow UI opens on its runs, not the GenAI overview."""
+    """The experiment's id, creating it if needed. With a database store (SQLite, PostgreSQL,
+    ...) this process writes the artifacts itself: into ``mlartifacts/`` in the repository,
+    never into the working folder (MLflow's default, ./mlruns: the temporary copy a queued DVC
+    experiment runs in). The experiment is marked as model training, so the MLflow UI opens on
+    its runs, not the GenAI overview."""
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is None:
-        location = (repo_root(root) / ARTIFACT_DIR).as_uri() if uri.startswith("sqlite:") else None
+        location = (repo_root(root) / ARTIFACT_DIR).as_uri() if local_artifacts(uri) else None
         experiment_id = mlflow.create_experiment(name, artifact_location=location)
     else:
+        check_artifact_location(experiment, uri)
         experiment_id = experiment.experiment_id
     if experiment is None or EXPERIMENT_KIND_TAG not in experiment.tags:
         MlflowClient(uri).set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
     return experiment_id
+
+
+def check_artifact_location(experiment: Experiment, uri: str) -> None:
+    """Refuse, before any work, an experiment whose artifacts only its tracking server can
+    write (``mlflow-artifacts:``, made by `mlflow server --serve-artifacts`) when this process
+    talks to the database behind that server directly."""
+    if local_artifacts(uri) and experiment.artifact_location.startswith("mlflow-artifacts:"):
+        raise DigitpipeError(
+            f"MLflow experiment {experiment.name!r} in {shown(uri)} keeps its artifacts on a "
+            f"tracking server ({experiment.artifact_location}), which only that server can "
+            "write: set MLFLOW_TRACKING_URI / track.tracking_uri to the server's http:// "
+            "address, or use another track.experiment with this database."
+        )
 
 
 def start_pipeline_run(
@@ -142,6 +166,14 @@ def start_pipeline_run(
     A training resumed from its checkpoint continues the run ``resumed`` (the interrupted
     one's id) when this store holds it, so one run keeps every epoch."""
     uri = open_store(params.track, root)
+    with store_errors(uri):
+        return new_or_resumed_run(params, root, extra, uri, resumed)
+
+
+def new_or_resumed_run(
+    params: Params, root: Path, extra: dict[str, Any], uri: str, resumed: str | None
+) -> RunRef:
+    """:func:`start_pipeline_run` in the store ``uri``, once it has been checked."""
     experiment_id = experiment_in(params.track.experiment, uri, root)
     close_abandoned_runs(uri, experiment_id)
     process = {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
@@ -284,20 +316,21 @@ def stage_run(track: TrackParams, root: Path, stage: str, params: dict[str, Any]
     with the training run's params.
     """
     uri = open_store(track, root)
-    experiment_id = experiment_in(track.experiment, uri, root)
-    digest = model_digest(root)
-    runs = runs_of_model(uri, experiment_id, digest)
-    done = STAGE_TAG.format(stage)
-    if runs and done not in runs[0].data.tags:
-        run_id = runs[0].info.run_id
-    else:
-        run_id = derived_run(uri, experiment_id, root, digest, runs[0] if runs else None)
-    trained = training_run(runs)
-    model_id = trained.data.tags[MODEL_URI_TAG].rsplit("/", 1)[-1] if trained else None
-    with mlflow.start_run(run_id=run_id):
-        mlflow.log_params(loggable(flatten({stage: params})))
-        yield StageRun(run_id, model_id)
-        mlflow.set_tag(done, "done")
+    with store_errors(uri):
+        experiment_id = experiment_in(track.experiment, uri, root)
+        digest = model_digest(root)
+        runs = runs_of_model(uri, experiment_id, digest)
+        done = STAGE_TAG.format(stage)
+        if runs and done not in runs[0].data.tags:
+            run_id = runs[0].info.run_id
+        else:
+            run_id = derived_run(uri, experiment_id, root, digest, runs[0] if runs else None)
+        trained = training_run(runs)
+        model_id = trained.data.tags[MODEL_URI_TAG].rsplit("/", 1)[-1] if trained else None
+        with mlflow.start_run(run_id=run_id):
+            mlflow.log_params(loggable(flatten({stage: params})))
+            yield StageRun(run_id, model_id)
+            mlflow.set_tag(done, "done")
 
 
 def derived_run(uri: str, experiment_id: str, root: Path, digest: str, latest: Run | None) -> str:

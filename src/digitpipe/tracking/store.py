@@ -6,6 +6,7 @@ import os
 import sqlite3
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,8 +25,19 @@ STORE_FIX = (
     "move the file aside (a new store is then started) or point MLFLOW_TRACKING_URI / "
     "track.tracking_uri at another store; track.enabled: false runs the stages without tracking."
 )
-# MLflow's own HTTP settings retry a dead server for minutes: a few seconds are enough here.
-HTTP_LIMITS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+# MLflow's SQL stores besides SQLite (SQLAlchemy dialect names; a driver may follow a "+").
+DATABASES = ("postgresql", "mysql", "mssql")
+# MLflow retries a dead server 7 times over about 4 minutes, each read waiting up to 120 s; a
+# stage (its process, every call) gives up within seconds instead: 2 retries, 0 s then 2 s
+# apart, answer a refused connection in about 3 s and a hung server in about 35 s. PostgreSQL's
+# client library waits forever for an unanswered connection without PGCONNECT_TIMEOUT.
+STORE_LIMITS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+    "PGCONNECT_TIMEOUT": str(REACH_TIMEOUT_S),
+}
 
 
 def repo_root(root: Path) -> Path:
@@ -52,6 +64,26 @@ def sqlite_file(uri: str) -> Path | None:
     return Path(uri[len(SQLITE) :].partition("?")[0]) if uri.startswith(SQLITE) else None
 
 
+def shown(uri: str) -> str:
+    """``uri`` with its password, if any, masked: what messages print."""
+    scheme, netloc, *rest = urllib.parse.urlsplit(uri)
+    userinfo, at, host = netloc.rpartition("@")
+    if not at or ":" not in userinfo:
+        return uri
+    masked = f"{userinfo.partition(':')[0]}:***@{host}"
+    return urllib.parse.urlunsplit((scheme, masked, *rest))
+
+
+def database(uri: str) -> bool:
+    """Whether ``uri`` names a PostgreSQL, MySQL or SQL Server store (not SQLite)."""
+    return uri.partition(":")[0].partition("+")[0] in DATABASES
+
+
+def local_artifacts(uri: str) -> bool:
+    """Whether the client writes a run's artifacts itself (a database store), not a server."""
+    return database(uri) or uri.startswith(SQLITE)
+
+
 def check_tracking(track: TrackParams, root: Path) -> None:
     """With tracking on, fail now, naming the store, when it cannot be used: a stage that logs
     at its end checks before its work rather than after it."""
@@ -61,9 +93,14 @@ def check_tracking(track: TrackParams, root: Path) -> None:
 
 def ensure_reachable(uri: str, *, write: bool = True) -> None:
     """Fail fast, naming the URI, when the tracking server or store cannot be used: for logging
-    runs (``write``), or only for reading registered models."""
+    runs (``write``), or only for reading registered models. Every MLflow call of this process
+    then gives up within seconds (STORE_LIMITS)."""
+    bound_store_calls()
     if uri.startswith(("http://", "https://")):
         _check_server(uri)
+    elif database(uri):
+        _check_database(uri)
+        _open_store(uri)
     elif (path := sqlite_file(uri)) is not None:
         problem = _sqlite_problem(path, write)
         if problem:
@@ -71,17 +108,50 @@ def ensure_reachable(uri: str, *, write: bool = True) -> None:
         _open_store(uri)
 
 
+def bound_store_calls() -> None:
+    """Make MLflow's calls in this process give up within seconds on a dead server or database
+    (settings the user has made in the environment are kept)."""
+    for key, value in STORE_LIMITS.items():
+        os.environ.setdefault(key, value)
+
+
+class StoreFailed(DigitpipeError):
+    """The tracking store stopped answering, or refused a write, during the work."""
+
+
 @contextmanager
-def bounded_http() -> Iterator[None]:
-    """MLflow's HTTP calls in the block give up within seconds on a dead server (settings the
-    user has made in the environment are kept)."""
-    added = {key: value for key, value in HTTP_LIMITS.items() if key not in os.environ}
-    os.environ.update(added)
+def store_errors(uri: str, then: str = "rerun once it answers.") -> Iterator[None]:
+    """MLflow's failures in the block to reach or write the store ``uri`` as one message
+    (:class:`StoreFailed`) naming the store, with what to do ``then``."""
+    from mlflow.exceptions import MlflowException
+    from requests.exceptions import RequestException
+    from sqlalchemy.exc import SQLAlchemyError
+
     try:
         yield
-    finally:
-        for key in added:
-            os.environ.pop(key, None)
+    except (MlflowException, RequestException, SQLAlchemyError) as exc:
+        raise StoreFailed(f"{_failure(uri, exc)}; {then}") from None
+
+
+def _reason(exc: BaseException) -> str:
+    """The first line of an exception's text, at most 300 characters."""
+    return str(exc).strip().partition("\n")[0][:300] or type(exc).__name__
+
+
+def _failure(uri: str, exc: BaseException) -> str:
+    """What went wrong with the store, by its kind, and how to fix it."""
+    reason = _reason(exc)
+    if uri.startswith(("http://", "https://")):
+        return (
+            f"MLflow tracking server {shown(uri)} stopped answering ({reason}). Start it again "
+            "(or fix MLFLOW_TRACKING_URI / track.tracking_uri)"
+        )
+    if database(uri):
+        return (
+            f"MLflow store {shown(uri)} failed ({reason}). Check that the database server is up "
+            "and reachable"
+        )
+    return f"MLflow store {uri} failed ({reason})"
 
 
 def _check_server(uri: str) -> None:
@@ -91,10 +161,44 @@ def _check_server(uri: str) -> None:
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         raise DigitpipeError(
-            f"MLflow tracking server {uri} cannot be reached ({reason}). Start it (e.g. "
+            f"MLflow tracking server {shown(uri)} cannot be reached ({reason}). Start it (e.g. "
             "`mlflow server --backend-store-uri sqlite:///mlflow.db --port 5000`), fix "
             "MLFLOW_TRACKING_URI / track.tracking_uri, or set track.enabled: false."
         ) from None
+
+
+def _check_database(uri: str) -> None:
+    """Connect to a database store within seconds: a missing driver, server or database is one
+    message naming the store (its password masked)."""
+    import sqlalchemy
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
+
+    dialect = uri.partition(":")[0]
+    try:
+        engine = sqlalchemy.create_engine(uri, connect_args=_connect_timeout(dialect))
+    except (NoSuchModuleError, ArgumentError, ImportError) as exc:
+        raise DigitpipeError(
+            f"MLflow store {shown(uri)}: no database driver for {dialect}:// is installed "
+            f"({_reason(exc)}). PostgreSQL needs psycopg (installed with digitpipe: use "
+            "postgresql://); MySQL needs `pip install pymysql` and mysql+pymysql://."
+        ) from None
+    try:
+        with engine.connect():
+            pass
+    except SQLAlchemyError as exc:
+        raise DigitpipeError(
+            f"MLflow store {shown(uri)} cannot be reached ({_reason(exc.orig or exc)}). Start "
+            "the database server, create the database (e.g. `createdb NAME`), check the user "
+            "and password, or fix MLFLOW_TRACKING_URI / track.tracking_uri; track.enabled: "
+            "false runs the stages without tracking."
+        ) from None
+    finally:
+        engine.dispose()
+
+
+def _connect_timeout(dialect: str) -> dict[str, int]:
+    """The driver's connection timeout: psycopg, psycopg2, PyMySQL and mysqlclient take it."""
+    return {"connect_timeout": REACH_TIMEOUT_S} if dialect.startswith(DATABASES[:2]) else {}
 
 
 def _sqlite_problem(path: Path, write: bool) -> str | None:
@@ -159,7 +263,7 @@ def _open_store(uri: str) -> None:
     try:
         MlflowClient(uri)
     except (MlflowException, SQLAlchemyError) as exc:
-        reason = str(exc).strip().partition("\n")[0][:300] or type(exc).__name__
+        fix = STORE_FIX if uri.startswith(SQLITE) else "check the database and its user's rights."
         raise DigitpipeError(
-            f"MLflow store {uri} cannot be opened ({reason}); {STORE_FIX}"
+            f"MLflow store {shown(uri)} cannot be opened ({_reason(exc)}); {fix}"
         ) from None

@@ -4,6 +4,7 @@ training loop never calls MLflow itself."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import shutil
 import tempfile
@@ -34,7 +35,12 @@ from digitpipe.tracking.runs import (
     model_digest,
     pipeline_run,
 )
+from digitpipe.tracking.store import StoreFailed, store_errors
 
+RESUME = (
+    "the last finished epoch's checkpoint is kept under checkpoints/: rerun the stage once the "
+    "store answers, and training resumes from it (runtime.resume: true)."
+)
 EPOCH_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "images_per_s")
 
 
@@ -50,12 +56,16 @@ class EpochMetrics(L.Callback):
             return
         row, now = self.latest_row(), int(time.time() * 1000)
         metrics = [Metric(key, float(row[key]), now, int(row["epoch"])) for key in EPOCH_METRICS]
-        MlflowClient(self.ref.tracking_uri).log_batch(self.ref.run_id, metrics=metrics)
+        with store_errors(self.ref.tracking_uri, RESUME):
+            MlflowClient(self.ref.tracking_uri).log_batch(self.ref.run_id, metrics=metrics)
 
     def on_exception(self, trainer: L.Trainer, module: L.LightningModule, error: BaseException):
-        if trainer.is_global_zero:
+        """Mark the run KILLED or FAILED while the store still answers (a store that stopped
+        answering is not asked again: the next training closes the run it left RUNNING)."""
+        if trainer.is_global_zero and not isinstance(error, StoreFailed):
             interrupted = isinstance(error, KeyboardInterrupt | SystemExit)
-            mark(self.ref, "KILLED" if interrupted else "FAILED")
+            with contextlib.suppress(StoreFailed), store_errors(self.ref.tracking_uri):
+                mark(self.ref, "KILLED" if interrupted else "FAILED")
 
 
 def log_model(model_dir: Path, example: np.ndarray) -> str:
@@ -98,7 +108,7 @@ def log_training(
 ) -> None:
     """Log the training results into the run, with the model; tag the run with the model's
     digest, by which later stages find it."""
-    with pipeline_run(ref):
+    with store_errors(ref.tracking_uri, RESUME), pipeline_run(ref):
         mlflow.log_metrics(metrics)
         mlflow.set_tags(tags)
         log_datasets(datasets)
