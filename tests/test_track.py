@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import subprocess
 import sys
 
@@ -179,6 +180,17 @@ def experiment_runs(uri: str, name: str) -> list:
     return [] if experiment is None else MlflowClient(uri).search_runs([experiment.experiment_id])
 
 
+def state_run(project, uri: str) -> str:
+    """The id of the one MLflow run tagged with the pipeline state the report names."""
+    report = (project / "reports/report.md").read_text()
+    state = re.search(r"tagged `digitpipe.state` = `(\w+)`", report)
+    (run,) = MlflowClient(uri).search_runs(
+        [MlflowClient(uri).get_experiment_by_name("states").experiment_id],
+        filter_string=f"tags.`digitpipe.state` = '{state[1]}'",
+    )
+    return run.info.run_id
+
+
 @pytest.mark.slow
 def test_one_run_per_pipeline_state(tiny_project, mlflow_server):
     edit_params(tiny_project, "train", **QUICK_TRAIN)
@@ -205,6 +217,7 @@ def test_one_run_per_pipeline_state(tiny_project, mlflow_server):
     assert {"confusion.png", "learning_curves.png"} <= root_artifacts
     assert not any(value == "None" for value in trained.data.params.values())
     ece = trained.data.metrics["test.ece"]
+    assert state_run(tiny_project, mlflow_server) == trained.info.run_id
 
     # A downstream-only rerun with new params: a run of its own, linked to the training run.
     edit_params(tiny_project, "evaluate", calibration_bins=5)
@@ -216,6 +229,7 @@ def test_one_run_per_pipeline_state(tiny_project, mlflow_server):
     assert later.data.params["evaluate.calibration_bins"] == "5"
     assert later.data.params["model.arch"] == "bncnn"  # the training run's params, for compare
     assert "digitpipe.stage.train" not in later.data.tags
+    assert state_run(tiny_project, mlflow_server) == later.info.run_id
     untouched = MlflowClient(mlflow_server).get_run(trained.info.run_id)
     assert untouched.data.metrics["test.ece"] == ece
     assert untouched.data.params["evaluate.calibration_bins"] == "15"

@@ -28,14 +28,14 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from digitpipe.core.config import Params, TrackParams
-from digitpipe.core.paths import MODEL_DIR, SPEC_FILE, WEIGHTS_FILE
+from digitpipe.core.paths import MODEL_DIR, SPEC_FILE
 from digitpipe.core.provenance import file_digest, git_commit
 from digitpipe.core.stage import quiet_libraries
+from digitpipe.core.state import WEIGHTS_DIGEST_TAG, weights_digest
 from digitpipe.tracking.store import ensure_reachable, repo_root, tracking_uri
 
 quiet_libraries()  # importing mlflow set its INFO level again
 
-MODEL_DIGEST_TAG = "digitpipe.model_digest"  # SHA-256 of the run's model.safetensors
 MODEL_URI_TAG = "digitpipe.model_uri"
 TRAINING_RUN_TAG = "digitpipe.training_run"  # the run that trained the model
 NO_TRAINING_RUN = "not in this store"  # its value for a model trained untracked or elsewhere
@@ -216,16 +216,11 @@ def mark(ref: RunRef, status: str) -> None:
     MlflowClient(ref.tracking_uri).update_run(ref.run_id, status=status)
 
 
-def model_digest(root: Path) -> str:
-    """The SHA-256 of the trained weights: what ties a model to the runs that used it."""
-    return file_digest(root / MODEL_DIR / WEIGHTS_FILE)
-
-
 def runs_of_model(uri: str, experiment_id: str, digest: str) -> list[Run]:
     """The runs that trained or used the model with this digest, newest first."""
     return MlflowClient(uri).search_runs(
         [experiment_id],
-        filter_string=f"tags.`{MODEL_DIGEST_TAG}` = '{digest}'",
+        filter_string=f"tags.`{WEIGHTS_DIGEST_TAG}` = '{digest}'",
         order_by=["attributes.start_time DESC"],
         max_results=100,
     )
@@ -240,7 +235,7 @@ def find_training_run(track: TrackParams, root: Path) -> RunRef | None:
     experiment = mlflow.get_experiment_by_name(track.experiment)
     if experiment is None:
         return None
-    run = training_run(runs_of_model(uri, experiment.experiment_id, model_digest(root)))
+    run = training_run(runs_of_model(uri, experiment.experiment_id, weights_digest(root)))
     if run is None:
         return None
     model_uri = run.data.tags[MODEL_URI_TAG]
@@ -285,7 +280,7 @@ def stage_run(track: TrackParams, root: Path, stage: str, params: dict[str, Any]
     """
     uri = open_store(track, root)
     experiment_id = experiment_in(track.experiment, uri, root)
-    digest = model_digest(root)
+    digest = weights_digest(root)
     runs = runs_of_model(uri, experiment_id, digest)
     done = STAGE_TAG.format(stage)
     if runs and done not in runs[0].data.tags:
@@ -306,7 +301,7 @@ def derived_run(uri: str, experiment_id: str, root: Path, digest: str, latest: R
     training = None if training == NO_TRAINING_RUN else training
     spec = json.loads((root / MODEL_DIR / SPEC_FILE).read_text())
     tags = run_tags(root) | {
-        MODEL_DIGEST_TAG: digest,
+        WEIGHTS_DIGEST_TAG: digest,
         TRAINING_RUN_TAG: training or NO_TRAINING_RUN,
         NOTE_TAG: f"Later stages rerun on the model trained by run {training or '(elsewhere)'}.",
     }

@@ -22,16 +22,20 @@ from mlflow.tracking import MlflowClient
 
 import digitpipe
 from digitpipe.core.paths import MODEL_DIR, SPEC_FILE, WEIGHTS_FILE
+from digitpipe.core.state import (
+    DATA_DIGEST_TAG,
+    WEIGHTS_DIGEST_TAG,
+    training_data_digest,
+    weights_digest,
+)
 from digitpipe.model.export import read_spec
 from digitpipe.tracking import serving
 from digitpipe.tracking.runs import (
-    MODEL_DIGEST_TAG,
     MODEL_URI_TAG,
     RunRef,
     log_artifacts,
     log_datasets,
     mark,
-    model_digest,
     pipeline_run,
 )
 
@@ -96,12 +100,15 @@ def log_training(
     datasets: dict[str, Path],
     artifacts: dict[str, list[Path]],
 ) -> None:
-    """Log the training results into the run, with the model; tag the run with the model's
-    digest, by which later stages find it."""
+    """Log the training results into the run, with the model; tag the run with the digests of
+    the weights and of the data they were trained on, by which later stages find it."""
+    weights, data = weights_digest(root), training_data_digest(root)
     with pipeline_run(ref):
         mlflow.log_metrics(metrics)
         mlflow.set_tags(tags)
         log_datasets(datasets)
         log_artifacts(artifacts)
         model_uri = log_model(root / MODEL_DIR, example)
-        mlflow.set_tags({MODEL_DIGEST_TAG: model_digest(root), MODEL_URI_TAG: model_uri})
+        mlflow.set_tags(
+            {WEIGHTS_DIGEST_TAG: weights, DATA_DIGEST_TAG: data, MODEL_URI_TAG: model_uri}
+        )

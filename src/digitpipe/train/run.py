@@ -416,14 +416,19 @@ def write_reports(net: torch.nn.Module, history: History, best_epoch: int, root:
 
 
 def write_speed(history: History, trainer: L.Trainer, wall_seconds: float, root: Path) -> dict:
-    """reports/train/speed.json: how long training took and on what (differs run to run, so no
-    stage depends on it)."""
-    trained = sum(row["train_seconds"] for row in history.rows)
-    images = sum(row["train_seconds"] * row["images_per_s"] for row in history.rows)
+    """reports/train/speed.json: how long this process trained, and on what. It differs run to
+    run, so it is no stage output (dvc.yaml lists it as a top-level metric, git ignores it). A
+    resumed run counts only the epochs it trained: the earlier ones ran before ``wall_seconds``
+    began (summing them gave train_seconds 563.53 beside wall_seconds 296.63)."""
+    timed = history.timed_here()
+    trained = sum(row["train_seconds"] for row in timed)
+    images = sum(row["train_seconds"] * row["images_per_s"] for row in timed)
     speed = {
         "train_seconds": round(trained, 2),
         "wall_seconds": round(wall_seconds, 2),
         "images_per_s": round(images / trained, 1) if trained else None,
+        "epochs_timed": len(timed),
+        "resumed_after_epoch": history.resumed_epochs,
         "accelerator": trainer.strategy.root_device.type,
         "devices": trainer.world_size,
         "precision": str(trainer.precision),
