@@ -15,6 +15,7 @@ from conftest import (
     dvc,
     edit_params,
     init_pipeline_repo,
+    stage_processes,
     stopped_after_a_checkpoint,
     wait_until,
 )
@@ -27,26 +28,6 @@ from digitpipe.core.lifetime import POLL_SECONDS, alive
 from digitpipe.core.paths import CHECKPOINT_ROOT, MODEL_DIR, split_file
 from digitpipe.train.recipes import resolve_recipe
 from digitpipe.train.run import run_key
-
-
-def stage_processes(project: Path, script: str) -> list[int]:
-    """Pids of the Python processes running ``script`` with ``project`` as their working
-    directory. A child forked by such a process (a `git` call between fork and exec) shows the
-    same command line for a moment; it is left out by its parent, as is a shell wrapper."""
-    found = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().decode().split("\0")
-            if not (Path(argv[0]).name.startswith("python") and argv[1:2] == [script]):
-                continue
-            cwd = os.readlink(entry / "cwd")
-        except (OSError, ValueError):  # gone meanwhile, or a command line that is not UTF-8
-            continue
-        if Path(cwd) == project and (process := alive(int(entry.name))) is not None:
-            found[process.pid] = process.parent
-    return [pid for pid, parent in found.items() if parent not in found]
 
 
 @pytest.mark.slow
