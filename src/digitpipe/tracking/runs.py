@@ -31,7 +31,7 @@ from digitpipe.core.config import Params, TrackParams
 from digitpipe.core.paths import MODEL_DIR, SPEC_FILE
 from digitpipe.core.provenance import file_digest, git_commit
 from digitpipe.core.stage import quiet_libraries
-from digitpipe.core.state import WEIGHTS_DIGEST_TAG, weights_digest
+from digitpipe.core.state import DATA_DIGEST_TAG, WEIGHTS_DIGEST_TAG, weights_digest
 from digitpipe.tracking.store import ensure_reachable, repo_root, tracking_uri
 
 quiet_libraries()  # importing mlflow set its INFO level again
@@ -226,6 +226,22 @@ def runs_of_model(uri: str, experiment_id: str, digest: str) -> list[Run]:
     )
 
 
+def trained_run_of_state(ref: RunRef, weights: str, data: str) -> str | None:
+    """The id of another run in ``ref``'s experiment that trained and logged these weights on
+    this data (the newest), else None."""
+    runs = runs_of_model(ref.tracking_uri, ref.experiment_id, weights)
+    return next(
+        (
+            run.info.run_id
+            for run in runs
+            if run.info.run_id != ref.run_id
+            and MODEL_URI_TAG in run.data.tags
+            and run.data.tags.get(DATA_DIGEST_TAG) == data
+        ),
+        None,
+    )
+
+
 def find_training_run(track: TrackParams, root: Path) -> RunRef | None:
     """The latest run that trained and logged the model now in ``models/``; None when tracking
     is off or the store holds no such run (the model was trained elsewhere)."""
@@ -244,9 +260,10 @@ def find_training_run(track: TrackParams, root: Path) -> RunRef | None:
 
 def training_run(runs: list[Run]) -> Run | None:
     """The newest of ``runs`` (newest first) that trained and logged the model and that the
-    evaluate stage logged into, else the newest that trained it. A forced retrain that gives
-    the same weights starts a run that no later stage logs into (DVC skips them): the run
-    with the model's results stays the one that stands for it."""
+    evaluate stage logged into, else the newest that trained it. A retrain that gives the same
+    weights from other data (or in a store older than `log_training`'s one run per state) has a
+    run that no later stage logged into (DVC restored them): the run with the model's results
+    stays the one that stands for it."""
     trained = [run for run in runs if MODEL_URI_TAG in run.data.tags]
     evaluated = (run for run in trained if STAGE_TAG.format("evaluate") in run.data.tags)
     return next(evaluated, trained[0] if trained else None)

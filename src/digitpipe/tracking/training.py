@@ -37,6 +37,7 @@ from digitpipe.tracking.runs import (
     log_datasets,
     mark,
     pipeline_run,
+    trained_run_of_state,
 )
 
 EPOCH_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "images_per_s")
@@ -101,8 +102,23 @@ def log_training(
     artifacts: dict[str, list[Path]],
 ) -> None:
     """Log the training results into the run, with the model; tag the run with the digests of
-    the weights and of the data they were trained on, by which later stages find it."""
+    the weights and of the data they were trained on, by which later stages find it.
+
+    One MLflow run per pipeline state: when another run already trained these weights on this
+    data (`dvc repro -f`, or a clone that trains without DVC's cache), the later stages come back
+    from DVC's run-cache and never log into a new run, which would stay without test results
+    (and, as the newest, stand for the model). So this training's metrics and tags go into
+    that run, and its own run is deleted (MLflow keeps it in the trash)."""
     weights, data = weights_digest(root), training_data_digest(root)
+    earlier = trained_run_of_state(ref, weights, data)
+    if earlier is not None:
+        client = MlflowClient(ref.tracking_uri)
+        with pipeline_run(RunRef(ref.tracking_uri, ref.experiment_id, earlier)):
+            mlflow.log_metrics(metrics)
+            mlflow.set_tags(tags)
+        client.set_terminated(ref.run_id)
+        client.delete_run(ref.run_id)
+        return
     with pipeline_run(ref):
         mlflow.log_metrics(metrics)
         mlflow.set_tags(tags)
