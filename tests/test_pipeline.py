@@ -150,7 +150,7 @@ def test_a_clone_that_trains_again_interrupted_reproduces_the_committed_lock(
     """The committed dvc.lock names outputs a clone that did not pull makes itself, byte for byte,
     even when its training is killed after epoch 2 and resumed; after an experiment, restoring
     params.yaml and dvc.lock leaves nothing to execute."""
-    edit_params(tiny_project, "train", **QUICK_TRAIN | {"max_epochs": 5, "limit_batches": 12})
+    edit_params(tiny_project, "train", **QUICK_TRAIN | {"max_epochs": 3, "limit_batches": 6})
     env = init_pipeline_repo(tiny_project)
     dvc(tiny_project, env, "repro")
     git(tiny_project, "add", "-A")
