@@ -25,7 +25,7 @@ from digitpipe.dataset.parquet import read_split
 from digitpipe.model.export import load_model
 from digitpipe.model.zoo import BUILDERS
 from digitpipe.train.callbacks import History, weight_average
-from digitpipe.train.checkpoint import read_checkpoint
+from digitpipe.train.checkpoint import read_checkpoint, write_portable_checkpoint
 from digitpipe.train.data import DigitData, IndexBatches, augment
 from digitpipe.train.recipes import RECIPES, resolve_recipe
 from digitpipe.train.run import INTERRUPTED, build_module, build_trainer, fit
@@ -379,6 +379,26 @@ def test_ctrl_c_says_how_to_resume_and_the_rerun_goes_on_from_there(ingested):
     assert resumed.returncode == 0, output
     finished = int(re.search(r"Resuming from .*: epoch (\d) was the last to finish", output)[1])
     assert f"epoch {finished}/6 " not in output and f"epoch {finished + 1}/6 " in output
+
+
+def test_exported_checkpoint_bytes_do_not_depend_on_where_its_objects_came_from(tmp_path):
+    """A resumed training's optimizer state was read from a checkpoint: equal values, but each
+    key a string object of its own. The exported checkpoint is the same bytes all the same."""
+
+    def read_back(name: str) -> str:
+        return "".join(list(name))  # an equal string, another object (as unpickling gives)
+
+    def checkpoint(key) -> dict:
+        moments = {
+            index: {key("step"): torch.tensor(3.0), key("exp_avg"): torch.ones(2)}
+            for index in (0, 1)
+        }
+        return {"epoch": 2, "optimizer_states": [{"state": moments}]}
+
+    uninterrupted, resumed = tmp_path / "uninterrupted.ckpt", tmp_path / "resumed.ckpt"
+    write_portable_checkpoint(checkpoint(str), uninterrupted)
+    write_portable_checkpoint(checkpoint(read_back), resumed)
+    assert uninterrupted.read_bytes() == resumed.read_bytes()
 
 
 def test_last_checkpoint_follows_every_epoch_not_only_the_best(ingested, tmp_path):
