@@ -234,21 +234,35 @@ def stage_processes(project: Path, script: str) -> list[int]:
     return [pid for pid, parent in found.items() if parent not in found]
 
 
-def stopped_after_a_checkpoint(project: Path, pid, gone) -> int:
-    """Wait for the training under ``project`` to save its last checkpoint, then stop its
-    process (SIGSTOP), so a kill lands mid-training however late the test looked; return that
-    process's pid, ``pid()``. ``gone()`` says the training died first."""
+def stopped_after_a_checkpoint(project: Path, pid, gone, epochs: int = 1) -> int:
+    """Stop (SIGSTOP) the training under ``project`` once its last checkpoint holds epoch
+    ``epochs`` or a later one, so a kill lands mid-training however late the test looks; return
+    that process's pid, ``pid()``. ``gone()`` says the training died first.
+
+    Each look stops the process and only then reads the checkpoint: a stopped process cannot
+    finish between the look and the stop (looking first once let a run finish all its epochs in
+    between, and remove its checkpoints). Lightning writes a checkpoint whole (a temporary file
+    renamed), so one that exists loads."""
 
     def saved() -> list[Path]:
         return list((project / CHECKPOINT_ROOT).glob("*/last.ckpt"))
 
-    assert wait_until(saved, 300, gone), "training never wrote a checkpoint"
-    stopped = pid()
-    os.kill(stopped, signal.SIGSTOP)
-    if not saved():
-        os.kill(stopped, signal.SIGCONT)  # never leave a stopped process behind
-        pytest.fail("training ended before the test could stop it: give it more epochs")
-    return stopped
+    def finished() -> int:
+        try:
+            return max(torch.load(p, weights_only=True)["epoch"] + 1 for p in saved())
+        except (ValueError, FileNotFoundError):  # none saved, or the run removed them
+            return 0
+
+    deadline = time.monotonic() + 300  # a hang guard
+    while time.monotonic() < deadline and not gone():
+        if saved():
+            stopped = pid()
+            os.kill(stopped, signal.SIGSTOP)
+            if finished() >= epochs:
+                return stopped
+            os.kill(stopped, signal.SIGCONT)  # never leave a stopped process behind
+        time.sleep(0.1)
+    pytest.fail(f"the training never saved a checkpoint of epoch {epochs} (or ended first)")
 
 
 def answers(url: str) -> bool:

@@ -15,6 +15,7 @@ from safetensors.numpy import load_file
 from digitpipe.cli import main
 from digitpipe.core.config import ARCHITECTURES, load_params
 from digitpipe.core.paths import ACTIVATIONS_REPORTS, MODEL_DIR, PROCESSED_DIR
+from digitpipe.core.state import pipeline_state
 from digitpipe.dataset.parquet import read_split
 from digitpipe.evaluate.run import run as evaluate
 from digitpipe.explain.run import TENSORS_FILE
@@ -140,7 +141,10 @@ def test_report_shows_every_picture_and_the_numbers_of_the_metrics_files(ingeste
     run = table_after(markdown, f"# {params.report.title}")
     digest = hashlib.sha256((ingested / MODEL_DIR / "model.safetensors").read_bytes()).hexdigest()
     assert run["model"] == [f"`bncnn`, weights SHA-256 `{digest[:12]}`"]
-    assert run["MLflow run"] == ["not tracked (track.enabled: false)"]
+    state = pipeline_state(params, ingested)
+    assert run["MLflow run"] == [f"the one tagged `digitpipe.state` = `{state.digest}`"]
+    assert run["params"][0].startswith(f"SHA-256 `{state.params[:12]}` of the sections data, ")
+    assert report(params, ingested) == markdown  # no date, run id or commit: the same bytes
     assert f"**Test accuracy {tested['accuracy']:.2%}** (95% CI " in markdown
     data = table_after(markdown, "## Data")
     assert {name: int(cells[0]) for name, cells in data.items()} == {

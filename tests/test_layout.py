@@ -173,9 +173,12 @@ def test_artifact_paths_match_dvc_yaml():
     assert str(paths.MODEL_DIR) in outputs
     for name in ("report.md", "report.html"):
         assert str(paths.REPORTS / name) in outputs
-    # Nothing that varies run to run (checkpoints, local state) is an output.
+    # Nothing that varies run to run (checkpoints, local state, timings) is an output.
     for local in (paths.CHECKPOINT_ROOT, paths.STATE_DIR):
         assert not any(Path(out).is_relative_to(local) for out in outputs)
+    speed = str(paths.TRAIN_REPORTS / "speed.json")  # a top-level metric, in no dvc.lock
+    assert speed not in outputs
+    assert speed in yaml.safe_load((REPO / "dvc.yaml").read_text())["metrics"]
 
 
 def test_a_python_without_digitpipe_gets_advice_not_a_traceback(tmp_path):

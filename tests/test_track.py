@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import subprocess
 import sys
 
@@ -179,6 +180,17 @@ def experiment_runs(uri: str, name: str) -> list:
     return [] if experiment is None else MlflowClient(uri).search_runs([experiment.experiment_id])
 
 
+def state_run(project, uri: str) -> str:
+    """The id of the one MLflow run tagged with the pipeline state the report names."""
+    report = (project / "reports/report.md").read_text()
+    state = re.search(r"tagged `digitpipe.state` = `(\w+)`", report)
+    (run,) = MlflowClient(uri).search_runs(
+        [MlflowClient(uri).get_experiment_by_name("states").experiment_id],
+        filter_string=f"tags.`digitpipe.state` = '{state[1]}'",
+    )
+    return run.info.run_id
+
+
 @pytest.mark.slow
 def test_one_run_per_pipeline_state(tiny_project, mlflow_server):
     edit_params(tiny_project, "train", **QUICK_TRAIN)
@@ -205,6 +217,7 @@ def test_one_run_per_pipeline_state(tiny_project, mlflow_server):
     assert {"confusion.png", "learning_curves.png"} <= root_artifacts
     assert not any(value == "None" for value in trained.data.params.values())
     ece = trained.data.metrics["test.ece"]
+    assert state_run(tiny_project, mlflow_server) == trained.info.run_id
 
     # A downstream-only rerun with new params: a run of its own, linked to the training run.
     edit_params(tiny_project, "evaluate", calibration_bins=5)
@@ -216,6 +229,7 @@ def test_one_run_per_pipeline_state(tiny_project, mlflow_server):
     assert later.data.params["evaluate.calibration_bins"] == "5"
     assert later.data.params["model.arch"] == "bncnn"  # the training run's params, for compare
     assert "digitpipe.stage.train" not in later.data.tags
+    assert state_run(tiny_project, mlflow_server) == later.info.run_id
     untouched = MlflowClient(mlflow_server).get_run(trained.info.run_id)
     assert untouched.data.metrics["test.ece"] == ece
     assert untouched.data.params["evaluate.calibration_bins"] == "15"
@@ -234,13 +248,16 @@ def test_one_run_per_pipeline_state(tiny_project, mlflow_server):
     runs = experiment_runs(mlflow_server, "states")
     assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
 
-    # A forced retrain that gives the same weights: DVC skips the later stages, so its run
-    # holds no results, and the run that does still stands for the model (retrain, report).
+    # A forced retrain that gives the same weights on the same data: DVC skips the later
+    # stages, so the retraining logs into the run of that state, which holds their results,
+    # and opens none that would stay without them.
     edit_params(tiny_project, "train", batch_size=QUICK_TRAIN["batch_size"])
     assert "Running stage 'evaluate'" not in dvc(tiny_project, env, "repro", "-f", "-s", "train")
-    assert len(experiment_runs(mlflow_server, "states")) == 3
+    assert len(experiment_runs(mlflow_server, "states")) == 2
     track = load_params(tiny_project / "params.yaml").track
     assert find_training_run(track, tiny_project).run_id == trained.info.run_id
+    client = MlflowClient(mlflow_server)
+    assert len(client.get_metric_history(trained.info.run_id, "train.wall_seconds")) == 2
 
 
 def test_tracking_turned_on_after_an_untracked_training(ingested, tmp_path, monkeypatch):

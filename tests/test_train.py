@@ -25,7 +25,7 @@ from digitpipe.dataset.parquet import read_split
 from digitpipe.model.export import load_model
 from digitpipe.model.zoo import BUILDERS
 from digitpipe.train.callbacks import History, weight_average
-from digitpipe.train.checkpoint import read_checkpoint
+from digitpipe.train.checkpoint import read_checkpoint, write_portable_checkpoint
 from digitpipe.train.data import DigitData, IndexBatches, augment
 from digitpipe.train.recipes import RECIPES, resolve_recipe
 from digitpipe.train.run import INTERRUPTED, TRAIN_OUTPUTS, build_module, build_trainer, fit
@@ -406,6 +406,26 @@ def test_a_stopped_training_leaves_the_previous_outputs_as_they_were(ingested):
     assert process.returncode == 128 + signal.SIGTERM, output
     assert train_outputs(ingested) == previous
     assert list((ingested / CHECKPOINT_ROOT).glob("*/history.csv"))  # the run's, kept to resume
+
+
+def test_exported_checkpoint_bytes_do_not_depend_on_where_its_objects_came_from(tmp_path):
+    """A resumed training's optimizer state was read from a checkpoint: equal values, but each
+    key a string object of its own. The exported checkpoint is the same bytes all the same."""
+
+    def read_back(name: str) -> str:
+        return "".join(list(name))  # an equal string, another object (as unpickling gives)
+
+    def checkpoint(key) -> dict:
+        moments = {
+            index: {key("step"): torch.tensor(3.0), key("exp_avg"): torch.ones(2)}
+            for index in (0, 1)
+        }
+        return {"epoch": 2, "optimizer_states": [{"state": moments}]}
+
+    uninterrupted, resumed = tmp_path / "uninterrupted.ckpt", tmp_path / "resumed.ckpt"
+    write_portable_checkpoint(checkpoint(str), uninterrupted)
+    write_portable_checkpoint(checkpoint(read_back), resumed)
+    assert uninterrupted.read_bytes() == resumed.read_bytes()
 
 
 def test_last_checkpoint_follows_every_epoch_not_only_the_best(ingested, tmp_path):

@@ -1,8 +1,9 @@
-"""Where a result came from: the git commit of the source, and the digests of files."""
+"""Where a result came from: the git commit of the source, and the digests of files and params."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,3 +44,14 @@ def git_commit(root: Path) -> Commit | None:
     except (OSError, subprocess.CalledProcessError):
         return None
     return Commit(sha, dirty)
+
+
+def files_digest(paths: list[Path]) -> str:
+    """One SHA-256 over the files' names and SHA-256s: the same files, the same digest."""
+    listing = "\n".join(f"{path.name} {file_digest(path)}" for path in paths)
+    return hashlib.sha256(listing.encode()).hexdigest()
+
+
+def json_digest(value: object) -> str:
+    """The SHA-256 of ``value`` as canonical JSON (keys sorted)."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()

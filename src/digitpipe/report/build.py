@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-from datetime import UTC, datetime
 from pathlib import Path
 
 from digitpipe.core.config import Params, Recipe
@@ -11,7 +9,6 @@ from digitpipe.core.files import check_regular, read_json_report, read_report, r
 from digitpipe.core.markdown import literal
 from digitpipe.core.numbers import counted
 from digitpipe.core.paths import MODEL_DIR, RECIPE_FILE, REPORTS, SPEC_FILE, WEIGHTS_FILE
-from digitpipe.core.provenance import file_digest, git_commit
 from digitpipe.core.stage_reports import (
     ActivationsManifest,
     EvaluateScores,
@@ -21,6 +18,7 @@ from digitpipe.core.stage_reports import (
     TrainSummary,
     WorstCases,
 )
+from digitpipe.core.state import PIPELINE_SECTIONS, STATE_TAG, PipelineState
 
 
 def _table(header: list[str], rows: list[list[object]]) -> str:
@@ -161,39 +159,35 @@ def activations_section(reports: Path) -> str:
     )
 
 
-def run_section(
-    root: Path, spec: ModelFacts, test: TestMetrics, run_id: str | None, made: datetime
-) -> str:
-    """Which run this is (model, MLflow run, DVC experiment, commit, date) and its headline."""
+def run_section(root: Path, spec: ModelFacts, test: TestMetrics, state: PipelineState) -> str:
+    """Which pipeline state this is (the digests of what determines it, and how to find its
+    MLflow run) and its headline. Nothing that differs between identical runs (a run id, a date,
+    a commit) is written: the report is a DVC output, the same bytes for the same inputs."""
     check_regular(root / MODEL_DIR / WEIGHTS_FILE, rerun("train"))
-    digest = file_digest(root / MODEL_DIR / WEIGHTS_FILE)
-    commit = git_commit(root)
+    sections = ", ".join(PIPELINE_SECTIONS)
     facts = [
-        ["model", f"`{spec.arch}`, weights SHA-256 `{digest[:12]}`"],
-        ["MLflow run", f"`{run_id}`" if run_id else "not tracked (track.enabled: false)"],
-        ["DVC experiment", os.environ.get("DVC_EXP_NAME") or "none (the workspace)"],
-        ["source", f"commit `{commit.describe()}`" if commit else "no git commit"],
-        ["made", made.strftime("%Y-%m-%d %H:%M UTC")],
+        ["model", f"`{spec.arch}`, weights SHA-256 `{state.weights[:12]}`"],
+        ["training data", f"SHA-256 `{state.data[:12]}` of the train and val splits"],
+        ["params", f"SHA-256 `{state.params[:12]}` of the sections {sections}"],
+        ["MLflow run", f"the one tagged `{STATE_TAG}` = `{state.digest}`"],
     ]
     headline = (
         f"**Test accuracy {test.accuracy:.2%}** (95% CI {test.accuracy_lower:.2%} to "
         f"{test.accuracy_upper:.2%}), macro F1 {_figure(test.macro_f1)}, log loss "
         f"{_figure(test.log_loss)} on {test.n:,} test images."
     )
-    return "\n\n".join([_table(["run", ""], facts), headline])
+    return "\n\n".join([_table(["pipeline state", f"`{state.digest}`"], facts), headline])
 
 
-def build_markdown(
-    params: Params, root: Path, run_id: str | None = None, made: datetime | None = None
-) -> str:
-    """The whole report of the project at ``root``, led by the run that made it; image links are
-    relative to ``reports/``."""
+def build_markdown(params: Params, root: Path, state: PipelineState) -> str:
+    """The whole report of the project at ``root`` in ``state``, led by the digests that name
+    it; image links are relative to ``reports/``."""
     reports = root / REPORTS
     spec = read_json_report(root / MODEL_DIR / SPEC_FILE, "train", ModelFacts)
     evaluated = read_json_report(reports / "evaluate/scores.json", "evaluate", EvaluateScores)
     sections = [
         f"# {literal(params.report.title)}",
-        run_section(root, spec, evaluated.test, run_id, made or datetime.now(UTC)),
+        run_section(root, spec, evaluated.test, state),
         data_section(reports),
         model_section(root, spec),
         evaluation_section(reports, evaluated, spec),

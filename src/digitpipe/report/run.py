@@ -7,16 +7,17 @@ from pathlib import Path
 from digitpipe.core.atomic import staged_outputs, write_text
 from digitpipe.core.config import Params
 from digitpipe.core.paths import REPORTS
+from digitpipe.core.state import PipelineState, pipeline_state
 from digitpipe.report.build import build_markdown
 from digitpipe.report.html import render_html
 
 REPORT_OUTPUTS = (REPORTS / "report.md", REPORTS / "report.html")  # published together
 
 
-def write_reports(params: Params, root: Path, run_id: str | None) -> str:
+def write_reports(params: Params, root: Path, state: PipelineState) -> str:
     """Write both reports under ``root/reports`` (built first, then published together); return
     the Markdown."""
-    markdown = build_markdown(params, root, run_id)
+    markdown = build_markdown(params, root, state)
     page = render_html(markdown, params.report.title, root / REPORTS)
     with staged_outputs(root, "report", REPORT_OUTPUTS) as out:
         write_text(out / REPORT_OUTPUTS[0], markdown)
@@ -25,13 +26,18 @@ def write_reports(params: Params, root: Path, run_id: str | None) -> str:
 
 
 def run(params: Params, root: Path = Path(".")) -> str:
-    """The reports, naming the MLflow run of this pipeline state and logged into it."""
+    """The reports, named by the digests of this pipeline state, logged into its MLflow run,
+    which is tagged with the same digests: the report's search finds it."""
+    state = pipeline_state(params, root)
     if not params.track.enabled:
-        return write_reports(params, root, None)
+        return write_reports(params, root, state)
+    import mlflow
+
     from digitpipe.tracking.runs import log_artifacts, stage_run
 
-    with stage_run(params.track, root, "report", params.report.model_dump()) as run:
-        markdown = write_reports(params, root, run.run_id)
+    with stage_run(params.track, root, "report", params.report.model_dump()):
+        markdown = write_reports(params, root, state)
         reports = root / REPORTS
         log_artifacts({"report": [reports / "report.html", reports / "report.md"]})
+        mlflow.set_tags(state.tags())
     return markdown

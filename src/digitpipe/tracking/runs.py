@@ -29,9 +29,10 @@ from mlflow.tracking import MlflowClient
 
 from digitpipe.core.config import Params, TrackParams
 from digitpipe.core.errors import DigitpipeError
-from digitpipe.core.paths import MODEL_DIR, SPEC_FILE, WEIGHTS_FILE
+from digitpipe.core.paths import MODEL_DIR, SPEC_FILE
 from digitpipe.core.provenance import file_digest, git_commit
 from digitpipe.core.stage import quiet_libraries
+from digitpipe.core.state import DATA_DIGEST_TAG, WEIGHTS_DIGEST_TAG, weights_digest
 from digitpipe.tracking.store import (
     ensure_reachable,
     local_artifacts,
@@ -43,7 +44,6 @@ from digitpipe.tracking.store import (
 
 quiet_libraries()  # importing mlflow set its INFO level again
 
-MODEL_DIGEST_TAG = "digitpipe.model_digest"  # SHA-256 of the run's model.safetensors
 MODEL_URI_TAG = "digitpipe.model_uri"
 TRAINING_RUN_TAG = "digitpipe.training_run"  # the run that trained the model
 NO_TRAINING_RUN = "not in this store"  # its value for a model trained untracked or elsewhere
@@ -248,18 +248,29 @@ def mark(ref: RunRef, status: str) -> None:
     MlflowClient(ref.tracking_uri).update_run(ref.run_id, status=status)
 
 
-def model_digest(root: Path) -> str:
-    """The SHA-256 of the trained weights: what ties a model to the runs that used it."""
-    return file_digest(root / MODEL_DIR / WEIGHTS_FILE)
-
-
 def runs_of_model(uri: str, experiment_id: str, digest: str) -> list[Run]:
     """The runs that trained or used the model with this digest, newest first."""
     return MlflowClient(uri).search_runs(
         [experiment_id],
-        filter_string=f"tags.`{MODEL_DIGEST_TAG}` = '{digest}'",
+        filter_string=f"tags.`{WEIGHTS_DIGEST_TAG}` = '{digest}'",
         order_by=["attributes.start_time DESC"],
         max_results=100,
+    )
+
+
+def trained_run_of_state(ref: RunRef, weights: str, data: str) -> str | None:
+    """The id of another run in ``ref``'s experiment that trained and logged these weights on
+    this data (the newest), else None."""
+    runs = runs_of_model(ref.tracking_uri, ref.experiment_id, weights)
+    return next(
+        (
+            run.info.run_id
+            for run in runs
+            if run.info.run_id != ref.run_id
+            and MODEL_URI_TAG in run.data.tags
+            and run.data.tags.get(DATA_DIGEST_TAG) == data
+        ),
+        None,
     )
 
 
@@ -272,7 +283,7 @@ def find_training_run(track: TrackParams, root: Path) -> RunRef | None:
     experiment = mlflow.get_experiment_by_name(track.experiment)
     if experiment is None:
         return None
-    run = training_run(runs_of_model(uri, experiment.experiment_id, model_digest(root)))
+    run = training_run(runs_of_model(uri, experiment.experiment_id, weights_digest(root)))
     if run is None:
         return None
     model_uri = run.data.tags[MODEL_URI_TAG]
@@ -281,9 +292,10 @@ def find_training_run(track: TrackParams, root: Path) -> RunRef | None:
 
 def training_run(runs: list[Run]) -> Run | None:
     """The newest of ``runs`` (newest first) that trained and logged the model and that the
-    evaluate stage logged into, else the newest that trained it. A forced retrain that gives
-    the same weights starts a run that no later stage logs into (DVC skips them): the run
-    with the model's results stays the one that stands for it."""
+    evaluate stage logged into, else the newest that trained it. A retrain that gives the same
+    weights from other data (or in a store older than `log_training`'s one run per state) has a
+    run that no later stage logged into (DVC restored them): the run with the model's results
+    stays the one that stands for it."""
     trained = [run for run in runs if MODEL_URI_TAG in run.data.tags]
     evaluated = (run for run in trained if STAGE_TAG.format("evaluate") in run.data.tags)
     return next(evaluated, trained[0] if trained else None)
@@ -318,7 +330,7 @@ def stage_run(track: TrackParams, root: Path, stage: str, params: dict[str, Any]
     uri = open_store(track, root)
     with store_errors(uri):
         experiment_id = experiment_in(track.experiment, uri, root)
-        digest = model_digest(root)
+        digest = weights_digest(root)
         runs = runs_of_model(uri, experiment_id, digest)
         done = STAGE_TAG.format(stage)
         if runs and done not in runs[0].data.tags:
@@ -339,7 +351,7 @@ def derived_run(uri: str, experiment_id: str, root: Path, digest: str, latest: R
     training = None if training == NO_TRAINING_RUN else training
     spec = json.loads((root / MODEL_DIR / SPEC_FILE).read_text())
     tags = run_tags(root) | {
-        MODEL_DIGEST_TAG: digest,
+        WEIGHTS_DIGEST_TAG: digest,
         TRAINING_RUN_TAG: training or NO_TRAINING_RUN,
         NOTE_TAG: f"Later stages rerun on the model trained by run {training or '(elsewhere)'}.",
     }

@@ -23,17 +23,22 @@ from mlflow.tracking import MlflowClient
 
 import digitpipe
 from digitpipe.core.paths import MODEL_DIR, SPEC_FILE, WEIGHTS_FILE
+from digitpipe.core.state import (
+    DATA_DIGEST_TAG,
+    WEIGHTS_DIGEST_TAG,
+    training_data_digest,
+    weights_digest,
+)
 from digitpipe.model.export import read_spec
 from digitpipe.tracking import serving
 from digitpipe.tracking.runs import (
-    MODEL_DIGEST_TAG,
     MODEL_URI_TAG,
     RunRef,
     log_artifacts,
     log_datasets,
     mark,
-    model_digest,
     pipeline_run,
+    trained_run_of_state,
 )
 from digitpipe.tracking.store import StoreFailed, store_errors
 
@@ -106,12 +111,31 @@ def log_training(
     datasets: dict[str, Path],
     artifacts: dict[str, list[Path]],
 ) -> None:
-    """Log the training results into the run, with the model; tag the run with the model's
-    digest, by which later stages find it."""
-    with store_errors(ref.tracking_uri, RESUME), pipeline_run(ref):
-        mlflow.log_metrics(metrics)
-        mlflow.set_tags(tags)
-        log_datasets(datasets)
-        log_artifacts(artifacts)
-        model_uri = log_model(root / MODEL_DIR, example)
-        mlflow.set_tags({MODEL_DIGEST_TAG: model_digest(root), MODEL_URI_TAG: model_uri})
+    """Log the training results into the run, with the model; tag the run with the digests of
+    the weights and of the data they were trained on, by which later stages find it.
+
+    One MLflow run per pipeline state: when another run already trained these weights on this
+    data (`dvc repro -f`, or a clone that trains without DVC's cache), the later stages come back
+    from DVC's run-cache and never log into a new run, which would stay without test results
+    (and, as the newest, stand for the model). So this training's metrics and tags go into
+    that run, and its own run is deleted (MLflow keeps it in the trash)."""
+    with store_errors(ref.tracking_uri, RESUME):
+        weights, data = weights_digest(root), training_data_digest(root)
+        earlier = trained_run_of_state(ref, weights, data)
+        if earlier is not None:
+            client = MlflowClient(ref.tracking_uri)
+            with pipeline_run(RunRef(ref.tracking_uri, ref.experiment_id, earlier)):
+                mlflow.log_metrics(metrics)
+                mlflow.set_tags(tags)
+            client.set_terminated(ref.run_id)
+            client.delete_run(ref.run_id)
+            return
+        with pipeline_run(ref):
+            mlflow.log_metrics(metrics)
+            mlflow.set_tags(tags)
+            log_datasets(datasets)
+            log_artifacts(artifacts)
+            model_uri = log_model(root / MODEL_DIR, example)
+            mlflow.set_tags(
+                {WEIGHTS_DIGEST_TAG: weights, DATA_DIGEST_TAG: data, MODEL_URI_TAG: model_uri}
+            )

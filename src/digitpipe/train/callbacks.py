@@ -21,7 +21,8 @@ from digitpipe.core.errors import DigitpipeError
 from digitpipe.core.numbers import rounded
 
 # The file's columns: results only, so the same training writes the same bytes. Each row also
-# holds the epoch's train_seconds and images_per_s, for the epoch lines, MLflow and speed.json.
+# holds the epoch's train_seconds and images_per_s, for the epoch lines, MLflow and speed.json
+# (never a DVC output: timings differ between identical runs).
 HISTORY_FIELDS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr"]
 # What each epoch shows: its column (and printed name), and the name the module logs it under.
 FIGURES = {
@@ -57,6 +58,7 @@ class History(L.Callback):
     def __init__(self, path: Path, print_lines: bool) -> None:
         self.path, self.print_lines = path, print_lines
         self.rows: list[dict[str, float]] = []
+        self.resumed_epochs = 0  # rows from the checkpoint: epochs an earlier process trained
         self._start = self._end = 0.0
         self._images = 0
 
@@ -109,6 +111,12 @@ class History(L.Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.rows = list(state_dict["rows"])
+        self.resumed_epochs = len(self.rows)
+
+    def timed_here(self) -> list[dict[str, float]]:
+        """The rows of the epochs this process trained (a resumed run's earlier epochs ran in
+        another process, whose time is not this one's)."""
+        return self.rows[self.resumed_epochs :]
 
 
 class EpochBar(TQDMProgressBar):

@@ -72,8 +72,7 @@ HISTORY_FILE = TRAIN_REPORTS / "history.csv"
 TRAIN_OUTPUTS = (
     MODEL_DIR,
     HISTORY_FILE,
-    TRAIN_REPORTS / "metrics.json",
-    TRAIN_REPORTS / "speed.json",
+    TRAIN_REPORTS / "summary.json",
     TRAIN_REPORTS / "learning_curves.png",
 )
 # Set by torchrun / torch.distributed launchers and by SLURM: without one, num_nodes > 1 hangs.
@@ -290,11 +289,13 @@ def run(params: Params, root: Path = Path(".")) -> dict | None:
         )
     if not trainer.is_global_zero:
         return None
-    with failed_run(tracking), staged_outputs(root, "train", TRAIN_OUTPUTS) as out:
-        net, best_epoch = export(module, recipe, checkpoint.best_model_path, out / MODEL_DIR)
-        history.write(out / HISTORY_FILE)
-        metrics = write_reports(net, history, best_epoch, out)
-        speed = write_speed(history, trainer, time.perf_counter() - started, out)
+    with failed_run(tracking):
+        with staged_outputs(root, "train", TRAIN_OUTPUTS) as out:
+            net, best_epoch = export(module, recipe, checkpoint.best_model_path, out / MODEL_DIR)
+            history.write(out / HISTORY_FILE)
+            metrics = write_reports(net, history, best_epoch, out)
+        # Timings are no stage output (a top-level metric): written once the outputs are out.
+        speed = write_speed(history, trainer, time.perf_counter() - started, root)
     if tracking is not None:
         with failed_run(tracking):
             log_results(tracking.ref, root, metrics, speed, val, data_files)
@@ -482,14 +483,19 @@ def write_reports(net: torch.nn.Module, history: History, best_epoch: int, root:
 
 
 def write_speed(history: History, trainer: L.Trainer, wall_seconds: float, root: Path) -> dict:
-    """reports/train/speed.json: how long training took and on what (differs run to run, so no
-    stage depends on it)."""
-    trained = sum(row["train_seconds"] for row in history.rows)
-    images = sum(row["train_seconds"] * row["images_per_s"] for row in history.rows)
+    """reports/train/speed.json: how long this process trained, and on what. It differs run to
+    run, so it is no stage output (dvc.yaml lists it as a top-level metric, git ignores it). A
+    resumed run counts only the epochs it trained: the earlier ones ran before ``wall_seconds``
+    began (summing them gave train_seconds 563.53 beside wall_seconds 296.63)."""
+    timed = history.timed_here()
+    trained = sum(row["train_seconds"] for row in timed)
+    images = sum(row["train_seconds"] * row["images_per_s"] for row in timed)
     speed = {
         "train_seconds": round(trained, 2),
         "wall_seconds": round(wall_seconds, 2),
         "images_per_s": round(images / trained, 1) if trained else None,
+        "epochs_timed": len(timed),
+        "resumed_after_epoch": history.resumed_epochs,
         "accelerator": trainer.strategy.root_device.type,
         "devices": trainer.world_size,
         "precision": str(trainer.precision),
