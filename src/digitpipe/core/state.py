@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from digitpipe.core.config import Params
+from digitpipe.core.files import UnreadableFile, cannot_read, check_regular, rerun
 from digitpipe.core.paths import MODEL_DIR, WEIGHTS_FILE, split_file
 from digitpipe.core.provenance import file_digest, files_digest, json_digest
 
@@ -23,14 +24,31 @@ STATE_TAG = "digitpipe.state"
 STATE_LENGTH = 16  # hex digits: short enough to read, far from any collision among runs
 
 
+def readable(paths: list[Path], stage: str) -> list[Path]:
+    """``paths``, each a regular file the ``stage`` stage writes, else one message saying which
+    is not and how to bring it back."""
+    for path in paths:
+        check_regular(path, rerun(stage))
+    return paths
+
+
 def weights_digest(root: Path) -> str:
     """The SHA-256 of the trained weights: what ties a model to the runs that used it."""
-    return file_digest(root / MODEL_DIR / WEIGHTS_FILE)
+    (weights,) = readable([root / MODEL_DIR / WEIGHTS_FILE], "train")
+    try:
+        return file_digest(weights)
+    except OSError as exc:
+        raise UnreadableFile(weights, cannot_read(exc), rerun("train")) from exc
 
 
 def training_data_digest(root: Path) -> str:
     """One SHA-256 over the processed splits the weights were trained on."""
-    return files_digest([root / split_file(split) for split in TRAINING_SPLITS])
+    splits = readable([root / split_file(split) for split in TRAINING_SPLITS], "ingest")
+    try:
+        return files_digest(splits)
+    except OSError as exc:
+        where = Path(exc.filename or splits[0])
+        raise UnreadableFile(where, cannot_read(exc), rerun("ingest")) from exc
 
 
 def params_digest(params: Params) -> str:
