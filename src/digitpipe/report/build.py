@@ -11,7 +11,7 @@ from digitpipe.core.files import check_regular, read_json_report, read_report, r
 from digitpipe.core.markdown import literal
 from digitpipe.core.numbers import counted
 from digitpipe.core.paths import MODEL_DIR, RECIPE_FILE, REPORTS, SPEC_FILE, WEIGHTS_FILE
-from digitpipe.core.provenance import file_digest, git_commit
+from digitpipe.core.provenance import check_weights_digest, git_commit
 from digitpipe.core.stage_reports import (
     ActivationsManifest,
     EvaluateMetrics,
@@ -166,7 +166,7 @@ def run_section(
 ) -> str:
     """Which run this is (model, MLflow run, DVC experiment, commit, date) and its headline."""
     check_regular(root / MODEL_DIR / WEIGHTS_FILE, rerun("train"))
-    digest = file_digest(root / MODEL_DIR / WEIGHTS_FILE)
+    digest = check_weights_digest(root / MODEL_DIR / WEIGHTS_FILE, spec.weights_sha256)
     commit = git_commit(root)
     facts = [
         ["model", f"`{spec.arch}`, weights SHA-256 `{digest[:12]}`"],
