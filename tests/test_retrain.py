@@ -189,3 +189,20 @@ def test_a_retrain_never_overlaps_a_running_one(tiny_project):
             output = retrain(tiny_project, env, "--wait", wait)
             assert "digitpipe retrain: skipped: another retrain is running" in output
     assert not (tiny_project / "data/processed").exists()  # nothing ran
+
+
+def test_a_champion_without_a_run_is_not_compared_and_the_new_model_judged_alone(pipeline):
+    project, env, client = pipeline
+    client.create_registered_model(NAME)  # version 1: registered from outside any run
+    client.create_model_version(NAME, "s3://elsewhere/model", run_id=None)
+    client.set_registered_model_alias(NAME, "champion", "1")
+    edit_params(project, "track", min_accuracy=0.0)
+    output = retrain(project, env)
+    assert (
+        "version 2 promoted to champion: champion version 1 cannot be compared: it has no run "
+        "(it was registered from elsewhere), and test accuracy" in output
+    ), output
+    assert client.get_model_version_by_alias(NAME, "champion").version == "2"
+    assert client.get_model_version(NAME, "2").tags["champion_version"] == "1"
+    assert "nothing new: version 2 " in retrain(project, env)
+    assert len(client.search_model_versions(f"name = '{NAME}'")) == 2
