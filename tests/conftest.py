@@ -265,6 +265,48 @@ def stopped_after_a_checkpoint(project: Path, pid, gone, epochs: int = 1) -> int
     pytest.fail(f"the training never saved a checkpoint of epoch {epochs} (or ended first)")
 
 
+PAUSE_FILE = "training-paused"  # written by a training held after its last checkpoint
+# Runs the stage script sys.argv[1] (its arguments after it) with the training held at the first
+# batch after `last.ckpt` is saved: it writes PAUSE_FILE in the current folder and waits there for
+# the test's signal, mid-training whatever the machine's speed (a test that stops a training
+# once it sees the checkpoint races its last epochs: it once found all 6 finished).
+PAUSE_AFTER_A_CHECKPOINT = f"""
+import pathlib, runpy, sys, time
+import lightning.pytorch as pl
+
+save = pl.Trainer.save_checkpoint
+saved = []
+
+
+def saving(self, filepath, *args, **kwargs):
+    save(self, filepath, *args, **kwargs)
+    saved.append(pathlib.Path(filepath).name == "last.ckpt")
+
+
+def holding(self, batch, batch_idx):
+    if any(saved):
+        pathlib.Path({PAUSE_FILE!r}).touch()
+        while True:
+            time.sleep(0.05)
+
+
+pl.Trainer.save_checkpoint = saving
+pl.LightningModule.on_train_batch_start = holding
+sys.argv = sys.argv[1:]
+sys.path.insert(0, str(pathlib.Path(sys.argv[0]).parent))
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def paused_after_a_checkpoint(project: Path, process: subprocess.Popen) -> None:
+    """Wait until ``process``, a stage run through PAUSE_AFTER_A_CHECKPOINT in ``project``,
+    holds its training after the first checkpoint."""
+    paused = wait_until(
+        lambda: (project / PAUSE_FILE).exists(), 300, lambda: process.poll() is not None
+    )
+    assert paused, "the training never reached its first checkpoint"
+
+
 def answers(url: str) -> bool:
     """Whether an HTTP server answers ``url``."""
     try:

@@ -311,3 +311,24 @@ def test_activations_refuse_damaged_worst_cases(project, content, fault, monkeyp
     err = refused(project, "activations", monkeypatch, capsys)
     assert f"error: reports/evaluate/worst_cases.json: {fault}" in err
     assert err.endswith("; rerun the evaluate stage (dvc repro evaluate).\n")
+
+
+def flip_a_bit(path: Path) -> None:
+    """Flip the lowest bit of a byte of the tensor data (the header stays valid)."""
+    data = bytearray(path.read_bytes())
+    data[-4] ^= 1
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("command", ["evaluate", "activations", "report", "predict"])
+def test_weights_changed_after_training_are_refused(project, command, monkeypatch, capsys):
+    weights = project / "models/model.safetensors"
+    flip_a_bit(weights)
+    args = ["test-images", "--out", "out.csv"] if command == "predict" else []
+    monkeypatch.chdir(project)
+    assert main([command, *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("digitpipe: error: models/model.safetensors: the weights' SHA-256 is ")
+    assert "but model.json records" in err and "`dvc checkout models`" in err
+    assert err.count("\n") == 1
+    assert not (project / "out.csv").exists() and not (project / "reports/report.md").exists()

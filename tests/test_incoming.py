@@ -120,7 +120,14 @@ def twice(folder, images, labels):
     return "dup-images.gz", "is given twice"
 
 
-@pytest.mark.parametrize("make", [bad_size, bad_label, unpaired, not_a_batch, twice])
+def copy_of_test(folder, images, labels):
+    mixed = np.r_[600:700, 900:920]  # 100 of the tiny project's test images, 20 new ones
+    write_idx(images[mixed], folder / "copy-images.gz", compress=True)
+    write_idx(labels[mixed], folder / "copy-labels.gz", compress=True)
+    return "copy-images.gz", "100 of the 120 images of incoming batch 'copy' are identical"
+
+
+@pytest.mark.parametrize("make", [bad_size, bad_label, unpaired, not_a_batch, twice, copy_of_test])
 def test_a_bad_batch_is_refused_by_name_and_nothing_changes(
     tiny_project, incoming, mnist_train, make
 ):
@@ -188,3 +195,62 @@ def test_batch_ids_name_their_batch():
     ids = make_ids(f"{INCOMING_PREFIX}2025-06-02-a", 13)
     assert ids[12] == "incoming/2025-06-02-a-000012" and batch_of(ids[12]) == "2025-06-02-a"
     assert batch_of("train-000012") is None
+
+
+def test_test_images_in_a_batch_or_the_training_source_are_dropped_with_a_warning(
+    tiny_project, incoming, mnist_train, capsys
+):
+    images, labels = mnist_train
+    write_csv(
+        incoming / "week1.csv", images[np.r_[900:990, 700:710]], labels[np.r_[900:990, 700:710]]
+    )
+    write_idx(
+        np.r_[images[:600], images[750:753]],
+        tiny_project / "data/raw/train-images.gz",
+        compress=True,
+    )
+    write_idx(
+        np.r_[labels[:600], labels[750:753]],
+        tiny_project / "data/raw/train-labels.gz",
+        compress=True,
+    )
+    summary = ingest(tiny_project)
+
+    warnings = capsys.readouterr().err
+    assert f"{INCOMING}/week1.csv: dropped 10 images identical to test images" in warnings
+    assert "data/raw/train-images.gz: dropped 3 images identical to test images" in warnings
+    splits = {
+        s: read_split(tiny_project / PROCESSED_DIR / f"{s}.parquet") for s in ("train", "val")
+    }
+    held = {image.tobytes() for image in images[600:800]}  # the tiny project's test split
+    assert not any(image.tobytes() in held for split in splits.values() for image in split.images)
+    assert sum(len(split) for split in splits.values()) == 600 + 90
+    week1 = summary["incoming"]["batches"]["week1"]
+    assert week1["count"] == 100 and week1["identical_to_test"] == 10
+    assert sum(week1["in_splits"].values()) == 90
+    assert summary["duplicates"]["dropped_as_test_images"] == {
+        "data/raw/train-images.gz": 3,
+        f"{INCOMING}/week1.csv": 10,
+    }
+    assert summary["duplicates"]["across"] == {"train/val": 0, "train/test": 0, "val/test": 0}
+
+
+def test_duplicates_within_and_across_splits_are_counted(tiny_project, incoming, mnist_train):
+    images, labels = mnist_train
+    assert "duplicates" not in ingest(tiny_project)  # 800 distinct images
+    again = np.r_[0:600, 0:600]  # every training image twice: some copies land in val
+    write_csv(incoming / "again.csv", images[again], labels[again])
+    duplicates = ingest(tiny_project)["duplicates"]
+    splits = {
+        s: read_split(tiny_project / PROCESSED_DIR / f"{s}.parquet") for s in ("train", "val")
+    }
+    distinct = {s: len({image.tobytes() for image in split.images}) for s, split in splits.items()}
+    assert duplicates["within"] == {
+        "train": len(splits["train"]) - distinct["train"],
+        "val": len(splits["val"]) - distinct["val"],
+        "test": 0,
+    }
+    in_val = {image.tobytes() for image in splits["val"].images}
+    in_both = sum(image.tobytes() in in_val for image in splits["train"].images)
+    assert duplicates["across"]["train/val"] == in_both > 0  # train images found in val
+    assert duplicates["dropped_as_test_images"] == {}

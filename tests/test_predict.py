@@ -416,3 +416,31 @@ def test_a_params_file_given_must_exist(tmp_path, model_dir, mnist_test, capsys)
 def test_write_submission_counts_from_one(tmp_path):
     write_submission(tmp_path / "s.csv", ["7", "2", "1"])
     assert (tmp_path / "s.csv").read_text() == "ImageId,Label\n1,7\n2,2\n3,1\n"
+
+
+def test_tiff_and_webp_pictures_in_a_folder_are_predicted(tmp_path, model_dir, mnist_test):
+    names = ["a.png", "b.tif", "c.TIFF", "d.webp"]
+    for name, image in zip(names, mnist_test[0], strict=False):
+        Image.fromarray(image).save(tmp_path / name)
+    assert predict([tmp_path], model_dir, tmp_path / "out.csv") == 0
+    frame = pd.read_csv(tmp_path / "out.csv")
+    assert frame["id"].tolist() == [str(tmp_path / name) for name in names]
+    assert (
+        frame["predicted"].tolist()
+        == Predictor.from_dir(model_dir).probabilities(mnist_test[0][:4]).argmax(axis=1).tolist()
+    )
+
+
+def test_a_name_a_spreadsheet_would_run_as_a_formula_is_escaped_in_csv(
+    tmp_path, model_dir, mnist_test, monkeypatch
+):
+    names = ["=1+2.png", "+3.png", "-4.png", "@SUM(A1).png", "plain.png"]
+    for name, image in zip(names, mnist_test[0], strict=False):
+        Image.fromarray(image).save(tmp_path / name)
+    monkeypatch.chdir(tmp_path)
+    for out in ("out.csv", "out.parquet"):  # after --, "-4.png" is a name, not an option
+        assert main(["predict", "--model", str(model_dir), "--out", out, "--", *names]) == 0
+    escaped = ["'=1+2.png", "'+3.png", "'-4.png", "'@SUM(A1).png", "plain.png"]
+    frame = pd.read_csv(tmp_path / "out.csv", dtype=str)
+    assert frame["source"].tolist() == frame["id"].tolist() == escaped
+    assert pd.read_parquet(tmp_path / "out.parquet")["id"].tolist() == names  # not a spreadsheet

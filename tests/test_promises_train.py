@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, edit_params, stopped_after_a_checkpoint
+from conftest import PAUSE_AFTER_A_CHECKPOINT, REPO, edit_params, paused_after_a_checkpoint
 from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
 
@@ -58,16 +58,18 @@ def test_progress_modes(ingested, capfd, progress):
     assert history_of(ingested)["epoch"].tolist() == [1, 2]  # the history is kept in every mode
 
 
-EPOCHS = 8  # epochs 2..8 leave time to kill the run after its first checkpoint
+EPOCHS = 8  # the run is killed at epoch 2, after its first checkpoint
 
 
-def stage(project, **kwargs):
-    """The train stage as DVC runs it: a process of its own, output to a pipe."""
+def stage(project, paused=False, **kwargs):
+    """The train stage as DVC runs it: a process of its own, output to a pipe; ``paused``: held
+    after its first checkpoint (conftest.PAUSE_AFTER_A_CHECKPOINT)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **kwargs.pop("env", {})}
     for name in ("MLFLOW_TRACKING_URI", "DVC_ROOT"):
         env.pop(name, None)
+    hold = ["-c", PAUSE_AFTER_A_CHECKPOINT] if paused else []
     return subprocess.Popen(
-        [sys.executable, str(REPO / "stages/train.py")],
+        [sys.executable, *hold, str(REPO / "stages/train.py")],
         cwd=project,
         env=env,
         stdout=subprocess.PIPE,
@@ -80,8 +82,8 @@ def stage(project, **kwargs):
 def killed_after_first_epoch(project) -> list:
     """Start the training and kill it once it has saved its last checkpoint (after epoch 1 of
     EPOCHS); return those checkpoints."""
-    process = stage(project)
-    stopped_after_a_checkpoint(project, lambda: process.pid, lambda: process.poll() is not None)
+    process = stage(project, paused=True)
+    paused_after_a_checkpoint(project, process)
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert not (project / TRAIN_REPORTS / "summary.json").exists()

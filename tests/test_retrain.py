@@ -235,3 +235,23 @@ def test_sigterm_ends_the_pipeline_and_the_next_retrain_runs_at_once(pipeline):
     experiment = client.get_experiment_by_name("retrain-sigterm")
     (run,) = client.search_runs([experiment.experiment_id])  # the interrupted one, resumed
     assert run.info.status == "FINISHED"
+
+
+def test_a_champion_without_a_run_is_not_compared_and_the_new_model_judged_alone(pipeline):
+    project, env, client = pipeline
+    # Its own experiment and model: the module's server holds the other tests'.
+    name = "runless-champion"
+    edit_params(project, "track", experiment="retrain-runless", registered_model=name)
+    client.create_registered_model(name)  # version 1: registered from outside any run
+    client.create_model_version(name, "s3://elsewhere/model", run_id=None)
+    client.set_registered_model_alias(name, "champion", "1")
+    edit_params(project, "track", min_accuracy=0.0)
+    output = retrain(project, env)
+    assert (
+        "version 2 promoted to champion: champion version 1 cannot be compared: it has no run "
+        "(it was registered from elsewhere), and test accuracy" in output
+    ), output
+    assert client.get_model_version_by_alias(name, "champion").version == "2"
+    assert client.get_model_version(name, "2").tags["champion_version"] == "1"
+    assert "nothing new: version 2 " in retrain(project, env)
+    assert len(client.search_model_versions(f"name = '{name}'")) == 2

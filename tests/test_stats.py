@@ -14,6 +14,7 @@ from scipy.stats import binomtest, chi2
 from sklearn.metrics import cohen_kappa_score, precision_recall_fscore_support
 from statsmodels.stats.contingency_tables import SquareTable, mcnemar
 
+from digitpipe.cli import main
 from digitpipe.core.errors import DigitpipeError
 from digitpipe.evaluate.stats import (
     ClassStats,
@@ -299,6 +300,8 @@ def test_read_confusion_csv_empty_corner(tmp_path: Path) -> None:
         ("actual,a,b\na,1,2.5\nb,3,4\n", "line 2 has a count that is not a whole number"),
         ("actual,a,b\na,1,2\nb,x,4\n", "line 3 has a count that is not a whole number"),
         ("actual,a,b\na,1,2\nb,-3,4\n", "line 3 has a negative count"),
+        ("actual,a,b\na,1,2\nb,3,4" + "0" * 26 + "\n", "up to line 3 add up to more than 9,"),
+        (f"actual,a,b\na,{2**52},{2**52}\nb,0,1\n", "up to line 3 add up to more than 9,"),
     ],
 )
 def test_read_confusion_csv_bad(tmp_path: Path, content: str, message: str) -> None:
@@ -307,6 +310,15 @@ def test_read_confusion_csv_bad(tmp_path: Path, content: str, message: str) -> N
     with pytest.raises(DigitpipeError, match=message) as info:
         read_confusion_csv(path)
     assert str(path) in str(info.value)
+
+
+def test_stats_with_a_30_digit_count_is_refused_in_one_line(tmp_path: Path, capsys) -> None:
+    path = tmp_path / "huge.csv"
+    path.write_text(",a,b\na,123456789012345678901234567890,3\nb,4,50\n")
+    assert main(["stats", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"digitpipe: error: {path}: the counts up to line 2 add up to more")
+    assert err.count("\n") == 1
 
 
 def test_read_confusion_csv_missing_file(tmp_path: Path) -> None:

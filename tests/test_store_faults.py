@@ -327,6 +327,8 @@ def test_model_uri_the_registry_lacks_names_what_it_has(
         client.create_model_version("digitpipe", f"runs:/{run}/model", run_id=run)
     client.set_registered_model_alias("digitpipe", "champion", "2")
     client.create_registered_model("empty")
+    client.create_registered_model("foreign")  # a version registered from outside any run
+    client.create_model_version("foreign", "s3://elsewhere/model", run_id=None)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.chdir(tmp_path)
     expected = {
@@ -335,7 +337,11 @@ def test_model_uri_the_registry_lacks_names_what_it_has(
         "models:/digitpipe/7": "registered model 'digitpipe' has no version 7 (aliases: "
         "@champion (version 2)",
         "models:/nosuch@champion": f"the tracking store {uri} has no registered model "
-        "'nosuch' (it has: digitpipe, empty); check the name",
+        "'nosuch' (it has: digitpipe, empty, foreign); check the name",
+        "models:/digitpipe@champion": f"version 2 is no digitpipe model: its run {run} logged "
+        "no weights/model.safetensors; digitpipe loads the versions digitpipe retrain registers",
+        "models:/foreign/1": "version 1 is no digitpipe model: it has no run (it was registered "
+        "from elsewhere)",
         "models:/empty@champion": "registered model 'empty' has no alias 'champion', nor any "
         "version yet; digitpipe retrain registers",
     }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import signal
 import subprocess
 import sys
 
@@ -25,6 +26,7 @@ from mlflow.tracking import MlflowClient
 
 from digitpipe.cli import main
 from digitpipe.core.config import TrackParams, load_params
+from digitpipe.core.lifetime import exit_on
 from digitpipe.core.paths import MODEL_DIR, PROCESSED_DIR
 from digitpipe.dataset.parquet import read_split
 from digitpipe.evaluate.run import run as evaluate
@@ -36,6 +38,7 @@ from digitpipe.tracking.runs import (
     TRAINING_RUN_TAG,
     find_training_run,
     package_version,
+    stage_run,
 )
 from digitpipe.tracking.store import tracking_uri
 from digitpipe.train.run import run as train
@@ -173,6 +176,16 @@ def test_predict_from_the_registry_loads_the_logged_safetensors(
     assert (ingested / "local.csv").read_text() == (ingested / "registry.csv").read_text()
     assert main(["predict", str(images), "--model-uri", "models:/predict-test@nobody"]) == 2
     assert "models:/predict-test@nobody" in capsys.readouterr().err
+    # The downloaded weights leave no temporary folder behind.
+    scratch = ingested / "scratch"
+    scratch.mkdir()
+    command = [sys.executable, "-m", "digitpipe.cli", "predict", str(images), "--out", "tmp.csv"]
+    command += ["--model-uri", "models:/predict-test@champion"]
+    env = os.environ | {"TMPDIR": str(scratch)}
+    done = subprocess.run(command, cwd=ingested, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert (ingested / "tmp.csv").read_text() == (ingested / "local.csv").read_text()
+    assert list(scratch.iterdir()) == []
 
 
 def experiment_runs(uri: str, name: str) -> list:
@@ -274,3 +287,19 @@ def test_tracking_turned_on_after_an_untracked_training(ingested, tmp_path, monk
     client = MlflowClient(store)
     runs = client.search_runs([client.get_experiment_by_name("late").experiment_id])
     assert runs and all(run.data.tags[TRAINING_RUN_TAG] == NO_TRAINING_RUN for run in runs)
+
+
+def test_a_stage_ended_by_sigterm_marks_its_run_killed(ingested, tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    edit_params(ingested, "track", enabled=True, tracking_uri=store, experiment="sigterm")
+    params = load_params(ingested / "params.yaml")
+    train(params, ingested)
+    previous = signal.getsignal(signal.SIGTERM)
+    exit_on(signal.SIGTERM)  # as every stage process does (core.stage)
+    try:
+        with pytest.raises(SystemExit), stage_run(params.track, ingested, "report", {}) as run:
+            os.kill(os.getpid(), signal.SIGTERM)  # the report stage, mid-work
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert MlflowClient(store).get_run(run.run_id).info.status == "KILLED"

@@ -13,7 +13,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, edit_params, stopped_after_a_checkpoint
+from conftest import PAUSE_AFTER_A_CHECKPOINT, REPO, edit_params, paused_after_a_checkpoint
 from pydantic import ValidationError
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader, TensorDataset
@@ -303,11 +303,13 @@ def test_augment_moves_ink_but_keeps_the_digit(mnist_train, settings):
     assert ((ink_ratio > 0.7) & (ink_ratio < 1.4)).all()
 
 
-def stage(project, *args, **kwargs):
-    """Run the train stage script as DVC would, in a subprocess."""
+def stage(project, *args, paused=False, **kwargs):
+    """Run the train stage script as DVC would, in a subprocess; ``paused``: held after its
+    first checkpoint (conftest.PAUSE_AFTER_A_CHECKPOINT)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    hold = ["-c", PAUSE_AFTER_A_CHECKPOINT] if paused else []
     return subprocess.Popen(
-        [sys.executable, str(REPO / "stages/train.py"), *args],
+        [sys.executable, *hold, str(REPO / "stages/train.py"), *args],
         cwd=project,
         env=env,
         stdout=subprocess.PIPE,
@@ -338,18 +340,18 @@ def test_ddp_with_two_cpu_processes(ingested):
     assert "\r" not in output  # not a terminal: plain lines, no bar
 
 
-def stopped_training(project) -> subprocess.Popen:
-    """A 6-epoch train stage, started, then stopped (SIGSTOP) once it has saved a checkpoint."""
+def paused_training(project) -> subprocess.Popen:
+    """A 6-epoch train stage, started, and held at the first batch after its first checkpoint."""
     edit_params(project, "train", max_epochs=6, limit_batches=12)
     edit_params(project, "runtime", progress="lines")
-    process = stage(project)
-    stopped_after_a_checkpoint(project, lambda: process.pid, lambda: process.poll() is not None)
+    process = stage(project, paused=True)
+    paused_after_a_checkpoint(project, process)
     return process
 
 
 @pytest.mark.slow
 def test_killed_run_resumes_from_its_last_checkpoint(ingested):
-    process = stopped_training(ingested)
+    process = paused_training(ingested)
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert not (ingested / TRAIN_REPORTS / "summary.json").exists()
@@ -372,9 +374,8 @@ def test_killed_run_resumes_from_its_last_checkpoint(ingested):
 
 @pytest.mark.slow
 def test_ctrl_c_says_how_to_resume_and_the_rerun_goes_on_from_there(ingested):
-    process = stopped_training(ingested)
+    process = paused_training(ingested)
     process.send_signal(signal.SIGINT)
-    process.send_signal(signal.SIGCONT)
     output = process.communicate(timeout=300)[0]
     assert process.returncode == 1 and INTERRUPTED in output, output
     resumed = stage(ingested)
@@ -398,10 +399,9 @@ def test_a_stopped_training_leaves_the_previous_outputs_as_they_were(ingested):
     edit_params(ingested, "train", max_epochs=2)
     assert stage(ingested).wait(timeout=300) == 0
     previous = train_outputs(ingested)
-    assert len(previous) == 8  # four files in models/, four in reports/train/
-    process = stopped_training(ingested)
+    assert len(previous) == 7  # four files in models/, three in reports/train/
+    process = paused_training(ingested)
     process.send_signal(signal.SIGTERM)
-    process.send_signal(signal.SIGCONT)
     output = process.communicate(timeout=300)[0]
     assert process.returncode == 128 + signal.SIGTERM, output
     assert train_outputs(ingested) == previous

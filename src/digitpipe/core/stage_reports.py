@@ -49,6 +49,7 @@ class ModelFacts(StageReport):
 
     arch: str
     test_time_shift: int = 0  # absent from the model.json of earlier versions
+    weights_sha256: str | None = None  # likewise
 
 
 class TestMetrics(StageReport):

@@ -233,6 +233,11 @@ def confusion_stats(
 # --------------------------------------------------------------------------- input / output
 
 
+# Counts are images: a total above 2^53 (9.0e15) is no longer exact in float64, and a 30-digit
+# count does not fit the int64 matrix at all.
+MAX_TOTAL = 2**53
+
+
 def read_confusion_csv(path: str | PathLike[str]) -> tuple[np.ndarray, list[str]]:
     """Read a confusion matrix CSV: header = corner label + predicted class names, then one
     row per actual class (its name, then counts) in the same order as the header.
@@ -276,6 +281,12 @@ def read_confusion_csv(path: str | PathLike[str]) -> tuple[np.ndarray, list[str]
         if any(c < 0 for c in counts):
             raise DigitpipeError(f"{path}: line {lineno} has a negative count: {row[1:]}")
         values.append(counts)
+        if sum(map(sum, values)) > MAX_TOTAL:
+            raise DigitpipeError(
+                f"{path}: the counts up to line {lineno} add up to more than {MAX_TOTAL:,} "
+                "images, beyond what the statistics compute exactly; a confusion matrix counts "
+                "images: check the file."
+            )
     return np.array(values, dtype=np.int64), names
 
 

@@ -16,6 +16,13 @@ from digitpipe.core.paths import INGEST_REPORTS, PROCESSED_DIR
 from digitpipe.dataset.checks import check_labels
 from digitpipe.dataset.images import ImageSet, batch_of, concat
 from digitpipe.dataset.parquet import write_split
+from digitpipe.ingest.duplicates import (
+    Leak,
+    digests,
+    duplicate_counts,
+    refuse_a_copy_of_the_test_split,
+    without_test_images,
+)
 from digitpipe.ingest.figures import class_distribution_figure, sample_digits_figure
 from digitpipe.ingest.sources import Batch, load_batches, load_source, unused_checksums
 from digitpipe.ingest.split import split_off, stratified_sample
@@ -27,8 +34,9 @@ def build_splits(data: DataParams, root: Path = Path(".")) -> dict[str, ImageSet
     return _build(data, root)[0]
 
 
-def _build(data: DataParams, root: Path) -> tuple[dict[str, ImageSet], list[Batch]]:
-    """The splits, and the drop folder's batches that went into train and val.
+def _build(data: DataParams, root: Path) -> tuple[dict[str, ImageSet], list[Batch], list[Leak]]:
+    """The splits, the drop folder's batches that went into train and val, and the images
+    dropped from them as copies of test images.
 
     A held-out test split (no test source) comes from the training source alone, so new batches
     never move images the current champion trained on into the test split.
@@ -47,7 +55,15 @@ def _build(data: DataParams, root: Path) -> tuple[dict[str, ImageSet], list[Batc
         replace(batch, images=named(batch.images, names, data, root / batch.source.files[-1]))
         for batch in load_batches(data, root, source.image_size)
     ]
-    labelled = concat([labelled, *(batch.images for batch in batches)])
+    test_digests = digests(test.images)
+    labelled, leak = without_test_images(labelled, test_digests, data.train.files[0])
+    parts, leaks = [labelled], [leak]
+    for batch in batches:
+        kept, leak = without_test_images(batch.images, test_digests, batch.source.files[0])
+        refuse_a_copy_of_the_test_split(leak, batch.name, len(batch.images), data.incoming)
+        parts.append(kept)
+        leaks.append(leak)
+    labelled = concat(parts)
     check_every_class_trained(labelled, data)
     train_rows, val_rows = hold_out(labelled.labels, data.val_fraction, data.seed, "val_fraction")
     splits = {"train": labelled.take(train_rows), "val": labelled.take(val_rows), "test": test}
@@ -59,7 +75,7 @@ def _build(data: DataParams, root: Path) -> tuple[dict[str, ImageSet], list[Batc
         name: _limit(images, getattr(data.limit, name), data.seed)
         for name, images in splits.items()
     }
-    return limited, batches
+    return limited, batches, [leak for leak in leaks if leak is not None]
 
 
 def hold_out(
@@ -152,9 +168,12 @@ def write_splits(splits: dict[str, ImageSet], out_dir: Path) -> None:
         write_split(images, out_dir / f"{name}.parquet")
 
 
-def summarize(splits: dict[str, ImageSet], batches: Sequence[Batch] = ()) -> dict:
+def summarize(
+    splits: dict[str, ImageSet], batches: Sequence[Batch] = (), leaks: Sequence[Leak] = ()
+) -> dict:
     """Counts per split and per class, and the image size; with drop-folder batches, each
-    batch's files, images per class and how many of them each split holds."""
+    batch's files, images per class and how many of them each split holds; with exact duplicate
+    images, their counts (:func:`duplicate_counts`)."""
     any_split = next(iter(splits.values()))
     height, width = any_split.image_size
     summary = {
@@ -168,22 +187,29 @@ def summarize(splits: dict[str, ImageSet], batches: Sequence[Batch] = ()) -> dic
     if batches:
         summary["incoming"] = {
             "count": sum(len(batch.images) for batch in batches),
-            "batches": {batch.name: _batch_summary(batch, splits) for batch in batches},
+            "batches": {batch.name: _batch_summary(batch, splits, leaks) for batch in batches},
         }
+    duplicates = duplicate_counts(splits, list(leaks))
+    if duplicates is not None:  # no key when there is none: such a summary is as it was
+        summary["duplicates"] = duplicates
     return summary
 
 
-def _batch_summary(batch: Batch, splits: dict[str, ImageSet]) -> dict:
+def _batch_summary(batch: Batch, splits: dict[str, ImageSet], leaks: Sequence[Leak]) -> dict:
     placed = {
         name: sum(1 for image_id in splits[name].ids if batch_of(image_id) == batch.name)
         for name in ("train", "val")
     }
-    return {
+    summary = {
         "files": batch.files,
         "count": len(batch.images),
         "per_class": batch.images.class_counts(),
         "in_splits": placed,
     }
+    dropped = sum(leak.count for leak in leaks if leak.file in batch.files)
+    if dropped:
+        summary["identical_to_test"] = dropped
+    return summary
 
 
 def limit_warning(summary: dict) -> str | None:
@@ -191,11 +217,13 @@ def limit_warning(summary: dict) -> str | None:
     incoming = summary.get("incoming")
     if incoming is None:
         return None
-    kept = sum(sum(batch["in_splits"].values()) for batch in incoming["batches"].values())
-    if kept == incoming["count"]:
+    batches = incoming["batches"].values()
+    kept = sum(sum(batch["in_splits"].values()) for batch in batches)
+    usable = incoming["count"] - sum(batch.get("identical_to_test", 0) for batch in batches)
+    if kept == usable:
         return None
     return (
-        f"data.limit keeps {kept:,} of the {incoming['count']:,} images of the drop-folder "
+        f"data.limit keeps {kept:,} of the {usable:,} images of the drop-folder "
         "batches (train and val are stratified samples of all their images), and a retrain's "
         "drift report compares only those; set data.limit.train and data.limit.val to null to "
         "train on every image."
@@ -205,9 +233,10 @@ def limit_warning(summary: dict) -> str | None:
 def run(params: Params, root: Path = Path(".")) -> dict:
     """Run the ingest stage under ``root``; return the summary it writes. The splits and the
     reports appear together or not at all (both are swapped in only once everything is drawn)."""
-    splits, batches = _build(params.data, root)
-    summary = summarize(splits, batches)
+    splits, batches, leaks = _build(params.data, root)
+    summary = summarize(splits, batches, leaks)
     warnings = [
+        *(leak.warning() for leak in leaks),
         *(
             f"data.checksums lists {path}, which is no file of data.train, data.test, "
             "data.predict or a drop-folder batch, so nothing was checked against it; correct the "

@@ -7,9 +7,11 @@ PyTorch's meta device) and materialised only once the weights are known to fit i
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
+import re
 from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 
@@ -23,6 +25,7 @@ from digitpipe.core.config import MAX_TEST_TIME_SHIFT
 from digitpipe.core.errors import DigitpipeError, excerpt
 from digitpipe.core.files import UnreadableFile, cannot_read, check_regular, read_bounded
 from digitpipe.core.paths import SPEC_FILE, WEIGHTS_FILE
+from digitpipe.core.provenance import WEIGHTS_DIGEST_KEY, check_weights_digest
 from digitpipe.dataset.images import are_class_names
 from digitpipe.model.zoo import BUILDERS, MIN_SIDE, build_model
 
@@ -55,7 +58,8 @@ OPTIONAL_KEYS = {field.name for field in fields(ModelSpec) if field.default is n
 
 
 def save_model(net: nn.Module, spec: ModelSpec, model_dir: str | os.PathLike) -> None:
-    """Write ``model.safetensors`` and ``model.json`` into ``model_dir`` atomically."""
+    """Write ``model.safetensors`` and ``model.json`` (the spec and the weights' SHA-256) into
+    ``model_dir`` atomically."""
     model_dir = Path(model_dir)
     state = {name: tensor.detach().cpu().contiguous() for name, tensor in net.state_dict().items()}
     weights = save(state, metadata={"digitpipe": json.dumps(asdict(spec))})
@@ -63,13 +67,15 @@ def save_model(net: nn.Module, spec: ModelSpec, model_dir: str | os.PathLike) ->
         # Written by Python, not safetensors' save_file: its SafetensorError hides a full disk's
         # OSError, which the stage reports as one message.
         tmp.write_bytes(weights)
-    write_json(model_dir / SPEC_FILE, asdict(spec))
+    digest = hashlib.sha256(weights).hexdigest()
+    write_json(model_dir / SPEC_FILE, asdict(spec) | {WEIGHTS_DIGEST_KEY: digest})
 
 
 def load_model(model_dir: str | os.PathLike) -> tuple[nn.Sequential, ModelSpec]:
-    """Rebuild the network from ``model_dir`` in eval mode, on the CPU."""
+    """Rebuild the network from ``model_dir`` in eval mode, on the CPU; weights whose SHA-256
+    is not the one model.json records are refused."""
     model_dir = Path(model_dir)
-    spec = read_spec(model_dir / SPEC_FILE)
+    spec, digest = read_model_json(model_dir / SPEC_FILE)
     state = read_weights(model_dir / WEIGHTS_FILE)
     with torch.device("meta"):  # shapes only: no memory for a network the weights do not fit
         net = spec.build()
@@ -82,6 +88,7 @@ def load_model(model_dir: str | os.PathLike) -> tuple[nn.Sequential, ModelSpec]:
     broken = next((name for name, tensor in state.items() if not tensor.isfinite().all()), None)
     if broken:
         raise _unusable(model_dir / WEIGHTS_FILE, f"tensor {broken!r} holds NaN or infinite values")
+    check_weights_digest(model_dir / WEIGHTS_FILE, digest)  # after the faults it can name
     net = net.to_empty(device="cpu")
     net.load_state_dict(state)
     return net.eval(), spec
@@ -97,16 +104,30 @@ def _unusable(path: Path, problem: str) -> DigitpipeError:
 
 def read_spec(path: Path) -> ModelSpec:
     """The spec in ``path`` (model.json), checked against sane bounds."""
+    return read_model_json(path)[0]
+
+
+def read_model_json(path: Path) -> tuple[ModelSpec, str | None]:
+    """The spec in ``path`` (model.json), checked against sane bounds, and the SHA-256 of the
+    weights it records (None in the model.json of earlier versions)."""
     try:
         raw = json.loads(read_bounded(path, MAX_SPEC_BYTES))
     except UnreadableFile as exc:
         raise _unusable(path, exc.problem) from exc
     except (ValueError, RecursionError) as exc:
         raise _unusable(path, f"not valid JSON: {exc}") from None
-    problem = _spec_problem(raw)
+    digest = raw.pop(WEIGHTS_DIGEST_KEY, None) if isinstance(raw, dict) else None
+    problem = _digest_problem(digest) or _spec_problem(raw)
     if problem:
         raise _unusable(path, problem)
-    return ModelSpec(**raw)
+    return ModelSpec(**raw), digest
+
+
+def _digest_problem(digest: object) -> str | None:
+    """A recorded weights digest that is not 64 lowercase hex digits."""
+    if digest is None or (isinstance(digest, str) and re.fullmatch(r"[0-9a-f]{64}", digest)):
+        return None
+    return f"{WEIGHTS_DIGEST_KEY} must be 64 hex digits, not {excerpt(digest, QUOTE_CHARS)}"
 
 
 def _spec_problem(raw: object) -> str | None:

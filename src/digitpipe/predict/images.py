@@ -1,5 +1,5 @@
-"""A picture of one digit (PNG, JPEG, BMP, GIF; any size or mode; one frame) as an MNIST-style
-image.
+"""A picture of one digit (PNG, JPEG, BMP, GIF, TIFF, WebP; any size or mode; one frame) as an
+MNIST-style image.
 
 The steps follow how MNIST itself was made, without a threshold:
 
@@ -22,7 +22,8 @@ refused, judged by its header before any pixel is decoded.
 from __future__ import annotations
 
 import math
-import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -42,23 +43,30 @@ def load_digit(path: Path, size: tuple[int, int]) -> np.ndarray:
     """The digit pictured in ``path`` as a uint8 (H, W) MNIST-style image of ``size``."""
     check_regular(path, "give the path of a picture file.")
     try:
-        with warnings.catch_warnings():  # PIL's bomb warning: the pixel cap below replaces it
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as picture:
-                refuse_animation(path, picture)
-                fit_pixel_cap(path, picture)
-                picture.load()
-                gray = grayscale(ImageOps.exif_transpose(picture))
-    except Image.DecompressionBombError as exc:
-        raise DigitpipeError(
-            f"{path}: the picture is too large to read ({exc}); scale it down."
-        ) from None
+        with own_pixel_cap(), Image.open(path) as picture:
+            refuse_animation(path, picture)
+            fit_pixel_cap(path, picture)
+            picture.load()
+            gray = grayscale(ImageOps.exif_transpose(picture))
     except (OSError, SyntaxError, ValueError) as exc:
         raise DigitpipeError(f"{path}: not a readable picture ({exc}).") from None
     digit = mnist_style(gray, size)
     if digit is None:
         raise DigitpipeError(f"{path}: no digit found: the picture is blank.")
     return digit
+
+
+@contextmanager
+def own_pixel_cap() -> Iterator[None]:
+    """Pillow's own cap off while a picture opens: :func:`fit_pixel_cap` judges the size from
+    the header before any pixel is decoded, and Pillow's cap (a warning above 89,478,485 pixels,
+    an error in its own words above 178,956,970) would contradict the 4096x4096 documented."""
+    cap = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = cap
 
 
 # A camera's JPEG may hold more images (Pillow's MPO): its first is the photo.

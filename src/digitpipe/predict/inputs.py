@@ -2,8 +2,8 @@
 
 Each argument is one of:
 
-- a picture (.png, .jpg, .jpeg, .bmp, .gif): made MNIST-style at the model's size
-  (:mod:`digitpipe.predict.images`); id: the file's path;
+- a picture (.png, .jpg, .jpeg, .bmp, .gif, .tif, .tiff, .webp): made MNIST-style at the
+  model's size (:mod:`digitpipe.predict.images`); id: the file's path;
 - a folder: every picture below it, recursively, sorted by path (other files are ignored);
 - a CSV (.csv) of pixel rows in the Kaggle test.csv layout (a header, pixel0..pixelN-1); a
   ``label`` column, if present, is kept to report accuracy; id: the 1-based data row number,
@@ -32,7 +32,7 @@ from digitpipe.dataset.pixel_csv import read_pixel_csv
 from digitpipe.dataset.shapes import as_images
 from digitpipe.predict.images import load_digit
 
-PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 LABEL_COLUMN = "label"
 T = TypeVar("T")
 

@@ -70,17 +70,31 @@ def predictions_frame(
     return frame
 
 
+# A CSV cell a spreadsheet would run as a formula: OWASP's advice on CSV injection is to prefix it
+# with a single quote, which the spreadsheet shows as text.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(value: object) -> object:
+    """``value``, prefixed with ``'`` when it is text a spreadsheet would run as a formula."""
+    return f"'{value}" if isinstance(value, str) and value.startswith(FORMULA_STARTS) else value
+
+
 def write_predictions(frame: pd.DataFrame, path: Path) -> None:
-    """Write the table as CSV or Parquet, by the extension of ``path``, atomically."""
+    """Write the table as CSV (text cells spreadsheet-safe) or Parquet (as is), by the
+    extension of ``path``, atomically."""
     check_format(path)
     with atomic_path(path) as tmp:
         if path.suffix.lower() == ".csv":
-            frame.to_csv(tmp, index=False)
+            frame.map(spreadsheet_safe).to_csv(tmp, index=False)
         else:
             frame.to_parquet(tmp, index=False, compression="zstd")
 
 
 def write_submission(path: Path, predicted: Iterable[str]) -> None:
-    """A Kaggle digit-recognizer submission: ``ImageId,Label``, ImageId counting from 1."""
-    rows = (f"{image_id},{label}" for image_id, label in enumerate(predicted, start=1))
+    """A Kaggle digit-recognizer submission: ``ImageId,Label``, ImageId counting from 1 (labels
+    spreadsheet-safe)."""
+    rows = (
+        f"{image_id},{spreadsheet_safe(label)}" for image_id, label in enumerate(predicted, start=1)
+    )
     write_text(path, "\n".join([SUBMISSION_HEADER, *rows]) + "\n")

@@ -6,6 +6,7 @@ registry (:meth:`Predictor.from_uri`), which serves the same safetensors weights
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,7 +44,8 @@ class Predictor:
         """A registered model (``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``) from the
         tracking store that ``track`` (or $MLFLOW_TRACKING_URI) names for the project at
         ``root``."""
-        return cls.from_dir(download_weights(uri, tracking_uri(track, root)))
+        with tempfile.TemporaryDirectory() as folder:  # the weights are in memory once loaded
+            return cls.from_dir(download_weights(uri, tracking_uri(track, root), Path(folder)))
 
     @property
     def image_size(self) -> tuple[int, int]:

@@ -9,6 +9,7 @@ from digitpipe.core.files import check_regular, read_json_report, read_report, r
 from digitpipe.core.markdown import literal
 from digitpipe.core.numbers import counted
 from digitpipe.core.paths import MODEL_DIR, RECIPE_FILE, REPORTS, SPEC_FILE, WEIGHTS_FILE
+from digitpipe.core.provenance import check_weights_digest
 from digitpipe.core.stage_reports import (
     ActivationsManifest,
     EvaluateScores,
@@ -164,6 +165,7 @@ def run_section(root: Path, spec: ModelFacts, test: TestMetrics, state: Pipeline
     MLflow run) and its headline. Nothing that differs between identical runs (a run id, a date,
     a commit) is written: the report is a DVC output, the same bytes for the same inputs."""
     check_regular(root / MODEL_DIR / WEIGHTS_FILE, rerun("train"))
+    check_weights_digest(root / MODEL_DIR / WEIGHTS_FILE, spec.weights_sha256)
     sections = ", ".join(PIPELINE_SECTIONS)
     facts = [
         ["model", f"`{spec.arch}`, weights SHA-256 `{state.weights[:12]}`"],

@@ -20,6 +20,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from digitpipe.core.errors import DigitpipeError, excerpt
+from digitpipe.core.paths import SPEC_FILE, WEIGHTS_FILE
 from digitpipe.tracking.runs import WEIGHTS_ARTIFACTS, RunRef
 from digitpipe.tracking.store import ensure_reachable, shown
 
@@ -31,10 +32,10 @@ NOT_FOUND = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
 MAX_LISTED = 10  # registered models or versions a message lists
 
 
-def download_weights(uri: str, tracking: str, dst: Path | None = None) -> Path:
+def download_weights(uri: str, tracking: str, dst: Path) -> Path:
     """Download the safetensors weights and spec behind ``models:/NAME@ALIAS`` or
-    ``models:/NAME/VERSION`` (into ``dst``, else a new temporary folder); return the folder
-    (loadable without unpickling)."""
+    ``models:/NAME/VERSION`` into ``dst`` (the caller's folder, which it removes); return the
+    folder (loadable without unpickling)."""
     match = re.fullmatch(r"models:/([^/@]+)(?:@([\w-]+)|/(\d+))", uri)
     if match is None:
         raise DigitpipeError(
@@ -49,9 +50,14 @@ def download_weights(uri: str, tracking: str, dst: Path | None = None) -> Path:
         if version is None:
             wanted = f"alias {alias!r}" if alias else f"version {number}"
             raise DigitpipeError(f"{uri}: {_absent(client, tracking, name, wanted)}.")
-        folder = client.download_artifacts(
-            version.run_id, WEIGHTS_ARTIFACTS, str(dst or tempfile.mkdtemp())
-        )
+        missing = no_weights(client, version)
+        if missing:
+            raise DigitpipeError(
+                f"{uri}: version {version.version} is no digitpipe model: {missing}; "
+                "digitpipe loads the versions digitpipe retrain registers, whose run logged "
+                f"{WEIGHTS_ARTIFACTS}/{WEIGHTS_FILE} and {WEIGHTS_ARTIFACTS}/{SPEC_FILE}."
+            )
+        folder = client.download_artifacts(version.run_id, WEIGHTS_ARTIFACTS, str(dst))
     except MlflowException as exc:
         if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
             raise DigitpipeError(
@@ -62,6 +68,16 @@ def download_weights(uri: str, tracking: str, dst: Path | None = None) -> Path:
             "check that it is up and reachable, then retry."
         ) from exc
     return Path(folder)
+
+
+def no_weights(client: MlflowClient, version: ModelVersion) -> str | None:
+    """Why the digitpipe weights of ``version`` cannot be fetched from its run, or None."""
+    if not version.run_id:
+        return "it has no run (it was registered from elsewhere)"
+    logged = {item.path for item in client.list_artifacts(version.run_id, WEIGHTS_ARTIFACTS)}
+    if f"{WEIGHTS_ARTIFACTS}/{WEIGHTS_FILE}" not in logged:
+        return f"its run {version.run_id} logged no {WEIGHTS_ARTIFACTS}/{WEIGHTS_FILE}"
+    return None
 
 
 def _find_version(

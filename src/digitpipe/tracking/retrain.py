@@ -55,6 +55,7 @@ from digitpipe.tracking.registry import (
     champion_version,
     check_loads,
     download_weights,
+    no_weights,
     record,
     registered_version,
     run_json,
@@ -189,7 +190,7 @@ def judge_model(params: Params, root: Path, ref: RunRef) -> Outcome:
     stats = data_stats(train, batch_counts(train, val))
     with tempfile.TemporaryDirectory() as tmp:
         champion, comparison, no_comparison = against_champion(
-            name, current, ref, Path(tmp), test, challenger_correct, batch_size
+            client, name, current, ref, Path(tmp), test, challenger_correct, batch_size
         )
     verdict = judge(
         accuracy, comparison, current.version if current else None, track, no_comparison
@@ -230,6 +231,7 @@ def already_judged(
 
 
 def against_champion(
+    client: MlflowClient,
     name: str,
     current: ModelVersion | None,
     ref: RunRef,
@@ -242,6 +244,9 @@ def against_champion(
     paired comparison with the challenger on ``test``; or why there is none to compare."""
     if current is None:
         return None, None, None
+    missing = no_weights(client, current)
+    if missing:
+        return None, None, f"champion version {current.version} cannot be compared: {missing}"
     uri = f"models:/{name}/{current.version}"
     champion = load_model(download_weights(uri, ref.tracking_uri, folder))
     misfit = does_not_fit(champion[1], test)
@@ -301,7 +306,9 @@ def drift_report(
     batch_size: int,
 ) -> dict:
     """Compare the drop-folder batches the champion has not seen with the data it trained on."""
-    recorded = None if current is None else run_json(client, current.run_id, STATS_ARTIFACT)
+    recorded = (
+        run_json(client, current.run_id, STATS_ARTIFACT) if current and current.run_id else None
+    )
     if recorded is not None and recorded.get("class_names") == list(train.class_names):
         seen = set(recorded["batches"])
         reference, label = recorded, f"the training split of champion version {current.version}"

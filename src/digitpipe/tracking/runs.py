@@ -302,11 +302,24 @@ def training_run(runs: list[Run]) -> Run | None:
 
 
 @contextmanager
+def active_run(run_id: str) -> Iterator[None]:
+    """Make the run active (fluent mlflow API) for the block; it ends FINISHED, FAILED when the
+    block raises, KILLED when the process is interrupted (Ctrl-C; SIGTERM and SIGHUP exit
+    through ``core.lifetime.exit_on``), where MLflow alone would say FAILED."""
+    with mlflow.start_run(run_id=run_id):
+        try:
+            yield
+        except (KeyboardInterrupt, SystemExit):
+            mlflow.end_run("KILLED")
+            raise
+
+
+@contextmanager
 def pipeline_run(ref: RunRef) -> Iterator[None]:
     """Make the run active (fluent mlflow API) for the duration of the block."""
     ensure_reachable(ref.tracking_uri)
     mlflow.set_tracking_uri(ref.tracking_uri)
-    with mlflow.start_run(run_id=ref.run_id):
+    with active_run(ref.run_id):
         yield
 
 
@@ -339,7 +352,7 @@ def stage_run(track: TrackParams, root: Path, stage: str, params: dict[str, Any]
             run_id = derived_run(uri, experiment_id, root, digest, runs[0] if runs else None)
         trained = training_run(runs)
         model_id = trained.data.tags[MODEL_URI_TAG].rsplit("/", 1)[-1] if trained else None
-        with mlflow.start_run(run_id=run_id):
+        with active_run(run_id):
             mlflow.log_params(loggable(flatten({stage: params})))
             yield StageRun(run_id, model_id)
             mlflow.set_tag(done, "done")
