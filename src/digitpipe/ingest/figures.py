@@ -49,7 +49,7 @@ def sample_digits_figure(images: ImageSet, seed: int) -> Figure:
         titles.extend([name] * len(chosen))
     columns = min(SAMPLES_PER_CLASS, max(1, len(picks)))
     return digit_grid(
-        images.images[np.array(picks, dtype=np.int64)],
+        np.asarray(images.images[np.array(picks, dtype=np.int64)]),
         titles,
         columns,
         "Sample training images, one row per class",
