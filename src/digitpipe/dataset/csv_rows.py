@@ -80,7 +80,7 @@ def _read_blocks(path: Path, label_column: str) -> CsvRows:
         for block in chain([first[header_end:]], blocks):
             values = _plain_values(block, len(names), longest)
             if label is not None:
-                labels.append(values[:, label])
+                labels.append(values[:, label].copy())  # a view would keep the block alive
             rows.append(values[:, order].astype(np.uint8))
     if not rows.rows or not order:
         raise _Unusual
