@@ -24,7 +24,13 @@ def first_invalid(values: np.ndarray, bounds: tuple[int, int] | None) -> tuple[i
 def scaled_hint(pixels: np.ndarray) -> str:
     """For pixels refused as not whole numbers in 0..255: a sentence saying they look scaled to
     0..1 when every one is within 0..1 (MNIST as many libraries serve it), else ""."""
-    if pixels.size and pixels.min() >= 0 and pixels.max() <= 1:
+    return scaled_hint_between(pixels.min(), pixels.max()) if pixels.size else ""
+
+
+def scaled_hint_between(low: float, high: float) -> str:
+    """:func:`scaled_hint` for pixels whose least and greatest values are ``low`` and ``high``
+    (NaN when any value is NaN)."""
+    if low >= 0 and high <= 1:
         return (
             " Every value is within 0..1: the pixels look scaled to 0..1; multiply them by 255 "
             "and round to whole numbers."

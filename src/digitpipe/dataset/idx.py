@@ -24,6 +24,7 @@ import numpy as np
 from digitpipe.core.atomic import atomic_path
 from digitpipe.core.errors import DigitpipeError
 from digitpipe.core.files import UnreadableFile, cannot_read, check_regular
+from digitpipe.dataset.stored import chunk_rows
 
 GZIP_MAGIC = b"\x1f\x8b"
 MAX_IDX_BYTES = 4 * 2**30  # the most data an IDX header may declare (decompressed)
@@ -101,16 +102,74 @@ def read_bytes(path: str | os.PathLike, kind: Kind = "auto") -> RawFile:
     binary; "auto" reads binary content as IDX and anything else as text.
     """
     path = Path(path)
-    with open_data(path) as stream:
-        try:
-            return RawFile(path, _read_content(path, stream, kind))
-        except (OSError, EOFError, zlib.error) as exc:
-            if isinstance(stream, gzip.GzipFile):
-                raise DigitpipeError(
-                    f"{path}: the gzip stream is corrupt or truncated ({exc}); "
-                    "re-download or re-compress the file."
-                ) from exc
-            raise DigitpipeError(f"{path}: cannot read the file ({exc}).") from exc
+    with open_data(path) as stream, _reading(path, stream):
+        return RawFile(path, _read_content(path, stream, kind))
+
+
+@contextmanager
+def _reading(path: Path, stream: BinaryIO) -> Iterator[None]:
+    """Turn a fault of reading ``stream`` (corrupt gzip, disk error) into one message."""
+    try:
+        yield
+    except (OSError, EOFError, zlib.error) as exc:
+        if isinstance(stream, gzip.GzipFile):
+            raise DigitpipeError(
+                f"{path}: the gzip stream is corrupt or truncated ({exc}); "
+                "re-download or re-compress the file."
+            ) from exc
+        raise DigitpipeError(f"{path}: cannot read the file ({exc}).") from exc
+
+
+class IdxChunks:
+    """An IDX file's data (gzip or raw), iterated a whole number of rows at a time as
+    native-endian arrays (k, *shape[1:]): about ``stored.CHUNK_BYTES`` of it at a time.
+
+    Read by the rules of ``read_bytes(path, "idx")``, with the same errors: the header is checked
+    first, the size it declares at the end. After the iteration, ``header`` is the header (None:
+    the file is empty) and ``sha256`` the SHA-256 of the decompressed content.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.header: IdxHeader | None = None
+        self._digest = hashlib.sha256()
+
+    @property
+    def sha256(self) -> str:
+        return self._digest.hexdigest()
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        path = self.path
+        with open_data(path) as stream, _reading(path, stream):
+            head = stream.read(4)
+            self._digest.update(head)
+            if not head:
+                return
+            if head[:2] != b"\0\0":
+                raise NotIdxError(_wrong_magic(path, head))
+            head += stream.read(4 * head[3]) if len(head) == 4 else b""
+            self.header = header = idx_header(path, head)
+            self._digest.update(head[4:])
+            yield from self._rows(stream, header)
+
+    def _rows(self, stream: BinaryIO, header: IdxHeader) -> Iterator[np.ndarray]:
+        row_shape = header.shape[1:]
+        row_bytes = math.prod(row_shape) * header.dtype.itemsize
+        step = chunk_rows(row_bytes)
+        native, read = header.dtype.newbyteorder("="), 0
+        for start in range(0, header.shape[0], step):
+            count = min(step, header.shape[0] - start)
+            buffer = bytearray(count * row_bytes)
+            filled = stream.readinto(buffer)
+            while filled < len(buffer) and (more := stream.readinto(memoryview(buffer)[filled:])):
+                filled += more
+            read += filled
+            if filled < len(buffer):
+                check_idx_size(self.path, header, read)
+            self._digest.update(buffer)
+            rows = np.frombuffer(buffer, header.dtype).reshape(count, *row_shape)
+            yield rows.astype(native, copy=False)
+        check_idx_size(self.path, header, None if stream.read(1) else read)
 
 
 def _read_content(path: Path, stream: BinaryIO, kind: Kind) -> bytes | memoryview:
@@ -118,7 +177,7 @@ def _read_content(path: Path, stream: BinaryIO, kind: Kind) -> bytes | memoryvie
     head = stream.read(4)
     if not head:
         return head
-    binary = any(byte < 0x20 and byte not in b"\t\n\r" for byte in head)
+    binary = is_binary(head)
     if kind == "idx" and head[:2] != b"\0\0":
         raise NotIdxError(_wrong_magic(path, head))
     if kind == "text" and binary:
@@ -139,13 +198,44 @@ def _read_text(path: Path, stream: BinaryIO, head: bytes) -> bytes:
     while chunk := stream.read(CHUNK):
         total += len(chunk)
         if total > MAX_TEXT_BYTES:
-            raise DigitpipeError(
-                f"{path}: more than {MAX_TEXT_BYTES >> 20} MiB of data (after decompression), "
-                "the limit for files that are not IDX; reading stopped there. Split the data "
-                "into smaller files, or convert it to IDX."
-            )
+            raise TooMuchText(path)
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def is_binary(head: bytes) -> bool:
+    """Whether the first bytes of a file say binary content (a control character), not text."""
+    return any(byte < 0x20 and byte not in b"\t\n\r" for byte in head)
+
+
+class TooMuchText(DigitpipeError):
+    """Content that is not IDX beyond ``MAX_TEXT_BYTES``."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(
+            f"{path}: more than {MAX_TEXT_BYTES >> 20} MiB of data (after decompression), "
+            "the limit for files that are not IDX; reading stopped there. Split the data "
+            "into smaller files, or convert it to IDX."
+        )
+
+
+def content_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 of ``read_bytes(path).data``, with the same errors, read a chunk at a time."""
+    path = Path(path)
+    with open_data(path) as stream, _reading(path, stream):
+        head = stream.read(4)
+        if is_binary(head):
+            chunks = IdxChunks(path)
+            for _ in chunks:
+                pass
+            return chunks.sha256
+        digest, total = hashlib.sha256(head), len(head)
+        while chunk := stream.read(CHUNK):
+            total += len(chunk)
+            if total > MAX_TEXT_BYTES:
+                raise TooMuchText(path)
+            digest.update(chunk)
+        return digest.hexdigest()
 
 
 def _read_idx(path: Path, stream: BinaryIO, head: bytes, header: IdxHeader) -> memoryview:

@@ -4,16 +4,21 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:  # only ingest makes them: the other stages do not import (or list) the module
+    from digitpipe.dataset.stored import StoredImages
 
 
 @dataclass(frozen=True)
 class ImageSet:
-    """``images`` is uint8 (N, H, W); ``labels`` int64 (N,) or None when unlabeled."""
+    """``images`` is uint8 (N, H, W), in memory or (in the ingest stage) on disk; ``labels``
+    int64 (N,) or None when unlabeled."""
 
     ids: np.ndarray
-    images: np.ndarray
+    images: np.ndarray | StoredImages
     labels: np.ndarray | None
     class_names: tuple[str, ...]
 
@@ -60,10 +65,16 @@ def concat(parts: Sequence[ImageSet]) -> ImageSet:
         return parts[0]
     return ImageSet(
         np.concatenate([part.ids for part in parts]),
-        np.concatenate([part.images for part in parts]),
+        _concat_images([part.images for part in parts]),
         np.concatenate([part.labels for part in parts]),
         parts[0].class_names,
     )
+
+
+def _concat_images(parts: list[np.ndarray | StoredImages]) -> np.ndarray | StoredImages:
+    if isinstance(parts[0], np.ndarray):
+        return np.concatenate(parts)
+    return parts[0].concat(parts)
 
 
 INCOMING_PREFIX = "incoming/"  # ids of a drop-folder batch's images: incoming/<batch>-000000

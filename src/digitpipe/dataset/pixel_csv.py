@@ -44,7 +44,7 @@ class CsvImages:
 def read_pixel_csv(path: Path, label_column: str) -> CsvImages:
     """Read a pixel CSV with a header; every column except ``label_column`` is a pixel."""
     table = _parse(path, read_bytes(path, "text").data)
-    _check_names(path, table.column_names, label_column)
+    check_names(path, table.column_names, label_column)
     if table.num_rows == 0:
         raise DigitpipeError(f"{path}: the CSV has a header but no rows.")
     labels = None
@@ -55,17 +55,17 @@ def read_pixel_csv(path: Path, label_column: str) -> CsvImages:
         table = table.drop_columns([label_column])
     if table.num_columns == 0:
         raise DigitpipeError(f"{path}: no pixel columns besides {excerpt(label_column)}.")
-    table = _in_pixel_order(path, table)
+    table = table.select(pixel_order(path, table.column_names))
     pixels = _whole_numbers(path, table, (0, 255)).astype(np.uint8)
     return CsvImages(pixels, labels)
 
 
-def _in_pixel_order(path: Path, table: pa.Table) -> pa.Table:
+def pixel_order(path: Path, names: list[str]) -> list[int]:
     """Columns all named pixel<k> (Kaggle's pixel0.., or pixel1..) in the order of k, which must
     run without a gap; columns named otherwise are pixels in file order."""
-    matches = [PIXEL_NAME.fullmatch(name) for name in table.column_names]
+    matches = [PIXEL_NAME.fullmatch(name) for name in names]
     if not all(matches):
-        return table
+        return list(range(len(names)))
     numbers = [int(match[1]) for match in matches]
     order = sorted(range(len(numbers)), key=numbers.__getitem__)
     ks = [numbers[col] for col in order]
@@ -75,7 +75,7 @@ def _in_pixel_order(path: Path, table: pa.Table) -> pa.Table:
             f"{path}: the pixel columns are named pixel{ks[0]} to pixel{ks[-1]} but pixel{gap} "
             "is missing (or named twice); each pixel needs its own column."
         )
-    return table.select(order)
+    return order
 
 
 def _parse(path: Path, data: bytes) -> pa.Table:
@@ -116,7 +116,7 @@ def _parse(path: Path, data: bytes) -> pa.Table:
     return table
 
 
-def _check_names(path: Path, names: list[str], label_column: str) -> None:
+def check_names(path: Path, names: list[str], label_column: str) -> None:
     """Refuse a header that names a column twice, or a first row of numbers: no header at all."""
     first: dict[str, int] = {}
     for col, name in enumerate(names):

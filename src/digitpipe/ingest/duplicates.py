@@ -17,6 +17,7 @@ import numpy as np
 
 from digitpipe.core.errors import DigitpipeError
 from digitpipe.dataset.images import ImageSet
+from digitpipe.dataset.stored import StoredImages, chunk_rows
 
 # 64-bit BLAKE2b digests: 8 bytes an image, and among MNIST's 70,000 images the odds that two
 # different images share one are about 70,000^2 / 2^65 = 1.3e-10.
@@ -26,11 +27,21 @@ DIGEST_BYTES = 8
 MOSTLY = 0.5
 
 
-def digests(images: np.ndarray) -> np.ndarray:
-    """One uint64 digest per image of uint8 (N, H, W) pixels, hashed row by row from the array
-    itself (no copy of the pixels)."""
-    rows = np.ascontiguousarray(images).reshape(len(images), -1)
-    joined = b"".join(hashlib.blake2b(row, digest_size=DIGEST_BYTES).digest() for row in rows)
+def digests(images: np.ndarray | StoredImages) -> np.ndarray:
+    """One uint64 digest per image of uint8 (N, H, W) pixels, hashed row by row; pixels kept on
+    disk (ingest's StoredImages) are read a chunk at a time, never all at once."""
+    height, width = images.shape[1:]
+    step = chunk_rows(height * width)
+    chunks = (
+        images.chunks(step)
+        if isinstance(images, StoredImages)
+        else (images[start : start + step] for start in range(0, len(images), step))
+    )
+    joined = b"".join(
+        hashlib.blake2b(row, digest_size=DIGEST_BYTES).digest()
+        for chunk in chunks
+        for row in np.ascontiguousarray(chunk).reshape(len(chunk), -1)
+    )
     return np.frombuffer(joined, np.uint64)
 
 

@@ -10,6 +10,8 @@ from digitpipe.dataset.images import ImageSet
 from digitpipe.plotting import digit_grid
 
 SAMPLES_PER_CLASS = 10
+# The longest side a sample is drawn with: 100 400x400-pixel samples made a 5.4 GB figure.
+THUMBNAIL_PIXELS = 56
 
 
 def class_distribution_figure(summary: dict) -> Figure:
@@ -48,8 +50,10 @@ def sample_digits_figure(images: ImageSet, seed: int) -> Figure:
         picks.extend(chosen)
         titles.extend([name] * len(chosen))
     columns = min(SAMPLES_PER_CLASS, max(1, len(picks)))
+    picked = np.asarray(images.images[np.array(picks, dtype=np.int64)])
+    step = -(-max(images.image_size) // THUMBNAIL_PIXELS)  # 1 (every pixel) up to 56x56
     return digit_grid(
-        images.images[np.array(picks, dtype=np.int64)],
+        picked[:, ::step, ::step],
         titles,
         columns,
         "Sample training images, one row per class",

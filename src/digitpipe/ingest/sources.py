@@ -13,27 +13,30 @@ import numpy as np
 from digitpipe.core.config import MAX_CLASSES, DataParams, Source
 from digitpipe.core.errors import DigitpipeError
 from digitpipe.dataset.checks import check_labels
-from digitpipe.dataset.idx import RawFile, parse_idx, read_bytes
+from digitpipe.dataset.csv_rows import read_csv_rows
+from digitpipe.dataset.idx import IdxChunks, IdxHeader, content_sha256, parse_idx, read_bytes
 from digitpipe.dataset.images import INCOMING_PREFIX, ImageSet, make_ids
-from digitpipe.dataset.pixel_csv import read_pixel_csv
-from digitpipe.dataset.shapes import as_images
+from digitpipe.dataset.shapes import PixelCheck, image_size
+from digitpipe.dataset.stored import RowFile, StoredImages
 
 
 def load_source(
     source: Source, data: DataParams, root: Path, name: str, *, labelled: bool
 ) -> ImageSet:
-    """Read, verify and validate one source; ``name`` prefixes the image ids (``train-000000``)."""
+    """Read, verify and validate one source; ``name`` prefixes the image ids (``train-000000``).
+    The images go a chunk at a time to a temporary file (:mod:`digitpipe.dataset.stored`)."""
     if source.csv is not None:
         path = root / source.csv
         if source.csv in data.checksums:
-            _verify_checksum(read_bytes(path), source.csv, data)
-        table = read_pixel_csv(path, data.csv_label_column)
+            _verify_checksum(path, content_sha256(path), source.csv, data)
+        table = read_csv_rows(path, data.csv_label_column)
         if labelled and table.labels is None:
             raise DigitpipeError(
                 f"{path}: no label column '{data.csv_label_column}' in the header; the "
                 f"{name} split needs labels (set data.csv_label_column to the right name)."
             )
-        images = as_images(path, table.pixels, data.image_size)
+        height, width = image_size(path, (table.rows.rows, table.rows.row_bytes), data.image_size)
+        images = table.rows.images(height, width)
         labels = table.labels
     else:
         images, labels = _load_idx(source, data, root, name, labelled=labelled)
@@ -49,9 +52,9 @@ def load_source(
 
 def _load_idx(
     source: Source, data: DataParams, root: Path, name: str, *, labelled: bool
-) -> tuple[np.ndarray, np.ndarray | None]:
+) -> tuple[StoredImages, np.ndarray | None]:
     path = root / source.images
-    images = as_images(path, _read_verified(source.images, data, root), data.image_size)
+    images = _idx_images(source.images, data, root)
     if source.labels is None:
         if labelled:
             raise DigitpipeError(
@@ -75,8 +78,37 @@ def _load_idx(
 def _read_verified(relative: Path, data: DataParams, root: Path) -> np.ndarray:
     raw = read_bytes(root / relative, "idx")  # stops at the size the IDX header declares
     if relative in data.checksums:
-        _verify_checksum(raw, relative, data)
+        _verify_checksum(raw.path, raw.sha256, relative, data)
     return parse_idx(raw)
+
+
+def _idx_images(relative: Path, data: DataParams, root: Path) -> StoredImages:
+    """An IDX image file read a chunk at a time into a temporary file, refused as
+    ``as_images(path, read_idx(path))`` would refuse it, in the same order: its size, its checksum,
+    its shape, its values."""
+    path = root / relative
+    chunks, pixels = IdxChunks(path), PixelCheck(path)
+    rows = None
+    for chunk in chunks:
+        rows = rows or _row_file(path, chunks.header, data)
+        if rows is not None:  # None: a shape refused below, once the checksum is checked
+            rows.append(pixels.uint8(chunk).reshape(len(chunk), -1))
+    if relative in data.checksums:
+        _verify_checksum(path, chunks.sha256, relative, data)
+    if chunks.header is None:
+        raise DigitpipeError(f"{path}: the file is empty; expected an IDX file.")
+    height, width = image_size(path, chunks.header.shape, data.image_size)
+    pixels.check()
+    return (rows or RowFile(height * width)).images(height, width)
+
+
+def _row_file(path: Path, header: IdxHeader, data: DataParams) -> RowFile | None:
+    """A file for the images of ``header``'s shape, or None when the shape is refused."""
+    try:
+        height, width = image_size(path, header.shape, data.image_size)
+    except DigitpipeError:
+        return None
+    return RowFile(height * width)
 
 
 def unused_checksums(data: DataParams, batches: Sequence[Batch]) -> list[Path]:
@@ -87,10 +119,10 @@ def unused_checksums(data: DataParams, batches: Sequence[Batch]) -> list[Path]:
     return [path for path in data.checksums if path not in named]
 
 
-def _verify_checksum(raw: RawFile, relative: Path, data: DataParams) -> None:
-    if raw.sha256 != data.checksums[relative]:
+def _verify_checksum(path: Path, sha256: str, relative: Path, data: DataParams) -> None:
+    if sha256 != data.checksums[relative]:
         raise DigitpipeError(
-            f"{raw.path}: checksum mismatch: SHA-256 of the decompressed content is {raw.sha256}, "
+            f"{path}: checksum mismatch: SHA-256 of the decompressed content is {sha256}, "
             f"data.checksums expects {data.checksums[relative]}. The file is corrupt or not "
             "the one configured; restore it, or update the checksum if the change is intended."
         )

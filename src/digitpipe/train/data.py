@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
+from fractions import Fraction
 
 import lightning as L
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -19,9 +21,32 @@ from digitpipe.dataset.images import ImageSet
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 
+STATS_PIXELS = 2**22  # pixels per chunk of the statistics: a 32 MB int64 temporary at the most
+
+
 def as_tensors(images: ImageSet) -> Batch:
-    """(N, 1, H, W) uint8 images and int64 labels."""
-    return torch.from_numpy(images.images.copy()).unsqueeze(1), torch.from_numpy(images.labels)
+    """(N, 1, H, W) uint8 images and int64 labels, sharing the split's memory (copied only when
+    the array is read-only or not contiguous): the pixels are held once."""
+    pixels = np.require(images.images, np.uint8, ["C", "W"])
+    return torch.from_numpy(pixels).unsqueeze(1), torch.from_numpy(images.labels)
+
+
+def pixel_stats(images: ImageSet) -> tuple[float, float]:
+    """Mean and standard deviation (unbiased) of the training pixels scaled to 0..1, rounded to
+    float32 as the float32 tensor's mean and std gave them.
+
+    Exact: from a histogram of the 256 pixel values, counted a chunk at a time, so no float copy
+    of the split is made (a float32 copy was 4x the pixel bytes: 2.7 GB for 1M 28x28 images)."""
+    flat = images.images.reshape(len(images), -1)
+    rows = max(1, STATS_PIXELS // max(flat.shape[1], 1))
+    counts = np.zeros(256, np.int64)
+    for start in range(0, len(flat), rows):
+        counts += np.bincount(flat[start : start + rows].ravel(), minlength=256)
+    values = np.arange(256, dtype=np.int64)
+    n, total, squares = int(counts.sum()), int(counts @ values), int(counts @ values**2)
+    mean = Fraction(total, n * 255)
+    variance = Fraction(n * squares - total * total, n * (n - 1) * 255 * 255)
+    return float(np.float32(float(mean))), float(np.float32(math.sqrt(variance)))
 
 
 class IndexBatches:

@@ -59,7 +59,7 @@ from digitpipe.train.callbacks import (
     weight_average,
 )
 from digitpipe.train.checkpoint import network_weights, read_checkpoint, write_portable_checkpoint
-from digitpipe.train.data import DigitData
+from digitpipe.train.data import DigitData, pixel_stats
 from digitpipe.train.distributed import agreed_resume, strategy
 from digitpipe.train.figures import learning_curves_figure
 from digitpipe.train.module import DigitClassifier
@@ -155,12 +155,6 @@ def check_batch_norm(module: DigitClassifier, per_process: int) -> None:
             "batch norm, which needs at least 2; raise train.batch_size (or the training data, "
             "data.limit.train) or use fewer devices."
         )
-
-
-def pixel_stats(images: ImageSet) -> tuple[float, float]:
-    """Mean and standard deviation of the training pixels, scaled to 0..1."""
-    pixels = torch.from_numpy(images.images).float().div_(255)
-    return float(pixels.mean()), float(pixels.std())
 
 
 def build_module(arch: str, recipe: Recipe, train: ImageSet) -> DigitClassifier:
