@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import QUICK_TRAIN, REPO, dvc, edit_params, init_pipeline_repo
+from conftest import REPO, init_pipeline_repo
+from test_experiments import committed_with_hydra
 
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 FENCE = re.compile(r"^(`{3,}|~{3,}).*?^\1", re.MULTILINE | re.DOTALL)
@@ -183,14 +184,8 @@ def test_readme_experiments_run_as_shown(tiny_project: Path) -> None:
     """The README's five experiment commands, word for word, in a tiny pipeline repo: both
     experiments run, the reset between them starts the second from the committed params, the
     table names both, and the plots page is written."""
-    edit_params(tiny_project, "train", **QUICK_TRAIN)
     env = init_pipeline_repo(tiny_project)
-    dvc(tiny_project, env, "repro")
-    for args in (
-        ["add", "-A"],
-        ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "."],
-    ):
-        subprocess.run(["git", *args], cwd=tiny_project, check=True, capture_output=True)
+    committed_with_hydra(tiny_project, env)  # as the repo is: params.yaml composed from conf/
     shown = [w for w in bash_commands(REPO / "README.md") if w[0] in ("dvc", "git")]
     assert len(shown) == 5
     outputs = []

@@ -103,7 +103,8 @@ def test_folder_with_no_pictures_is_reported(tmp_path, model_dir, mnist_train, c
     write_idx(mnist_train[0][:3], folder / "deeper" / "images.idx")
     assert predict([folder], model_dir, tmp_path / "out.csv", *["--strict"] * strict) == 2
     message = capsys.readouterr().err
-    assert f"{folder}: no pictures (.png, .jpg, .jpeg, .bmp, .gif) in this folder." in message
+    suffixes = ".png, .jpg, .jpeg, .bmp, .gif, .tif, .tiff, .webp"
+    assert f"{folder}: no pictures ({suffixes}) in this folder." in message
     if not strict:
         assert message.splitlines()[-1] == (
             "digitpipe: error: nothing to predict: no input could be read."

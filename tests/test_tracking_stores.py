@@ -94,7 +94,7 @@ def test_direct_postgresql_store_keeps_artifacts_in_the_repository(
     assert train_with(tracked, uri) == 0
     client = MlflowClient(uri)
     [run] = client.search_runs([client.get_experiment_by_name("stores").experiment_id])
-    assert run.info.status == "FINISHED" and "train.val_accuracy" in run.data.metrics
+    assert run.info.status == "FINISHED" and "train.best_epoch_val_accuracy" in run.data.metrics
     assert MODEL_URI_TAG in run.data.tags
     assert run.info.artifact_uri.startswith((repository / ARTIFACT_DIR).as_uri())
     assert list((repository / ARTIFACT_DIR).rglob("model.safetensors"))
@@ -192,7 +192,7 @@ def test_server_on_postgresql_tracks_and_retrain_promotes(tiny_project, postgres
         assert "version 1 promoted to champion" in done.stdout
         client = MlflowClient(uri)
         [run] = client.search_runs([client.get_experiment_by_name("team").experiment_id])
-        assert run.info.status == "FINISHED" and "train.val_accuracy" in run.data.metrics
+        assert run.info.status == "FINISHED" and "train.best_epoch_val_accuracy" in run.data.metrics
         # Promotion loads the registered model through the server and predicts with it.
         assert MODEL_URI_TAG in run.data.tags
         champion = client.get_model_version_by_alias("team-digits", "champion")
