@@ -8,6 +8,7 @@ where the stage runs: no run id or store path is ever written into a DVC output.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import json
 import os
@@ -34,6 +35,7 @@ from digitpipe.core.provenance import file_digest, git_commit
 from digitpipe.core.stage import quiet_libraries
 from digitpipe.core.state import DATA_DIGEST_TAG, WEIGHTS_DIGEST_TAG, weights_digest
 from digitpipe.tracking.store import (
+    StoreFailed,
     ensure_reachable,
     local_artifacts,
     repo_root,
@@ -246,6 +248,18 @@ def open_store(track: TrackParams, root: Path) -> str:
 def mark(ref: RunRef, status: str) -> None:
     """Set a run's status (RUNNING while training, FAILED when training fails)."""
     MlflowClient(ref.tracking_uri).update_run(ref.run_id, status=status)
+
+
+def mark_ended(ref: RunRef, error: BaseException) -> None:
+    """End the run KILLED (a signal, Ctrl-C) or FAILED after ``error``, while the store still
+    answers. A store that stopped answering (StoreFailed) is not asked again, which would take
+    its retries (~35 s): the next training closes the run it left RUNNING. ``error`` is the one
+    to report, so the store's own errors here are dropped."""
+    if isinstance(error, StoreFailed):
+        return
+    status = "KILLED" if isinstance(error, KeyboardInterrupt | SystemExit) else "FAILED"
+    with contextlib.suppress(Exception):
+        MlflowClient(ref.tracking_uri).set_terminated(ref.run_id, status)
 
 
 def runs_of_model(uri: str, experiment_id: str, digest: str) -> list[Run]:

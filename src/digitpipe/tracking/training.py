@@ -4,7 +4,6 @@ training loop never calls MLflow itself."""
 
 from __future__ import annotations
 
-import contextlib
 import importlib.metadata
 import shutil
 import tempfile
@@ -18,7 +17,7 @@ import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 import torch
-from mlflow.entities import Metric
+from mlflow.entities import Metric, RunTag
 from mlflow.tracking import MlflowClient
 
 import digitpipe
@@ -36,11 +35,11 @@ from digitpipe.tracking.runs import (
     RunRef,
     log_artifacts,
     log_datasets,
-    mark,
+    mark_ended,
     pipeline_run,
     trained_run_of_state,
 )
-from digitpipe.tracking.store import StoreFailed, store_errors
+from digitpipe.tracking.store import store_errors
 
 RESUME = (
     "the last finished epoch's checkpoint is kept under checkpoints/: rerun the stage once the "
@@ -67,10 +66,8 @@ class EpochMetrics(L.Callback):
     def on_exception(self, trainer: L.Trainer, module: L.LightningModule, error: BaseException):
         """Mark the run KILLED or FAILED while the store still answers (a store that stopped
         answering is not asked again: the next training closes the run it left RUNNING)."""
-        if trainer.is_global_zero and not isinstance(error, StoreFailed):
-            interrupted = isinstance(error, KeyboardInterrupt | SystemExit)
-            with contextlib.suppress(StoreFailed), store_errors(self.ref.tracking_uri):
-                mark(self.ref, "KILLED" if interrupted else "FAILED")
+        if trainer.is_global_zero:
+            mark_ended(self.ref, error)
 
 
 def log_model(model_dir: Path, example: np.ndarray) -> str:
@@ -123,10 +120,14 @@ def log_training(
         weights, data = weights_digest(root), training_data_digest(root)
         earlier = trained_run_of_state(ref, weights, data)
         if earlier is not None:
-            client = MlflowClient(ref.tracking_uri)
-            with pipeline_run(RunRef(ref.tracking_uri, ref.experiment_id, earlier)):
-                mlflow.log_metrics(metrics)
-                mlflow.set_tags(tags)
+            # Through the client: made active again, the finished run would turn RUNNING, and
+            # KILLED or FAILED if this process were stopped now.
+            client, now = MlflowClient(ref.tracking_uri), int(time.time() * 1000)
+            client.log_batch(
+                earlier,
+                metrics=[Metric(key, value, now, 0) for key, value in metrics.items()],
+                tags=[RunTag(key, value) for key, value in tags.items()],
+            )
             client.set_terminated(ref.run_id)
             client.delete_run(ref.run_id)
             return

@@ -308,11 +308,9 @@ def failed_run(tracking) -> Iterator[None]:
         yield
     except BaseException as exc:
         if tracking is not None:
-            from digitpipe.tracking.runs import mark
+            from digitpipe.tracking.runs import mark_ended
 
-            with contextlib.suppress(Exception):  # the first error is the one to report
-                interrupted = isinstance(exc, KeyboardInterrupt | SystemExit)
-                mark(tracking.ref, "KILLED" if interrupted else "FAILED")
+            mark_ended(tracking.ref, exc)
         raise
 
 
@@ -405,8 +403,7 @@ def does_not_fit(saved: dict[str, torch.Tensor], expected: dict[str, torch.Tenso
 def set_aside(checkpoint: Path, kind: str, problem: str) -> None:
     """Rename ``checkpoint`` to ``<name>.<kind>`` and say so: training starts afresh."""
     aside = checkpoint.with_name(f"{checkpoint.name}.{kind}")
-    with contextlib.suppress(FileNotFoundError):  # another DDP process set it aside first
-        checkpoint.replace(aside)
+    checkpoint.replace(aside)  # only rank 0 looks at checkpoints (train.distributed)
     print(f"{checkpoint} {problem}; moved to {aside}, starting afresh.", flush=True)
 
 
