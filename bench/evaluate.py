@@ -19,11 +19,11 @@ import torch
 from timing import REPEATS, median_time
 
 from digitpipe.core.config import load_params
-from digitpipe.core.paths import PROCESSED_DIR
 from digitpipe.dataset.parquet import read_split
 from digitpipe.evaluate.run import write_reports
 from digitpipe.model.inference import predict_probabilities
 from digitpipe.model.zoo import build_model
+from digitpipe.outputs.ingest import PROCESSED_DIR
 
 REPO = Path(__file__).resolve().parents[1]
 TARGET_S = 5.0

@@ -27,7 +27,7 @@ STAGES = {
     "ingest": "digitpipe.ingest.run",
     "train": "digitpipe.train.run",
     "evaluate": "digitpipe.evaluate.run",
-    "activations": "digitpipe.explain.run",
+    "activations": "digitpipe.activations.run",
     "report": "digitpipe.report.run",
 }
 LOGGING_STAGES = ("train", "evaluate", "activations", "report")  # each imports MLflow itself

@@ -27,9 +27,9 @@ import torch
 import torch.nn.functional as F
 
 from digitpipe.core.config import Augment, Params, RuntimeParams, TrainParams, load_params
-from digitpipe.core.paths import PROCESSED_DIR
 from digitpipe.core.stage import quiet_libraries
 from digitpipe.dataset.parquet import read_split
+from digitpipe.outputs.ingest import PROCESSED_DIR
 from digitpipe.train.callbacks import History
 from digitpipe.train.data import Batch, DigitData, as_tensors
 from digitpipe.train.module import DigitClassifier, build_optimizer

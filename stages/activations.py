@@ -1,8 +1,8 @@
-"""DVC stage `activations`: layer outputs of chosen test images (see digitpipe.explain.run)."""
+"""DVC stage `activations`: layer outputs of chosen test images (see digitpipe.activations.run)."""
 
 import sys
 
 from _entry import main
 
 if __name__ == "__main__":
-    sys.exit(main("digitpipe.explain.run"))
+    sys.exit(main("digitpipe.activations.run"))

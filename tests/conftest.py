@@ -21,8 +21,8 @@ import yaml
 
 from digitpipe.core.config import DataParams, Params
 from digitpipe.core.lifetime import alive
-from digitpipe.core.paths import CHECKPOINT_ROOT
 from digitpipe.dataset.idx import read_idx, write_idx
+from digitpipe.outputs.train import CHECKPOINT_ROOT
 
 REPO = Path(__file__).resolve().parents[1]
 MNIST = REPO / "data" / "raw" / "mnist"

@@ -10,9 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import yaml
 from conftest import (
-    REPO,
     edit_params,
     init_pipeline_repo,
     stage_processes,
@@ -21,8 +19,8 @@ from conftest import (
 from mlflow.tracking import MlflowClient
 
 from digitpipe.core.atomic import staged_outputs
-from digitpipe.core.paths import MODEL_DIR, TRAIN_REPORTS
-from digitpipe.train.run import TRAIN_OUTPUTS
+from digitpipe.outputs.train import DECLARED as TRAIN_DECLARED
+from digitpipe.outputs.train import MODEL_DIR, TRAIN_REPORTS
 
 OUTPUTS = [Path("models"), Path("reports/train/history.csv")]
 
@@ -85,17 +83,6 @@ def test_a_failed_publication_puts_the_previous_outputs_back(tmp_path):
     }
 
 
-def test_dvc_yaml_lists_the_outputs_the_train_stage_publishes():
-    stage = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["train"]
-    declared = [
-        next(iter(out)) if isinstance(out, dict) else out
-        for kind in ("outs", "metrics", "plots")
-        for out in stage.get(kind, [])
-    ]
-    assert sorted(declared) == sorted(str(path) for path in TRAIN_OUTPUTS)
-
-
-@pytest.fixture()
 def small_disk(tmp_path):
     """A real tmpfs of 1 GiB mounted at tmp_path/disk (root only); unmounted afterwards."""
     disk = tmp_path / "disk"
@@ -159,7 +146,7 @@ def test_a_full_disk_under_repro_leaves_no_mix_and_no_running_run(tiny_project, 
     assert rerun.returncode != 0
     assert output.count("digitpipe: error: no space left on the device") == 1, output
     assert "Traceback" not in output, output
-    left = [path for path in TRAIN_OUTPUTS if (project / path).exists()]
+    left = [path for path in TRAIN_DECLARED.paths() if (project / path).exists()]
     assert left == [], f"a failed train stage left {left}"
     client = MlflowClient(store)
     experiment = client.get_experiment_by_name("disk")
@@ -169,6 +156,6 @@ def test_a_full_disk_under_repro_leaves_no_mix_and_no_running_run(tiny_project, 
     (small_disk / "filler").unlink()
     resumed = subprocess.run(["dvc", "repro"], cwd=project, env=env, capture_output=True)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    assert all((project / path).exists() for path in TRAIN_OUTPUTS)
+    assert all((project / path).exists() for path in TRAIN_DECLARED.paths())
     assert (project / MODEL_DIR / "model.ckpt").exists()
     assert (project / TRAIN_REPORTS / "history.csv").read_text().count("\n") == 3

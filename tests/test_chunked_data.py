@@ -14,12 +14,12 @@ from conftest import edit_params, write_csv
 
 from digitpipe.core.config import load_params
 from digitpipe.core.errors import DigitpipeError
-from digitpipe.core.paths import PROCESSED_DIR
 from digitpipe.dataset import csv_rows, parquet, stored
 from digitpipe.dataset.idx import read_idx, write_idx
 from digitpipe.dataset.parquet import read_split
 from digitpipe.dataset.shapes import as_images
 from digitpipe.ingest.run import run as ingest
+from digitpipe.outputs.ingest import PROCESSED_DIR
 from digitpipe.train import data
 from digitpipe.train.data import as_tensors, pixel_stats
 

@@ -15,17 +15,17 @@ import pytest
 import yaml
 from conftest import QUICK_TRAIN, default_params
 
+from digitpipe.activations.run import run as activations
 from digitpipe.cli import main
 from digitpipe.core.config import load_params
 from digitpipe.core.errors import DigitpipeError
 from digitpipe.core.files import MAX_REPORT_BYTES
-from digitpipe.core.paths import split_file
 from digitpipe.dataset.idx import write_idx
 from digitpipe.dataset.images import ImageSet, make_ids
 from digitpipe.dataset.parquet import META_KEY, read_split, write_split
 from digitpipe.evaluate.run import run as evaluate
-from digitpipe.explain.run import run as activations
 from digitpipe.ingest.run import run as ingest
+from digitpipe.outputs.ingest import split_file
 from digitpipe.train.run import run as train
 
 CLASSES = [str(digit) for digit in range(10)]

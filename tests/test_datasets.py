@@ -12,13 +12,13 @@ import pytest
 import yaml
 from conftest import default_params, write_csv
 
+from digitpipe.activations.run import run as activations
 from digitpipe.cli import main
 from digitpipe.core.config import load_params
 from digitpipe.core.errors import DigitpipeError
 from digitpipe.dataset.idx import write_idx
 from digitpipe.dataset.parquet import read_split
 from digitpipe.evaluate.run import run as evaluate
-from digitpipe.explain.run import run as activations
 from digitpipe.ingest.run import run as ingest
 from digitpipe.model.zoo import BUILDERS, MIN_SIDE
 from digitpipe.report.run import run as report

@@ -25,13 +25,15 @@ from digitpipe.cli import stats_command
 from digitpipe.core.config import EvaluateParams, load_params
 from digitpipe.core.errors import DigitpipeError
 from digitpipe.core.numbers import json_safe
-from digitpipe.core.paths import EVALUATE_REPORTS, MODEL_DIR, PROCESSED_DIR
 from digitpipe.dataset.images import ImageSet
 from digitpipe.dataset.parquet import read_split
 from digitpipe.evaluate.run import run as evaluate
 from digitpipe.evaluate.run import write_reports
 from digitpipe.evaluate.stats import confusion_stats, read_confusion_csv, to_markdown
 from digitpipe.model.export import load_model
+from digitpipe.outputs.evaluate import EVALUATE_REPORTS
+from digitpipe.outputs.ingest import PROCESSED_DIR
+from digitpipe.outputs.train import MODEL_DIR
 from digitpipe.train.run import run as train
 
 PICTURES = {
@@ -223,11 +225,12 @@ def test_edge_cases_give_conventional_values(tmp_path, case):
     labels, predicted, classes = CASES[case]
     split, probabilities = synthetic(labels, predicted, classes)
     metrics = write_reports(split, probabilities, EvaluateParams(), tmp_path)
-    report = json.loads((tmp_path / "worst_cases.json").read_text())
+    reports = tmp_path / EVALUATE_REPORTS
+    report = json.loads((reports / "worst_cases.json").read_text())
     assert metrics["accuracy"] == pytest.approx(np.mean(np.array(labels) == predicted))
     assert len(report["typical"]) == len(set(labels))
     for name in PICTURES:
-        assert np.asarray(Image.open(tmp_path / name).convert("L")).std() > 5, name
+        assert np.asarray(Image.open(reports / name).convert("L")).std() > 5, name
     if labels == predicted:
         assert report["most_confused_pair"] is None and report["confident_mistakes"] == []
         assert metrics["macro_f1"] == 1 and metrics["log_loss"] < 0.2
@@ -236,9 +239,9 @@ def test_edge_cases_give_conventional_values(tmp_path, case):
     assert metrics["macro_f1"] == pytest.approx(
         f1_score(labels, predicted, average="macro", zero_division=0), abs=TOL
     )
-    for written in tmp_path.glob("*.json"):  # standard JSON: undefined values are null
+    for written in reports.glob("*.json"):  # standard JSON: undefined values are null
         json.loads(written.read_text(), parse_constant=lambda name: pytest.fail(f"{name}"))
-    per_class = json.loads((tmp_path / "stats.json").read_text())["per_class"]
+    per_class = json.loads((reports / "stats.json").read_text())["per_class"]
     absent = [row for k, row in enumerate(per_class) if k not in labels]
     assert all(row["support"] == 0 for row in absent)
 

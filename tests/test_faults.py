@@ -28,7 +28,8 @@ from digitpipe.cli import main
 from digitpipe.core.atomic import write_text
 from digitpipe.core.config import load_params
 from digitpipe.core.lifetime import POLL_SECONDS, alive
-from digitpipe.core.paths import CHECKPOINT_ROOT, MODEL_DIR, split_file
+from digitpipe.outputs.ingest import split_file
+from digitpipe.outputs.train import CHECKPOINT_ROOT, MODEL_DIR
 from digitpipe.train.checkpoint import read_checkpoint
 from digitpipe.train.recipes import resolve_recipe
 from digitpipe.train.run import run_key

@@ -9,8 +9,8 @@ from statsmodels.stats.contingency_tables import mcnemar
 
 from digitpipe.core.config import TrackParams
 from digitpipe.dataset.images import ImageSet
-from digitpipe.tracking.drift import ChampionOnNew, data_stats, drift, to_markdown
-from digitpipe.tracking.gate import compare, judge, mcnemar_exact
+from digitpipe.retrain.drift import ChampionOnNew, data_stats, drift, to_markdown
+from digitpipe.retrain.gate import compare, judge, mcnemar_exact
 
 CLASSES = tuple(str(i) for i in range(10))
 

@@ -26,8 +26,8 @@ from conftest import edit_params
 from PIL import Image
 
 from digitpipe.cli import main
-from digitpipe.core.paths import INGEST_REPORTS, PROCESSED_DIR
 from digitpipe.dataset.idx import write_idx
+from digitpipe.outputs.ingest import INGEST_REPORTS, PROCESSED_DIR
 
 MAX_RSS_MB = 200  # the ingest process, all of it: a bomb may add only what its header declares
 MAX_EXTRA_RSS_MB = 100  # predict (torch loaded first): above the same command on a missing file

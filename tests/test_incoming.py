@@ -12,12 +12,12 @@ from conftest import edit_params, write_csv
 
 from digitpipe.core.config import load_params
 from digitpipe.core.errors import DigitpipeError
-from digitpipe.core.paths import INGEST_REPORTS, PROCESSED_DIR
 from digitpipe.dataset.idx import write_idx
 from digitpipe.dataset.images import INCOMING_PREFIX, batch_of, make_ids
 from digitpipe.dataset.parquet import read_split
 from digitpipe.ingest.run import run
-from digitpipe.tracking import drift
+from digitpipe.outputs.ingest import INGEST_REPORTS, PROCESSED_DIR
+from digitpipe.retrain import drift
 
 INCOMING = "data/raw/incoming"
 

@@ -14,10 +14,10 @@ from PIL import Image
 
 from digitpipe.cli import main
 from digitpipe.core.config import load_params
-from digitpipe.core.paths import INGEST_REPORTS, PROCESSED_DIR
 from digitpipe.dataset.idx import read_idx, write_idx
 from digitpipe.dataset.parquet import read_split
 from digitpipe.ingest.run import build_splits, run
+from digitpipe.outputs.ingest import INGEST_REPORTS, PROCESSED_DIR
 
 
 def ingest(project):

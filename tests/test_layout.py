@@ -1,10 +1,12 @@
 """The package layout that keeps `dvc repro` truthful: each stage's deps in dvc.yaml are exactly
-the files of src/digitpipe its process imports, stage packages never import each other, and the
-artifact paths in digitpipe.core.paths are the ones dvc.yaml declares."""
+the files of src/digitpipe its process imports, every stage imports every file of core/ (so that
+a change there rightly reruns all), stage packages never import each other, and the outputs each
+stage declares in digitpipe.outputs are the ones dvc.yaml lists."""
 
 from __future__ import annotations
 
 import ast
+import importlib
 import json
 import os
 import subprocess
@@ -15,10 +17,11 @@ import pytest
 import yaml
 from conftest import QUICK_TRAIN, REPO, edit_params
 
-from digitpipe.core import paths
+from digitpipe.outputs import train as train_outputs
+from digitpipe.retrain.command import LOCK_FILE
 
 PACKAGE = REPO / "src" / "digitpipe"
-STAGE_PACKAGES = {"ingest", "train", "evaluate", "explain", "report"}
+STAGE_PACKAGES = {"ingest", "train", "evaluate", "activations", "report"}
 DVC_STAGES = ["ingest", "train", "evaluate", "activations", "report"]
 
 # Runs a stage script as DVC would, then prints the digitpipe files the process imported.
@@ -80,9 +83,9 @@ def test_each_stage_depends_on_exactly_the_code_it_imports(tiny_project, tmp_pat
         deps = stage_deps(stage)
         imported = imported_by(stage, tiny_project)
         missing = sorted(f for f in imported if not covered(f, deps))
-        # The core is listed whole by every stage on purpose: a change there reruns everything.
-        listed = source_files([d for d in deps if not d.startswith("src/digitpipe/core")])
-        unused = sorted(listed - imported)
+        # Every stage lists core/ whole, so it must import every file of it: core/ holds only
+        # what every stage uses (a change there rightly reruns everything).
+        unused = sorted(source_files(deps) - imported)
         problems += [f"{stage}: imports {f}, not in its deps" for f in missing]
         problems += [f"{stage}: lists {f} in its deps but never imports it" for f in unused]
         assert f"stages/{stage}.py" in deps
@@ -122,7 +125,7 @@ def test_stage_packages_never_import_each_other():
 def test_shared_layers_never_import_a_stage_package():
     offending = [
         f"{path.relative_to(REPO)} imports {name}"
-        for layer in ("core", "dataset", "model", "tracking")
+        for layer in ("core", "dataset", "model", "outputs", "tracking")
         for path in sorted((PACKAGE / layer).rglob("*.py"))
         for name in imports_of(path)
         if "." in name and name.split(".")[1] in STAGE_PACKAGES
@@ -149,34 +152,31 @@ def test_no_import_cycles():
             visit(module, [])
 
 
-def declared_outputs() -> set[str]:
-    """Every output path dvc.yaml declares (outs, metrics, plots)."""
-    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-    found = set()
-    for stage in stages.values():
-        for kind in ("outs", "metrics", "plots"):
-            for entry in stage.get(kind, []):
-                found.add(entry if isinstance(entry, str) else next(iter(entry)))
-    return found
+def dvc_outputs(stage: dict, kind: str) -> set[str]:
+    return {entry if isinstance(entry, str) else next(iter(entry)) for entry in stage.get(kind, [])}
 
 
-def test_artifact_paths_match_dvc_yaml():
-    outputs = declared_outputs()
-    for directory in (
-        paths.PROCESSED_DIR,
-        paths.INGEST_REPORTS,
-        paths.TRAIN_REPORTS,
-        paths.EVALUATE_REPORTS,
-        paths.ACTIVATIONS_REPORTS,
-    ):
-        assert any(Path(out).is_relative_to(directory) for out in outputs), directory
-    assert str(paths.MODEL_DIR) in outputs
-    for name in ("report.md", "report.html"):
-        assert str(paths.REPORTS / name) in outputs
-    # Nothing that varies run to run (checkpoints, local state, timings) is an output.
-    for local in (paths.CHECKPOINT_ROOT, paths.STATE_DIR):
+@pytest.mark.parametrize("stage", DVC_STAGES)
+def test_each_stage_declares_the_outputs_dvc_yaml_lists(stage):
+    """digitpipe.outputs.<stage> is what the stage writes and later stages read: the same
+    outs, metrics and plots as dvc.yaml's, none more, none fewer."""
+    declared = importlib.import_module(f"digitpipe.outputs.{stage}").DECLARED
+    listed = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"][stage]
+    for kind in ("outs", "metrics", "plots"):
+        assert {str(path) for path in getattr(declared, kind)} == dvc_outputs(listed, kind), kind
+
+
+def test_what_varies_run_to_run_is_no_stage_output():
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"].values()
+    outputs = {
+        out
+        for stage in stages
+        for kind in ("outs", "metrics", "plots")
+        for out in dvc_outputs(stage, kind)
+    }
+    for local in (train_outputs.CHECKPOINT_ROOT, LOCK_FILE.parent):
         assert not any(Path(out).is_relative_to(local) for out in outputs)
-    speed = str(paths.TRAIN_REPORTS / "speed.json")  # a top-level metric, in no dvc.lock
+    speed = str(train_outputs.SPEED)  # a top-level metric, in no dvc.lock
     assert speed not in outputs
     assert speed in yaml.safe_load((REPO / "dvc.yaml").read_text())["metrics"]
 

@@ -16,7 +16,7 @@ import pytest
 from conftest import REPO, edit_params, free_port, stopped_after_a_checkpoint, wait_until
 from mlflow.tracking import MlflowClient
 
-from digitpipe.core.paths import CHECKPOINT_ROOT, MODEL_DIR, TRAIN_REPORTS
+from digitpipe.outputs.train import CHECKPOINT_ROOT, MODEL_DIR, TRAIN_REPORTS
 
 TWO_NODES = {"accelerator": "cpu", "devices": 1, "num_nodes": 2, "strategy": "ddp"}
 FINISH_SECONDS = 300  # a hang guard for a run of a few batches, not a speed check
@@ -103,9 +103,7 @@ def one_node_two_processes(project: Path, single: Path, started: list) -> str:
 
 
 @pytest.mark.slow
-def test_two_nodes_train_the_weights_of_one_node_with_two_processes(
-    ingested, elsewhere, processes
-):
+def test_two_nodes_train_the_weights_of_one_node_with_two_processes(ingested, elsewhere, processes):
     first, second = two_node_projects(ingested, elsewhere("node1"), max_epochs=2)
     before = files(second)
     train_both(first, second, processes)

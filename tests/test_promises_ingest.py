@@ -9,10 +9,10 @@ from conftest import edit_params
 
 from digitpipe.cli import main
 from digitpipe.core.config import load_params
-from digitpipe.core.paths import INGEST_REPORTS, PROCESSED_DIR
 from digitpipe.dataset.idx import read_idx, write_idx
 from digitpipe.dataset.parquet import read_split
 from digitpipe.ingest.run import run as ingest
+from digitpipe.outputs.ingest import INGEST_REPORTS, PROCESSED_DIR
 
 # The IDX type byte of each numpy type (the third byte of the header).
 IDX_TYPES = {"i1": 0x09, "i2": 0x0B, "i4": 0x0C, "f4": 0x0D, "f8": 0x0E}

@@ -17,9 +17,10 @@ from mlflow.tracking import MlflowClient
 
 from digitpipe.cli import main
 from digitpipe.core.config import load_params
-from digitpipe.core.paths import MODEL_DIR, PROCESSED_DIR
 from digitpipe.dataset.parquet import read_split
 from digitpipe.model.export import load_model
+from digitpipe.outputs.ingest import PROCESSED_DIR
+from digitpipe.outputs.train import MODEL_DIR
 from digitpipe.tracking.runs import find_training_run
 from digitpipe.train.run import run as train
 

@@ -18,10 +18,11 @@ from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
 
 from digitpipe.core.config import load_params
-from digitpipe.core.paths import CHECKPOINT_ROOT, MODEL_DIR, PROCESSED_DIR, TRAIN_REPORTS
 from digitpipe.dataset.parquet import read_split
 from digitpipe.model.export import load_model
 from digitpipe.model.zoo import BUILDERS
+from digitpipe.outputs.ingest import PROCESSED_DIR
+from digitpipe.outputs.train import CHECKPOINT_ROOT, MODEL_DIR, TRAIN_REPORTS
 from digitpipe.tracking.runs import MODEL_URI_TAG
 from digitpipe.train.run import run as train
 

@@ -21,11 +21,12 @@ from mlflow.tracking import MlflowClient
 from statsmodels.stats.contingency_tables import mcnemar
 
 from digitpipe.core.lifetime import Process, alive
-from digitpipe.core.paths import CHECKPOINT_ROOT, MODEL_DIR, split_file
 from digitpipe.dataset.parquet import read_split
 from digitpipe.model.export import load_model
 from digitpipe.model.inference import predict_probabilities
-from digitpipe.tracking.retrain import LOCK_FILE, STOPPED, exclusive
+from digitpipe.outputs.ingest import split_file
+from digitpipe.outputs.train import CHECKPOINT_ROOT, MODEL_DIR
+from digitpipe.retrain.command import LOCK_FILE, STOPPED, exclusive
 
 pytestmark = pytest.mark.slow
 DIGITPIPE = str(Path(sys.executable).parent / "digitpipe")

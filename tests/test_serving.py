@@ -20,10 +20,11 @@ import pytest
 from conftest import answers, edit_params, free_port, wait_until
 
 from digitpipe.core.config import load_params
-from digitpipe.core.paths import MODEL_DIR, PROCESSED_DIR
 from digitpipe.dataset.parquet import read_split
 from digitpipe.model.export import ModelSpec, load_model
 from digitpipe.model.inference import predict_probabilities
+from digitpipe.outputs.ingest import PROCESSED_DIR
+from digitpipe.outputs.train import MODEL_DIR
 from digitpipe.tracking.runs import find_training_run
 from digitpipe.tracking.serving import InputError, as_images, prediction_table
 from digitpipe.train.run import run as train

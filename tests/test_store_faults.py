@@ -27,15 +27,11 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from digitpipe.cli import main
-from digitpipe.core.paths import (
-    ACTIVATIONS_REPORTS,
-    EVALUATE_REPORTS,
-    MODEL_DIR,
-    SPEC_FILE,
-    WEIGHTS_FILE,
-)
 from digitpipe.core.stage import fail_os, run_stage
 from digitpipe.model.export import ModelSpec, save_model
+from digitpipe.outputs.activations import ACTIVATIONS_REPORTS
+from digitpipe.outputs.evaluate import EVALUATE_REPORTS
+from digitpipe.outputs.train import MODEL_DIR, SPEC_FILE, WEIGHTS_FILE
 from digitpipe.predict.predictor import Predictor
 
 HANG_GUARD_S = 120

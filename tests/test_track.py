@@ -24,14 +24,15 @@ from conftest import (
 )
 from mlflow.tracking import MlflowClient
 
+from digitpipe.activations.run import run as activations
 from digitpipe.cli import main
 from digitpipe.core.config import TrackParams, load_params
 from digitpipe.core.lifetime import exit_on
-from digitpipe.core.paths import MODEL_DIR, PROCESSED_DIR
 from digitpipe.dataset.parquet import read_split
 from digitpipe.evaluate.run import run as evaluate
-from digitpipe.explain.run import run as activations
 from digitpipe.model.export import load_model
+from digitpipe.outputs.ingest import PROCESSED_DIR
+from digitpipe.outputs.train import MODEL_DIR
 from digitpipe.report.run import run as report
 from digitpipe.tracking.runs import (
     NO_TRAINING_RUN,

@@ -24,7 +24,7 @@ from conftest import (
 from mlflow.tracking import MlflowClient
 
 from digitpipe.cli import main
-from digitpipe.core.paths import CHECKPOINT_ROOT, MODEL_DIR
+from digitpipe.outputs.train import CHECKPOINT_ROOT, MODEL_DIR
 from digitpipe.tracking.runs import ARTIFACT_DIR, MODEL_URI_TAG
 from digitpipe.train.run import MLFLOW_RUN_FILE
 

@@ -20,15 +20,17 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from digitpipe.cli import main
 from digitpipe.core.config import ARCHITECTURES, Augment, TrainParams, load_params
-from digitpipe.core.paths import CHECKPOINT_ROOT, MODEL_DIR, PROCESSED_DIR, TRAIN_REPORTS
 from digitpipe.dataset.parquet import read_split
 from digitpipe.model.export import load_model
 from digitpipe.model.zoo import BUILDERS
+from digitpipe.outputs.ingest import PROCESSED_DIR
+from digitpipe.outputs.train import CHECKPOINT_ROOT, MODEL_DIR, TRAIN_REPORTS
+from digitpipe.outputs.train import DECLARED as TRAIN_DECLARED
 from digitpipe.train.callbacks import History, weight_average
 from digitpipe.train.checkpoint import read_checkpoint, write_portable_checkpoint
 from digitpipe.train.data import DigitData, IndexBatches, augment
 from digitpipe.train.recipes import RECIPES, resolve_recipe
-from digitpipe.train.run import INTERRUPTED, TRAIN_OUTPUTS, build_module, build_trainer, fit
+from digitpipe.train.run import INTERRUPTED, build_module, build_trainer, fit
 from digitpipe.train.run import run as train
 
 TOO_MANY = max(2, len(os.sched_getaffinity(0))) + 1  # CPU training processes beyond the cap
@@ -387,7 +389,7 @@ def test_ctrl_c_says_how_to_resume_and_the_rerun_goes_on_from_there(ingested):
 
 def train_outputs(project) -> dict[str, bytes]:
     """Every file the train stage publishes, by path, with its bytes."""
-    files = [project / path for path in TRAIN_OUTPUTS]
+    files = [project / path for path in TRAIN_DECLARED.paths()]
     files = [f for path in files for f in (sorted(path.rglob("*")) if path.is_dir() else [path])]
     return {str(f.relative_to(project)): f.read_bytes() for f in files}
 

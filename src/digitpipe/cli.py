@@ -15,15 +15,16 @@ from digitpipe import __version__
 from digitpipe.core.config import TrackParams, load_params
 from digitpipe.core.errors import DigitpipeError
 from digitpipe.core.numbers import json_safe
-from digitpipe.core.paths import MODEL_DIR, PARAMS_FILE
+from digitpipe.core.paths import PARAMS_FILE
 from digitpipe.core.stage import run_stage, user_errors
+from digitpipe.outputs.train import MODEL_DIR
 
 # Pipeline stages: `digitpipe NAME` runs the stage's `run(params)` like `dvc repro` would.
 STAGES = {
     "ingest": ("digitpipe.ingest.run", "raw IDX/CSV data into Parquet splits"),
     "train": ("digitpipe.train.run", "train the configured model (Lightning)"),
     "evaluate": ("digitpipe.evaluate.run", "metrics, confusion matrix and worst cases on test"),
-    "activations": ("digitpipe.explain.run", "export and draw layer outputs of chosen images"),
+    "activations": ("digitpipe.activations.run", "export and draw layer outputs of chosen images"),
     "report": ("digitpipe.report.run", "assemble reports/report.md and report.html"),
 }
 
@@ -37,7 +38,7 @@ def _stage(module: str) -> Callable[[argparse.Namespace], int]:
 
 @user_errors
 def _retrain(args: argparse.Namespace) -> int:
-    from digitpipe.tracking.retrain import Busy, history, retrain
+    from digitpipe.retrain.command import Busy, history, retrain
 
     params = load_params(args.params)
     if args.history:

@@ -76,7 +76,7 @@ def read_report(path: Path, stage: str) -> str:
 
 def read_json_report(path: Path, stage: str, shape: type[Report]) -> Report:
     """The JSON object in ``path``, a report the ``stage`` stage writes, checked against
-    ``shape`` (see ``core.stage_reports``)."""
+    ``shape`` (see ``digitpipe.outputs``)."""
     try:
         report = json.loads(read_report(path, stage))
     except (ValueError, RecursionError) as exc:

@@ -7,11 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
-from digitpipe.core.atomic import atomic_dir, write_json, write_text
+from digitpipe.core.atomic import staged_outputs, write_json, write_text
 from digitpipe.core.config import EvaluateParams, Params
 from digitpipe.core.errors import DigitpipeError
 from digitpipe.core.numbers import rounded
-from digitpipe.core.paths import EVALUATE_REPORTS, MODEL_DIR, split_file
 from digitpipe.dataset.images import ImageSet
 from digitpipe.dataset.parquet import read_split
 from digitpipe.evaluate.confusion import (
@@ -26,10 +25,21 @@ from digitpipe.evaluate.stats import confusion_stats, to_markdown
 from digitpipe.evaluate.worst_cases import write_worst_cases
 from digitpipe.model.export import ModelSpec, load_model
 from digitpipe.model.inference import predict_probabilities
+from digitpipe.outputs import evaluate as outputs
+from digitpipe.outputs import write_report
+from digitpipe.outputs.ingest import split_file
+from digitpipe.outputs.train import MODEL_DIR
 from digitpipe.plotting import save_figure
 from digitpipe.tracking.store import check_tracking
 
-REPORT_FILES = ("scores.json", "stats.json", "stats.md", "worst_cases.json", "confusion.csv")
+# Logged to MLflow beside the pictures.
+REPORT_FILES = (
+    outputs.SCORES,
+    outputs.STATS_JSON,
+    outputs.STATS_MD,
+    outputs.WORST_CASES,
+    outputs.CONFUSION_CSV,
+)
 HEADLINE = ("accuracy", "log_loss")  # test figures in reports/evaluate/metrics.json
 
 
@@ -52,21 +62,22 @@ def load_labelled(path: Path, spec: ModelSpec) -> ImageSet:
 
 
 def write_reports(
-    split: ImageSet, probabilities: np.ndarray, settings: EvaluateParams, out_dir: Path
+    split: ImageSet, probabilities: np.ndarray, settings: EvaluateParams, staging: Path
 ) -> dict:
-    """Every report of one labelled split into ``out_dir``; return its metrics."""
+    """Every report of one labelled split, at its declared path under ``staging``; return its
+    metrics."""
     names = list(split.class_names)
     predicted = probabilities.argmax(axis=1)
-    write_predictions(split, probabilities, out_dir / "predictions.parquet")
+    write_predictions(split, probabilities, staging / outputs.PREDICTIONS)
     matrix = confusion_counts(split.labels, predicted, len(names))
-    write_confusion_csv(matrix, names, out_dir / "confusion.csv")
-    write_confusion_pairs(split.labels, predicted, names, out_dir / "confusion_pairs.csv")
+    write_confusion_csv(matrix, names, staging / outputs.CONFUSION_CSV)
+    write_confusion_pairs(split.labels, predicted, names, staging / outputs.CONFUSION_PAIRS)
     stats = confusion_stats(matrix, names)
     title = f"Confusion matrix: {stats.n} test images, accuracy {stats.accuracy:.2%}"
-    save_figure(confusion_figure(matrix, names, title), out_dir / "confusion.png")
-    write_json(out_dir / "stats.json", stats.to_dict())
-    write_text(out_dir / "stats.md", to_markdown(stats))
-    write_worst_cases(split, probabilities, matrix, settings, out_dir)
+    save_figure(confusion_figure(matrix, names, title), staging / outputs.CONFUSION_PICTURE)
+    write_json(staging / outputs.STATS_JSON, stats.to_dict())
+    write_text(staging / outputs.STATS_MD, to_markdown(stats))
+    write_worst_cases(split, probabilities, matrix, settings, staging)
     metrics = classification_metrics(probabilities, split.labels, names, settings.calibration_bins)
     overall = stats.to_dict()
     return metrics | {
@@ -108,12 +119,12 @@ def log_evaluation(params: Params, root: Path, metrics: dict, test_file: Path) -
         if isinstance(value, int | float) and not math.isnan(value)
     }
     scalars["val.accuracy"] = metrics["val"]["accuracy"]
-    out = root / EVALUATE_REPORTS
-    pictures = sorted(out.glob("*.png"))
+    pictures = [path for path in outputs.DECLARED.plots if path.suffix == ".png"]
     artifacts = {
-        "": [out / "confusion.png"],
-        "evaluate": [p for p in pictures if p.name != "confusion.png"]
-        + [out / name for name in REPORT_FILES],
+        "": [root / outputs.CONFUSION_PICTURE],
+        "evaluate": [
+            root / path for path in [*pictures, *REPORT_FILES] if path != outputs.CONFUSION_PICTURE
+        ],
     }
     log_stage(
         params.track,
@@ -142,12 +153,12 @@ def run(params: Params, root: Path = Path(".")) -> dict:
     probabilities = predict_probabilities(
         net, test.images, settings.batch_size, spec.test_time_shift
     )
-    with atomic_dir(root / EVALUATE_REPORTS) as out_dir:
-        metrics = write_reports(test, probabilities, settings, out_dir)
+    with staged_outputs(root, "evaluate", outputs.DECLARED.paths()) as staging:
+        metrics = write_reports(test, probabilities, settings, staging)
         metrics["val"] = {key: val_metrics[key] for key in ("accuracy", "log_loss", "n")}
-        write_json(out_dir / "scores.json", scores_file(metrics))
-        write_json(out_dir / "metrics.json", metrics_file(metrics))
+        write_report(staging / outputs.SCORES, outputs.EvaluateScores, scores_file(metrics))
+        write_json(staging / outputs.METRICS, metrics_file(metrics))
     if params.track.enabled:
         log_evaluation(params, root, metrics, root / split_file("test"))
-    print(f"evaluate: {headline(metrics)}; reports in {EVALUATE_REPORTS}", flush=True)
+    print(f"evaluate: {headline(metrics)}; reports in {outputs.EVALUATE_REPORTS}", flush=True)
     return metrics

@@ -22,7 +22,7 @@ from scipy.stats import beta, binom, chi2
 
 from digitpipe.core.errors import DigitpipeError
 from digitpipe.core.files import MAX_REPORT_BYTES, read_bounded
-from digitpipe.core.markdown import literal
+from digitpipe.markdown import literal
 
 
 @dataclass(frozen=True)

@@ -6,16 +6,14 @@ from pathlib import Path
 
 import numpy as np
 
-from digitpipe.core.atomic import write_json
 from digitpipe.core.config import EvaluateParams
 from digitpipe.core.numbers import rounded
 from digitpipe.dataset.images import ImageSet
 from digitpipe.evaluate.figures import notice_figure, probability_gallery
+from digitpipe.outputs import evaluate as outputs
+from digitpipe.outputs import write_report
 from digitpipe.plotting import save_figure
 
-PAIR_FILE = "most_confused_pair.png"
-MISTAKES_FILE = "confident_mistakes.png"
-TYPICAL_FILE = "typical_images.png"
 GALLERY_COLUMNS = 8
 TYPICAL_COLUMNS = 12
 LEGEND = "bars: class probabilities; green = actual class, red = predicted class"
@@ -151,17 +149,18 @@ def write_worst_cases(
     probabilities: np.ndarray,
     matrix: np.ndarray,
     settings: EvaluateParams,
-    out_dir: Path,
+    staging: Path,
 ) -> dict:
-    """Write ``worst_cases.json`` and the three pictures into ``out_dir``; return the JSON."""
+    """Write ``worst_cases.json`` and the three pictures at their declared paths under
+    ``staging``; return the JSON."""
     report = {
         "most_confused_pair": pair_report(
-            split, probabilities, matrix, settings.pair_gallery_size, out_dir / PAIR_FILE
+            split, probabilities, matrix, settings.pair_gallery_size, staging / outputs.PAIR_PICTURE
         ),
         "confident_mistakes": mistakes_report(
-            split, probabilities, settings.confident_mistakes, out_dir / MISTAKES_FILE
+            split, probabilities, settings.confident_mistakes, staging / outputs.MISTAKES_PICTURE
         ),
-        "typical": typical_report(split, probabilities, out_dir / TYPICAL_FILE),
+        "typical": typical_report(split, probabilities, staging / outputs.TYPICAL_PICTURE),
     }
-    write_json(out_dir / "worst_cases.json", report)
+    write_report(staging / outputs.WORST_CASES, outputs.WorstCases, report)
     return report

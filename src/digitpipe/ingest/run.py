@@ -9,10 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from digitpipe.core.atomic import staged_outputs, write_json
+from digitpipe.core.atomic import staged_outputs
 from digitpipe.core.config import DataParams, Params, Source
 from digitpipe.core.errors import DigitpipeError
-from digitpipe.core.paths import INGEST_REPORTS, PROCESSED_DIR
 from digitpipe.dataset.checks import check_labels
 from digitpipe.dataset.images import ImageSet, batch_of, concat
 from digitpipe.dataset.parquet import write_split
@@ -26,6 +25,8 @@ from digitpipe.ingest.duplicates import (
 from digitpipe.ingest.figures import class_distribution_figure, sample_digits_figure
 from digitpipe.ingest.sources import Batch, load_batches, load_source, unused_checksums
 from digitpipe.ingest.split import split_off, stratified_sample
+from digitpipe.outputs import ingest, write_report
+from digitpipe.outputs.ingest import IngestSummary
 from digitpipe.plotting import save_figure
 
 
@@ -247,11 +248,10 @@ def run(params: Params, root: Path = Path(".")) -> dict:
     ]
     for warning in filter(None, warnings):
         print(f"digitpipe: warning: {warning}", file=sys.stderr)
-    with staged_outputs(root, "ingest", (PROCESSED_DIR, INGEST_REPORTS)) as out:
-        data, reports = out / PROCESSED_DIR, out / INGEST_REPORTS
-        write_splits(splits, data)
-        write_json(reports / "summary.json", summary)
-        save_figure(class_distribution_figure(summary), reports / "class_distribution.png")
+    with staged_outputs(root, "ingest", (ingest.PROCESSED_DIR, ingest.INGEST_REPORTS)) as out:
+        write_splits(splits, out / ingest.PROCESSED_DIR)
+        write_report(out / ingest.SUMMARY, IngestSummary, summary)
+        save_figure(class_distribution_figure(summary), out / ingest.CLASS_DISTRIBUTION)
         samples = sample_digits_figure(splits["train"], params.data.seed)
-        save_figure(samples, reports / "sample_digits.png")
+        save_figure(samples, out / ingest.SAMPLE_IMAGES)
     return summary

@@ -24,10 +24,10 @@ from digitpipe.core.atomic import atomic_path, write_json
 from digitpipe.core.config import MAX_TEST_TIME_SHIFT
 from digitpipe.core.errors import DigitpipeError, excerpt
 from digitpipe.core.files import UnreadableFile, cannot_read, check_regular, read_bounded
-from digitpipe.core.paths import SPEC_FILE, WEIGHTS_FILE
-from digitpipe.core.provenance import WEIGHTS_DIGEST_KEY, check_weights_digest
 from digitpipe.dataset.images import are_class_names
 from digitpipe.model.zoo import BUILDERS, MIN_SIDE, build_model
+from digitpipe.outputs.train import SPEC_FILE, WEIGHTS_FILE
+from digitpipe.provenance import WEIGHTS_DIGEST_KEY, check_weights_digest
 
 MAX_SPEC_BYTES = 1 << 20  # model.json holds a few hundred bytes
 MAX_PIXELS = 4096 * 4096  # the most pixels a model's images may have (and predict decodes)

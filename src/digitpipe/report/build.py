@@ -6,20 +6,23 @@ from pathlib import Path
 
 from digitpipe.core.config import Params, Recipe
 from digitpipe.core.files import check_regular, read_json_report, read_report, rerun
-from digitpipe.core.markdown import literal
 from digitpipe.core.numbers import counted
-from digitpipe.core.paths import MODEL_DIR, RECIPE_FILE, REPORTS, SPEC_FILE, WEIGHTS_FILE
-from digitpipe.core.provenance import check_weights_digest
-from digitpipe.core.stage_reports import (
-    ActivationsManifest,
-    EvaluateScores,
-    IngestSummary,
+from digitpipe.markdown import literal
+from digitpipe.outputs import activations, evaluate, ingest, train
+from digitpipe.outputs.activations import ActivationsManifest
+from digitpipe.outputs.evaluate import EvaluateScores, TestMetrics, WorstCases
+from digitpipe.outputs.ingest import IngestSummary
+from digitpipe.outputs.report import REPORTS
+from digitpipe.outputs.train import (
+    MODEL_DIR,
+    RECIPE_FILE,
+    SPEC_FILE,
+    WEIGHTS_FILE,
     ModelFacts,
-    TestMetrics,
     TrainSummary,
-    WorstCases,
 )
-from digitpipe.core.state import PIPELINE_SECTIONS, STATE_TAG, PipelineState
+from digitpipe.provenance import check_weights_digest
+from digitpipe.tracking.state import PIPELINE_SECTIONS, STATE_TAG, PipelineState
 
 
 def _table(header: list[str], rows: list[list[object]]) -> str:
@@ -40,12 +43,13 @@ def _figure(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
-def _image(path: str, alt: str) -> str:
-    return f"![{alt}]({path})"
+def _image(path: Path, alt: str) -> str:
+    """A picture of a stage, linked relative to reports/ where the report is."""
+    return f"![{alt}]({path.relative_to(REPORTS).as_posix()})"
 
 
-def data_section(reports: Path) -> str:
-    summary = read_json_report(reports / "ingest/summary.json", "ingest", IngestSummary)
+def data_section(root: Path) -> str:
+    summary = read_json_report(root / ingest.SUMMARY, "ingest", IngestSummary)
     size, names = summary.image_size, summary.class_names
     rows = [[name, split.count] for name, split in summary.splits.items()]
     return "\n\n".join(
@@ -54,14 +58,14 @@ def data_section(reports: Path) -> str:
             f"{size.height} x {size.width} images of {len(names)} classes "
             f"({', '.join(map(literal, names))}).",
             _table(["split", "images"], rows),
-            _image("ingest/class_distribution.png", "images per class and split"),
-            _image("ingest/sample_digits.png", "sample training images"),
+            _image(ingest.CLASS_DISTRIBUTION, "images per class and split"),
+            _image(ingest.SAMPLE_IMAGES, "sample training images"),
         ]
     )
 
 
 def model_section(root: Path, spec: ModelFacts) -> str:
-    train = read_json_report(root / REPORTS / "train/summary.json", "train", TrainSummary)
+    trained = read_json_report(root / train.SUMMARY, "train", TrainSummary)
     recipe = read_json_report(root / MODEL_DIR / RECIPE_FILE, "train", Recipe)
     settings = ", ".join(
         f"{key} {_setting(value)}"
@@ -69,24 +73,24 @@ def model_section(root: Path, spec: ModelFacts) -> str:
         if value not in (None, {}, 0.0, False)
     )
     facts = [
-        ["architecture", f"`{spec.arch}` ({train.parameters:,} parameters)"],
+        ["architecture", f"`{spec.arch}` ({trained.parameters:,} parameters)"],
         ["recipe", settings],
-        ["epochs (exported)", f"{train.epochs} ({train.best_epoch})"],
+        ["epochs (exported)", f"{trained.epochs} ({trained.best_epoch})"],
         [
             "validation loss, accuracy (exported epoch)",
-            f"{train.best_epoch_val_loss:.4f}, {train.best_epoch_val_accuracy:.4f}",
+            f"{trained.best_epoch_val_loss:.4f}, {trained.best_epoch_val_accuracy:.4f}",
         ],
     ]
     return "\n\n".join(
         [
             "## Model and training",
             _table(["", ""], facts),
-            _image("train/learning_curves.png", "learning curves"),
+            _image(train.LEARNING_CURVES, "learning curves"),
         ]
     )
 
 
-def evaluation_section(reports: Path, evaluated: EvaluateScores, spec: ModelFacts) -> str:
+def evaluation_section(root: Path, evaluated: EvaluateScores, spec: ModelFacts) -> str:
     """The test metrics, the confusion matrix and the statistics."""
     shift = spec.test_time_shift
     how = (
@@ -109,17 +113,15 @@ def evaluation_section(reports: Path, evaluated: EvaluateScores, spec: ModelFact
             "## Test results",
             f"On {counted(metrics.n, 'test image')}{how}:",
             _table(["metric", "value"], [[name, _figure(value)] for name, value in scores]),
-            _image("evaluate/confusion.png", "confusion matrix"),
+            _image(evaluate.CONFUSION_PICTURE, "confusion matrix"),
             "### Statistics",
-            read_report(reports / "evaluate/stats.md", "evaluate").strip(),
+            read_report(root / evaluate.STATS_MD, "evaluate").strip(),
         ]
     )
 
 
-def worst_cases_section(reports: Path) -> str:
-    pair = read_json_report(
-        reports / "evaluate/worst_cases.json", "evaluate", WorstCases
-    ).most_confused_pair
+def worst_cases_section(root: Path) -> str:
+    pair = read_json_report(root / evaluate.WORST_CASES, "evaluate", WorstCases).most_confused_pair
     lead = (
         "No test image was misclassified."
         if pair is None
@@ -131,17 +133,15 @@ def worst_cases_section(reports: Path) -> str:
         [
             "## Worst cases",
             lead,
-            _image("evaluate/most_confused_pair.png", "the most confused pair"),
-            _image("evaluate/confident_mistakes.png", "the most confident mistakes"),
-            _image("evaluate/typical_images.png", "the most typical image of each class"),
+            _image(evaluate.PAIR_PICTURE, "the most confused pair"),
+            _image(evaluate.MISTAKES_PICTURE, "the most confident mistakes"),
+            _image(evaluate.TYPICAL_PICTURE, "the most typical image of each class"),
         ]
     )
 
 
-def activations_section(reports: Path) -> str:
-    manifest = read_json_report(
-        reports / "activations/manifest.json", "activations", ActivationsManifest
-    )
+def activations_section(root: Path) -> str:
+    manifest = read_json_report(root / activations.MANIFEST, "activations", ActivationsManifest)
     layers = [
         [f"`{layer.name}`", layer.kind, " x ".join(map(str, layer.shape[1:]))]
         for layer in manifest.layers
@@ -153,9 +153,9 @@ def activations_section(reports: Path) -> str:
             f"`activations/{manifest.tensors}` (safetensors, one tensor per layer) with "
             "`activations/manifest.json`.",
             _table(["layer", "kind", "output shape (per image)"], layers),
-            _image("activations/feature_maps.png", "feature maps of one image"),
-            _image("activations/filters.png", "first-layer filters"),
-            _image("activations/barcodes.png", "pooled feature barcodes per class"),
+            _image(activations.FEATURE_MAPS, "feature maps of one image"),
+            _image(activations.FILTERS, "first-layer filters"),
+            _image(activations.BARCODES, "pooled feature barcodes per class"),
         ]
     )
 
@@ -184,16 +184,15 @@ def run_section(root: Path, spec: ModelFacts, test: TestMetrics, state: Pipeline
 def build_markdown(params: Params, root: Path, state: PipelineState) -> str:
     """The whole report of the project at ``root`` in ``state``, led by the digests that name
     it; image links are relative to ``reports/``."""
-    reports = root / REPORTS
     spec = read_json_report(root / MODEL_DIR / SPEC_FILE, "train", ModelFacts)
-    evaluated = read_json_report(reports / "evaluate/scores.json", "evaluate", EvaluateScores)
+    evaluated = read_json_report(root / evaluate.SCORES, "evaluate", EvaluateScores)
     sections = [
         f"# {literal(params.report.title)}",
         run_section(root, spec, evaluated.test, state),
-        data_section(reports),
+        data_section(root),
         model_section(root, spec),
-        evaluation_section(reports, evaluated, spec),
-        worst_cases_section(reports),
-        activations_section(reports),
+        evaluation_section(root, evaluated, spec),
+        worst_cases_section(root),
+        activations_section(root),
     ]
     return "\n\n".join(sections) + "\n"

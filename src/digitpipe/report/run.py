@@ -6,12 +6,10 @@ from pathlib import Path
 
 from digitpipe.core.atomic import staged_outputs, write_text
 from digitpipe.core.config import Params
-from digitpipe.core.paths import REPORTS
-from digitpipe.core.state import PipelineState, pipeline_state
+from digitpipe.outputs.report import REPORT_HTML, REPORT_MD, REPORTS
 from digitpipe.report.build import build_markdown
 from digitpipe.report.html import render_html
-
-REPORT_OUTPUTS = (REPORTS / "report.md", REPORTS / "report.html")  # published together
+from digitpipe.tracking.state import PipelineState, pipeline_state
 
 
 def write_reports(params: Params, root: Path, state: PipelineState) -> str:
@@ -19,9 +17,9 @@ def write_reports(params: Params, root: Path, state: PipelineState) -> str:
     the Markdown."""
     markdown = build_markdown(params, root, state)
     page = render_html(markdown, params.report.title, root / REPORTS)
-    with staged_outputs(root, "report", REPORT_OUTPUTS) as out:
-        write_text(out / REPORT_OUTPUTS[0], markdown)
-        write_text(out / REPORT_OUTPUTS[1], page)
+    with staged_outputs(root, "report", (REPORT_MD, REPORT_HTML)) as out:  # published together
+        write_text(out / REPORT_MD, markdown)
+        write_text(out / REPORT_HTML, page)
     return markdown
 
 
@@ -37,7 +35,6 @@ def run(params: Params, root: Path = Path(".")) -> str:
 
     with stage_run(params.track, root, "report", params.report.model_dump()):
         markdown = write_reports(params, root, state)
-        reports = root / REPORTS
-        log_artifacts({"report": [reports / "report.html", reports / "report.md"]})
+        log_artifacts({"report": [root / REPORT_HTML, root / REPORT_MD]})
         mlflow.set_tags(state.tags())
     return markdown

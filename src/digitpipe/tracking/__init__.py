@@ -1,1 +1,1 @@
-"""Tracking: pipeline runs in MLflow, the model registry, and scheduled retraining."""
+"""Tracking: the MLflow plumbing stages share: the store, pipeline runs, the logged model."""

@@ -30,10 +30,10 @@ from mlflow.tracking import MlflowClient
 
 from digitpipe.core.config import Params, TrackParams
 from digitpipe.core.errors import DigitpipeError
-from digitpipe.core.paths import MODEL_DIR, SPEC_FILE
-from digitpipe.core.provenance import file_digest, git_commit
 from digitpipe.core.stage import quiet_libraries
-from digitpipe.core.state import DATA_DIGEST_TAG, WEIGHTS_DIGEST_TAG, weights_digest
+from digitpipe.outputs.train import MODEL_DIR, SPEC_FILE
+from digitpipe.provenance import file_digest, git_commit
+from digitpipe.tracking.state import DATA_DIGEST_TAG, WEIGHTS_DIGEST_TAG, weights_digest
 from digitpipe.tracking.store import (
     StoreFailed,
     ensure_reachable,

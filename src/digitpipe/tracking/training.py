@@ -21,14 +21,8 @@ from mlflow.entities import Metric, RunTag
 from mlflow.tracking import MlflowClient
 
 import digitpipe
-from digitpipe.core.paths import MODEL_DIR, SPEC_FILE, WEIGHTS_FILE
-from digitpipe.core.state import (
-    DATA_DIGEST_TAG,
-    WEIGHTS_DIGEST_TAG,
-    training_data_digest,
-    weights_digest,
-)
 from digitpipe.model.export import read_spec
+from digitpipe.outputs.train import MODEL_DIR, SPEC_FILE, WEIGHTS_FILE
 from digitpipe.tracking import serving
 from digitpipe.tracking.runs import (
     MODEL_URI_TAG,
@@ -38,6 +32,12 @@ from digitpipe.tracking.runs import (
     mark_ended,
     pipeline_run,
     trained_run_of_state,
+)
+from digitpipe.tracking.state import (
+    DATA_DIGEST_TAG,
+    WEIGHTS_DIGEST_TAG,
+    training_data_digest,
+    weights_digest,
 )
 from digitpipe.tracking.store import store_errors
 

@@ -32,23 +32,29 @@ from digitpipe.core.config import (
 from digitpipe.core.errors import DigitpipeError
 from digitpipe.core.files import read_bounded
 from digitpipe.core.numbers import counted
-from digitpipe.core.paths import (
-    CHECKPOINT_FILE,
-    CHECKPOINT_ROOT,
-    MODEL_DIR,
-    RECIPE_FILE,
-    SPEC_FILE,
-    TRAIN_REPORTS,
-    WEIGHTS_FILE,
-    split_file,
-)
-from digitpipe.core.provenance import file_digest
 from digitpipe.dataset.images import ImageSet
 from digitpipe.dataset.parquet import read_split
 from digitpipe.model import zoo
 from digitpipe.model.export import ModelSpec, save_model
 from digitpipe.model.zoo import check_image_size, count_parameters
+from digitpipe.outputs import write_report
+from digitpipe.outputs.ingest import split_file
+from digitpipe.outputs.train import (
+    CHECKPOINT_FILE,
+    CHECKPOINT_ROOT,
+    DECLARED,
+    HISTORY,
+    LEARNING_CURVES,
+    MODEL_DIR,
+    RECIPE_FILE,
+    SPEC_FILE,
+    SPEED,
+    SUMMARY,
+    WEIGHTS_FILE,
+    TrainSummary,
+)
 from digitpipe.plotting import save_figure
+from digitpipe.provenance import file_digest
 from digitpipe.train import module as lightning_module
 from digitpipe.train.callbacks import (
     EpochBar,
@@ -67,14 +73,6 @@ from digitpipe.train.recipes import resolve_recipe
 
 MLFLOW_RUN_FILE = "mlflow_run_id"  # beside the checkpoints: the run a resumed training continues
 MAX_RUN_ID_BYTES = 256  # an MLflow run id is 32 hex digits
-HISTORY_FILE = TRAIN_REPORTS / "history.csv"
-# Every output of the stage (dvc.yaml's outs, metrics and plots), published together.
-TRAIN_OUTPUTS = (
-    MODEL_DIR,
-    HISTORY_FILE,
-    TRAIN_REPORTS / "summary.json",
-    TRAIN_REPORTS / "learning_curves.png",
-)
 # Set by torchrun / torch.distributed launchers and by SLURM: without one, num_nodes > 1 hangs.
 LAUNCHER_VARIABLES = ("MASTER_ADDR", "TORCHELASTIC_RUN_ID", "SLURM_NTASKS", "NODE_RANK")
 
@@ -257,7 +255,7 @@ def run(params: Params, root: Path = Path(".")) -> dict | None:
         )
     check_image_size(params.model.arch, *train.image_size)
     run_dir = root / CHECKPOINT_ROOT / run_key(params, recipe, list(data_files.values()))
-    history = History(run_dir / HISTORY_FILE.name, print_lines=wants_lines(params.runtime.progress))
+    history = History(run_dir / HISTORY.name, print_lines=wants_lines(params.runtime.progress))
     trainer, checkpoint = build_trainer(params.train, params.runtime, recipe, run_dir, [history])
     check_cpu_processes(trainer)
     recipe = fit_batch(recipe, params.train, trainer.world_size, train)
@@ -284,9 +282,9 @@ def run(params: Params, root: Path = Path(".")) -> dict | None:
     if not trainer.is_global_zero:
         return None
     with failed_run(tracking):
-        with staged_outputs(root, "train", TRAIN_OUTPUTS) as out:
+        with staged_outputs(root, "train", DECLARED.paths()) as out:
             net, best_epoch = export(module, recipe, checkpoint.best_model_path, out / MODEL_DIR)
-            history.write(out / HISTORY_FILE)
+            history.write(out / HISTORY)
             metrics = write_reports(net, history, best_epoch, out)
         # Timings are no stage output (a top-level metric): written once the outputs are out.
         speed = write_speed(history, trainer, time.perf_counter() - started, root)
@@ -465,11 +463,8 @@ def write_reports(net: torch.nn.Module, history: History, best_epoch: int, root:
         "epochs": len(history.rows),
         "parameters": count_parameters(net),
     }
-    write_json(root / TRAIN_REPORTS / "summary.json", summary)
-    save_figure(
-        learning_curves_figure(history.rows, best_epoch),
-        root / TRAIN_REPORTS / "learning_curves.png",
-    )
+    write_report(root / SUMMARY, TrainSummary, summary)
+    save_figure(learning_curves_figure(history.rows, best_epoch), root / LEARNING_CURVES)
     return summary
 
 
@@ -491,7 +486,7 @@ def write_speed(history: History, trainer: L.Trainer, wall_seconds: float, root:
         "devices": trainer.world_size,
         "precision": str(trainer.precision),
     }
-    write_json(root / TRAIN_REPORTS / "speed.json", speed)
+    write_json(root / SPEED, speed)
     return speed
 
 
@@ -508,10 +503,10 @@ def log_results(
         if isinstance(value, int | float) and key != "devices"
     }
     tags = {f"train.{key}": str(speed[key]) for key in ("accelerator", "devices", "precision")}
-    reports, model_dir = root / TRAIN_REPORTS, root / MODEL_DIR
+    model_dir = root / MODEL_DIR
     artifacts = {
-        "": [reports / "learning_curves.png"],  # at the root: the compare page shows it
-        "train": [reports / "history.csv"],
+        "": [root / LEARNING_CURVES],  # at the root: the compare page shows it
+        "train": [root / HISTORY],
         WEIGHTS_ARTIFACTS: [model_dir / WEIGHTS_FILE, model_dir / SPEC_FILE],
     }
     example = val.images[:4, None].astype("float32")

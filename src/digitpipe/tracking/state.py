@@ -10,8 +10,9 @@ from pathlib import Path
 
 from digitpipe.core.config import Params
 from digitpipe.core.files import UnreadableFile, cannot_read, check_regular, rerun
-from digitpipe.core.paths import MODEL_DIR, WEIGHTS_FILE, split_file
-from digitpipe.core.provenance import file_digest, files_digest, json_digest
+from digitpipe.outputs.ingest import split_file
+from digitpipe.outputs.train import MODEL_DIR, WEIGHTS_FILE
+from digitpipe.provenance import file_digest, files_digest, json_digest
 
 # The params.yaml sections the stages read that can change a result (not track, not runtime).
 PIPELINE_SECTIONS = ("data", "model", "train", "evaluate", "activations", "report")

@@ -9,21 +9,23 @@ import torch
 from safetensors.torch import save
 from torch import nn
 
-from digitpipe.core.atomic import atomic_dir, write_json
+from digitpipe.activations.figures import barcodes_figure, feature_maps_figure, filters_figure
+from digitpipe.activations.hooks import SOFTMAX, layer_kinds, record_activations
+from digitpipe.activations.selection import choose_images
+from digitpipe.core.atomic import staged_outputs
 from digitpipe.core.config import ActivationsParams, Params
 from digitpipe.core.errors import DigitpipeError
-from digitpipe.core.paths import ACTIVATIONS_REPORTS, EVALUATE_REPORTS, MODEL_DIR, split_file
 from digitpipe.dataset.images import ImageSet
 from digitpipe.dataset.parquet import read_split
-from digitpipe.explain.figures import barcodes_figure, feature_maps_figure, filters_figure
-from digitpipe.explain.hooks import SOFTMAX, layer_kinds, record_activations
-from digitpipe.explain.selection import choose_images
 from digitpipe.model.export import ModelSpec, load_model
 from digitpipe.model.zoo import NORMALIZE
+from digitpipe.outputs import activations as outputs
+from digitpipe.outputs import write_report
+from digitpipe.outputs.evaluate import WORST_CASES
+from digitpipe.outputs.ingest import split_file
+from digitpipe.outputs.train import MODEL_DIR
 from digitpipe.plotting import save_figure
 from digitpipe.tracking.store import check_tracking
-
-TENSORS_FILE = "activations.safetensors"
 
 
 def as_input(images: np.ndarray) -> torch.Tensor:
@@ -79,7 +81,7 @@ def build_manifest(
     predicted = activations[SOFTMAX].argmax(dim=1).numpy()
     return {
         "model": spec.arch,
-        "tensors": TENSORS_FILE,
+        "tensors": outputs.TENSORS.name,
         "images": [
             {
                 "image_id": image_id,
@@ -104,9 +106,9 @@ def draw_pictures(
     rows: np.ndarray,
     activations: dict[str, torch.Tensor],
     settings: ActivationsParams,
-    out: Path,
+    staging: Path,
 ) -> None:
-    """feature_maps.png (one chosen image), filters.png and barcodes.png into ``out``."""
+    """feature_maps.png (one chosen image), filters.png and barcodes.png under ``staging``."""
     kinds = layer_kinds(net)
     panel = list(reasons).index(settings.panel_image or next(iter(reasons)))
     image_id = list(reasons)[panel]
@@ -119,10 +121,10 @@ def draw_pictures(
             f"What {spec.arch} sees: {image_id} ({'; '.join(reasons[image_id])})",
             settings.max_channels,
         ),
-        out / "feature_maps.png",
+        staging / outputs.FEATURE_MAPS,
     )
     filter_layer, weights = first_weights(net, spec.height, spec.width)
-    save_figure(filters_figure(weights, filter_layer), out / "filters.png")
+    save_figure(filters_figure(weights, filter_layer), staging / outputs.FILTERS)
     sample = barcode_sample(test, settings.barcode_images)
     sample_activations = record_activations(net, as_input(test.images[sample]))
     layer = barcode_layer(kinds, sample_activations)
@@ -130,7 +132,7 @@ def draw_pictures(
         barcodes_figure(
             pooled(sample_activations[layer]), test.labels[sample], spec.class_names, layer
         ),
-        out / "barcodes.png",
+        staging / outputs.BARCODES,
     )
 
 
@@ -140,17 +142,19 @@ def run(params: Params, root: Path = Path(".")) -> dict:
     settings = params.activations
     net, spec = load_model(root / MODEL_DIR)
     test = read_split(root / split_file("test"))
-    reasons = choose_images(settings, root / EVALUATE_REPORTS / "worst_cases.json", test)
+    reasons = choose_images(settings, root / WORST_CASES, test)
     row_of = {image_id: row for row, image_id in enumerate(test.ids)}
     rows = np.array([row_of[image_id] for image_id in reasons], dtype=np.int64)
     activations = record_activations(net, as_input(test.images[rows]))
     manifest = build_manifest(spec, test, reasons, rows, activations, layer_kinds(net))
-    with atomic_dir(root / ACTIVATIONS_REPORTS) as out:
+    with staged_outputs(root, "activations", outputs.DECLARED.paths()) as staging:
         tensors = {name: values.contiguous() for name, values in activations.items()}
+        (staging / outputs.ACTIVATIONS_REPORTS).mkdir(parents=True)
         # Bytes written by Python: a full disk raises OSError, not safetensors' own error.
-        (out / TENSORS_FILE).write_bytes(save(tensors, metadata={"image_ids": ",".join(reasons)}))
-        write_json(out / "manifest.json", manifest)
-        draw_pictures(net, spec, test, reasons, rows, activations, settings, out)
+        tensor_bytes = save(tensors, metadata={"image_ids": ",".join(reasons)})
+        (staging / outputs.TENSORS).write_bytes(tensor_bytes)
+        write_report(staging / outputs.MANIFEST, outputs.ActivationsManifest, manifest)
+        draw_pictures(net, spec, test, reasons, rows, activations, settings, staging)
     if params.track.enabled:
         log_activations(params, root)
     return manifest
@@ -160,7 +164,6 @@ def log_activations(params: Params, root: Path) -> None:
     """The pictures and the manifest into the MLflow run of this pipeline state."""
     from digitpipe.tracking.runs import log_stage
 
-    out = root / ACTIVATIONS_REPORTS
-    files = [*sorted(out.glob("*.png")), out / "manifest.json"]
+    files = [root / path for path in (*outputs.DECLARED.plots, outputs.MANIFEST)]
     settings = params.activations.model_dump(mode="json")
     log_stage(params.track, root, "activations", settings, {"activations": files})

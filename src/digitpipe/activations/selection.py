@@ -8,8 +8,8 @@ from digitpipe.core.config import ActivationsParams
 from digitpipe.core.errors import DigitpipeError
 from digitpipe.core.files import read_json_report
 from digitpipe.core.numbers import counted
-from digitpipe.core.stage_reports import WorstCases
 from digitpipe.dataset.images import ImageSet
+from digitpipe.outputs.evaluate import WorstCases
 
 
 def choose_images(

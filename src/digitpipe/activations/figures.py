@@ -6,7 +6,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
-from digitpipe.explain.hooks import SOFTMAX
+from digitpipe.activations.hooks import SOFTMAX
 from digitpipe.plotting import mosaic
 
 MAP_KINDS = ("conv", "activation", "pool", "batchnorm")

@@ -35,13 +35,14 @@ from digitpipe.core.atomic import write_json, write_text
 from digitpipe.core.config import Params, TrackParams
 from digitpipe.core.errors import DigitpipeError
 from digitpipe.core.lifetime import run_as_group
-from digitpipe.core.paths import MODEL_DIR, STATE_DIR, split_file
-from digitpipe.core.provenance import file_digest
 from digitpipe.dataset.images import ImageSet, batch_of, concat
 from digitpipe.dataset.parquet import read_split
 from digitpipe.model.export import ModelSpec, load_model
 from digitpipe.model.inference import predict_probabilities
-from digitpipe.tracking.drift import (
+from digitpipe.outputs.ingest import split_file
+from digitpipe.outputs.train import MODEL_DIR
+from digitpipe.provenance import file_digest
+from digitpipe.retrain.drift import (
     ChampionOnNew,
     batch_counts,
     data_stats,
@@ -49,22 +50,20 @@ from digitpipe.tracking.drift import (
     rows_of,
     to_markdown,
 )
-from digitpipe.tracking.gate import Comparison, compare, judge
-from digitpipe.tracking.registry import (
-    CHAMPION,
+from digitpipe.retrain.gate import Comparison, compare, judge
+from digitpipe.retrain.promotion import (
     champion_version,
     check_loads,
-    download_weights,
-    no_weights,
     record,
     registered_version,
     run_json,
-    versions,
 )
+from digitpipe.tracking.registry import CHAMPION, download_weights, no_weights, versions
 from digitpipe.tracking.runs import RunRef, find_training_run
 from digitpipe.tracking.store import ensure_reachable, sqlite_file, tracking_uri
 
-LOCK_FILE = STATE_DIR / "retrain.lock"
+# Local state of this clone that no stage output depends on.
+LOCK_FILE = Path(".digitpipe/retrain.lock")
 RETRAIN_REPORTS = Path("reports/retrain")  # drift.md, drift.json, data_stats.json (not DVC's)
 ARTIFACTS = "retrain"  # the same files in the training run of the judged version
 STATS_FILE, DRIFT_JSON, DRIFT_MD = "data_stats.json", "drift.json", "drift.md"

@@ -12,16 +12,17 @@ from conftest import edit_params
 from PIL import Image
 from safetensors.numpy import load_file
 
+from digitpipe.activations.run import run as activations
 from digitpipe.cli import main
 from digitpipe.core.config import ARCHITECTURES, load_params
-from digitpipe.core.paths import ACTIVATIONS_REPORTS, MODEL_DIR, PROCESSED_DIR
-from digitpipe.core.state import pipeline_state
 from digitpipe.dataset.parquet import read_split
 from digitpipe.evaluate.run import run as evaluate
-from digitpipe.explain.run import TENSORS_FILE
-from digitpipe.explain.run import run as activations
 from digitpipe.model.export import load_model
+from digitpipe.outputs.activations import ACTIVATIONS_REPORTS, TENSORS
+from digitpipe.outputs.ingest import PROCESSED_DIR
+from digitpipe.outputs.train import MODEL_DIR
 from digitpipe.report.run import run as report
+from digitpipe.tracking.state import pipeline_state
 from digitpipe.train.run import run as train
 
 
@@ -45,7 +46,7 @@ def test_activations_match_a_fresh_forward_pass(ingested, arch):
     net, _ = load_model(ingested / MODEL_DIR)
     names = [name for name, _ in net.named_children()] + ["softmax"]
     assert [layer["name"] for layer in manifest["layers"]] == names
-    tensors = load_file(str(ingested / ACTIVATIONS_REPORTS / TENSORS_FILE))
+    tensors = load_file(str(ingested / TENSORS))
     assert list(tensors) == sorted(names) or set(tensors) == set(names)
     test = read_split(ingested / PROCESSED_DIR / "test.parquet")
     row_of = {image_id: row for row, image_id in enumerate(test.ids)}
@@ -81,7 +82,7 @@ def test_explicit_ids_come_first_and_unknown_ids_are_refused(ingested, monkeypat
     assert manifest["model"] == arch and image["image_id"] == "test-000007"
     assert image["label"] == str(test.labels[7])
     assert image["predicted"] == str(int(expected.argmax()))
-    tensors = load_file(str(ingested / ACTIVATIONS_REPORTS / TENSORS_FILE))
+    tensors = load_file(str(ingested / TENSORS))
     np.testing.assert_allclose(tensors["softmax"], expected.numpy(), atol=1e-6)
     first = next(name for name, _ in net.named_children())
     assert tensors[first].shape[0] == 1

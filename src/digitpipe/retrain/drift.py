@@ -20,9 +20,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.stats import chisquare, fisher_exact, ttest_ind_from_stats
 
-from digitpipe.core.markdown import literal
 from digitpipe.core.numbers import counted, json_safe
 from digitpipe.dataset.images import ImageSet, batch_of
+from digitpipe.markdown import literal
 
 MIN_EFFECT = 0.2  # a pixel shift is flagged only from this standardized size (Cohen's small)
 

@@ -1,0 +1,1 @@
+"""The activations stage: intermediate layer outputs of chosen images, exported and drawn."""

@@ -1,1 +1,0 @@
-"""Explain: intermediate layer activations of chosen images, exported and drawn."""

@@ -1,0 +1,1 @@
+"""`digitpipe retrain`: the pipeline on a schedule, a fair champion/challenger gate, drift."""
