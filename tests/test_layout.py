@@ -7,15 +7,19 @@ from __future__ import annotations
 
 import ast
 import importlib
+import importlib.metadata
 import json
 import os
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
 import yaml
 from conftest import QUICK_TRAIN, REPO, edit_params
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from digitpipe.outputs import train as train_outputs
 from digitpipe.retrain.command import LOCK_FILE
@@ -189,3 +193,34 @@ def test_a_python_without_digitpipe_gets_advice_not_a_traceback(tmp_path):
         assert done.returncode == 2, done.stderr
         assert done.stderr.startswith("digitpipe: error: ") and "Traceback" not in done.stderr
         assert "has no digitpipe installed" in done.stderr and "make install" in done.stderr
+
+
+def declared_distributions(group: list[str]) -> set[str]:
+    """The distribution names of pyproject.toml requirement strings, normalised."""
+    return {canonicalize_name(Requirement(spec).name) for spec in group}
+
+
+def test_every_imported_distribution_is_declared():
+    """A module src/ imports that pyproject.toml does not declare works here only by luck (a
+    dependency of a dependency) and breaks when that one changes."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    declared = declared_distributions(project["dependencies"])
+    providers = importlib.metadata.packages_distributions()
+    undeclared = set()
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = (
+                [alias.name for alias in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module]
+                if isinstance(node, ast.ImportFrom) and node.module and not node.level
+                else []
+            )
+            for name in names:
+                top = name.split(".")[0]
+                if top == "digitpipe" or top in sys.stdlib_module_names:
+                    continue
+                dists = {canonicalize_name(d) for d in providers.get(top, [top])}
+                if not dists & declared:
+                    undeclared.add(f"{path.relative_to(REPO)}: {name} ({', '.join(sorted(dists))})")
+    assert not undeclared, "\n".join(sorted(undeclared))

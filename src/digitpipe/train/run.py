@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import os
 import shutil
 import sys
@@ -54,7 +52,7 @@ from digitpipe.outputs.train import (
     TrainSummary,
 )
 from digitpipe.plotting import save_figure
-from digitpipe.provenance import file_digest
+from digitpipe.provenance import file_digest, json_digest
 from digitpipe.train import module as lightning_module
 from digitpipe.train.callbacks import (
     EpochBar,
@@ -187,7 +185,7 @@ def run_key(params: Params, recipe: Recipe, data_files: list[Path]) -> str:
         [file_digest(path) for path in data_files],
         [file_digest(path) for path in MODEL_CODE],
     ]
-    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+    return json_digest(identity)[:16]
 
 
 def build_trainer(
