@@ -4,6 +4,7 @@ real make target, `digitpipe` command line, `dvc` command line, stage and parame
 
 from __future__ import annotations
 
+import itertools
 import re
 import shlex
 import subprocess
@@ -199,3 +200,23 @@ def test_readme_experiments_run_as_shown(tiny_project: Path) -> None:
     table = outputs[3]
     assert "lenet-1ep" in table and "bncnn-lr005" in table and "test.accuracy" in table, table
     assert (tiny_project / "dvc_plots" / "index.html").exists()
+
+
+def test_the_newcomers_map_lists_every_package_and_nothing_else():
+    """README's tree under src/digitpipe/ names each module and package there, and no other."""
+    readme = (REPO / "README.md").read_text()
+    block = FENCE.search(readme[readme.index("## A newcomer's map") :]).group(0)
+    below = block.split("src/digitpipe/\n", 1)[1].splitlines()
+    # A line's first column: one or more names ("ingest/ train/ ... report/"), then the text.
+    listed = {
+        name.rstrip("/").removesuffix(".py")
+        for line in itertools.takewhile(lambda line: line.startswith("  "), below)
+        for name in re.split(r"\s{2,}", line.strip())[0].split()
+    }
+    package = REPO / "src" / "digitpipe"
+    present = {
+        path.stem if path.suffix == ".py" else path.name
+        for path in package.iterdir()
+        if path.name not in ("__init__.py", "__pycache__")
+    }
+    assert listed == present
