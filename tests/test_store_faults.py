@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -21,7 +22,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import default_params, edit_params, free_port, mnist_data, write_csv
+from conftest import (
+    PAUSE_AFTER_A_CHECKPOINT,
+    PAUSE_FILE,
+    REPO,
+    default_params,
+    edit_params,
+    fill,
+    free_port,
+    mnist_data,
+    paused_after_a_checkpoint,
+    write_csv,
+)
 from mlflow.tracking import MlflowClient
 from PIL import Image
 from safetensors.torch import load_file, save_file
@@ -29,6 +41,7 @@ from safetensors.torch import load_file, save_file
 from digitpipe.cli import main
 from digitpipe.core.paths import (
     ACTIVATIONS_REPORTS,
+    CHECKPOINT_ROOT,
     EVALUATE_REPORTS,
     MODEL_DIR,
     SPEC_FILE,
@@ -37,6 +50,7 @@ from digitpipe.core.paths import (
 from digitpipe.core.stage import fail_os, run_stage
 from digitpipe.model.export import ModelSpec, save_model
 from digitpipe.predict.predictor import Predictor
+from digitpipe.train.run import KEPT_CHECKPOINT
 
 HANG_GUARD_S = 120
 AS_ROOT = os.geteuid() == 0  # root reads and writes whatever the permissions say
@@ -428,3 +442,64 @@ def test_read_only_project_stops_ingest_with_one_message(tiny_project, monkeypat
     assert status == 2
     assert_refused(capsys.readouterr().err, "permission denied on ", "data/.processed")
     assert listing(tiny_project) == before
+
+
+# ---------------------------------------------------------------- faults during training
+
+
+def held_training(project: Path) -> subprocess.Popen:
+    """The train stage of ``project`` (tracking into its own mlflow.db) in a subprocess, held
+    after its first checkpoint (conftest.PAUSE_AFTER_A_CHECKPOINT) until the test lets it go."""
+    edit_params(project, "train", max_epochs=3, limit_batches=4)
+    edit_params(project, "track", enabled=True, experiment="faults")
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "DVC_ROOT")}
+    command = [sys.executable, "-c", PAUSE_AFTER_A_CHECKPOINT, str(REPO / "stages/train.py")]
+    process = subprocess.Popen(
+        command, cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    paused_after_a_checkpoint(project, process)
+    return process
+
+
+def training_runs(project: Path) -> list:
+    """The runs of the experiment `held_training` tracks into, in the project's mlflow.db."""
+    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    return client.search_runs([client.get_experiment_by_name("faults").experiment_id])
+
+
+def resumed(project: Path, monkeypatch, capsys) -> str:
+    """Train again in ``project`` (in this process); the output, once it exited 0."""
+    for name in ("MLFLOW_TRACKING_URI", "DVC_ROOT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(project)
+    capsys.readouterr()
+    assert main(["train"]) == 0
+    return capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_disk_full_with_the_store_on_it_mid_training(ingested, small_disk, monkeypatch, capsys):
+    """The disk that holds the project and its mlflow.db fills up between two epochs: one
+    message naming the file and the fix, saying the run could not be marked (its store is on
+    the full disk); the checkpoint is kept, and with space freed the rerun resumes and ends the
+    run."""
+    project = small_disk / "project"
+    shutil.copytree(ingested / "data", project / "data")
+    shutil.copy(ingested / "params.yaml", project)
+    training = held_training(project)
+    fill(small_disk, leave=0)
+    (project / PAUSE_FILE).unlink()
+    output = training.communicate(timeout=HANG_GUARD_S)[0]
+    assert training.returncode == 2, output
+    assert output.count("digitpipe: error: ") == 1 and "Traceback" not in output, output
+    assert "no space left on the device while writing checkpoints/" in output, output
+    (run,) = training_runs(project)
+    assert run.info.status == "RUNNING"
+    assert f"MLflow run {run.info.run_id} in sqlite:///{project}/mlflow.db could not be " in output
+    assert "marked FAILED (database or disk is full) and shows RUNNING" in output, output
+    assert KEPT_CHECKPOINT in output
+    assert list((project / CHECKPOINT_ROOT).glob("*/last.ckpt"))
+
+    (small_disk / "filler").unlink()
+    assert "Resuming from" in resumed(project, monkeypatch, capsys)
+    assert [run.info.status for run in training_runs(project)] == ["FINISHED"]
