@@ -10,6 +10,7 @@ permissions). Subprocess timeouts only guard against hangs.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -17,6 +18,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -503,3 +505,60 @@ def test_disk_full_with_the_store_on_it_mid_training(ingested, small_disk, monke
     (small_disk / "filler").unlink()
     assert "Resuming from" in resumed(project, monkeypatch, capsys)
     assert [run.info.status for run in training_runs(project)] == ["FINISHED"]
+
+
+@contextlib.contextmanager
+def locked(store: Path) -> Iterator[None]:
+    """A second connection to the SQLite file ``store`` holding an exclusive lock (as an open
+    `BEGIN EXCLUSIVE` in an sqlite3 shell does) for the block."""
+    db = sqlite3.connect(store, isolation_level=None)
+    try:
+        db.execute("BEGIN EXCLUSIVE")
+        yield
+    finally:
+        db.close()
+
+
+def test_a_locked_store_stops_train_with_lock_advice(ingested, monkeypatch, capsys):
+    """Locked before training: the message says another process holds the store, not that it
+    is broken."""
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    store = ingested / "mlflow.db"
+    MlflowClient(f"sqlite:///{store}").search_experiments()  # a real store, schema and all
+    edit_params(ingested, "track", enabled=True)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store}")
+    monkeypatch.chdir(ingested)
+    with locked(store):
+        assert main(["train"]) == 2
+    err = capsys.readouterr().err
+    assert_refused(
+        err,
+        f"MLflow store sqlite:///{store}: ",
+        f"{store} is still locked after 5 s: another process holds a lock on it",
+    )
+    assert "move the file aside" not in err
+    assert not (ingested / MODEL_DIR).exists()
+
+
+@pytest.mark.slow
+def test_a_store_locked_mid_training_is_one_message(ingested, monkeypatch, capsys):
+    """Another process locks the store between two epochs and holds it until the training has
+    stopped: one message with the lock advice after SQLite's bounded wait; the run, which
+    could not be marked, is said to be left RUNNING, and the rerun resumes and ends it."""
+    training = held_training(ingested)
+    with locked(ingested / "mlflow.db"):
+        (ingested / PAUSE_FILE).unlink()
+        output = training.communicate(timeout=HANG_GUARD_S)[0]
+    assert training.returncode == 2, output
+    assert output.count("digitpipe: error: ") == 1 and "Traceback" not in output, output
+    store = ingested / "mlflow.db"
+    assert (
+        f"MLflow store sqlite:///{store} failed (database is locked). Still locked after" in output
+    )
+    assert f"another process holds a lock on {store}" in output, output
+    (run,) = training_runs(ingested)
+    assert run.info.status == "RUNNING"
+    assert f"MLflow run {run.info.run_id} in sqlite:///{store} could not be marked FAILED" in output
+    assert list((ingested / CHECKPOINT_ROOT).glob("*/last.ckpt"))
+    assert "Resuming from" in resumed(ingested, monkeypatch, capsys)
+    assert [run.info.status for run in training_runs(ingested)] == ["FINISHED"]

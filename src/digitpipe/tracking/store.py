@@ -272,8 +272,11 @@ def _integrity_problem(path: Path) -> str | None:
     try:
         verdict = db.execute("PRAGMA quick_check").fetchone()[0]
     except sqlite3.DatabaseError as exc:
-        if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_INTERRUPT:
+        code = getattr(exc, "sqlite_errorcode", None)
+        if code == sqlite3.SQLITE_INTERRUPT:
             return None
+        if code == sqlite3.SQLITE_BUSY:
+            return f"{path} is still locked after {REACH_TIMEOUT_S} s: {LOCKED_FIX.format('it')}."
         return f"{path} cannot be read ({exc}); {STORE_FIX}"
     finally:
         db.close()
