@@ -18,6 +18,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -562,3 +563,24 @@ def test_a_store_locked_mid_training_is_one_message(ingested, monkeypatch, capsy
     assert list((ingested / CHECKPOINT_ROOT).glob("*/last.ckpt"))
     assert "Resuming from" in resumed(ingested, monkeypatch, capsys)
     assert [run.info.status for run in training_runs(ingested)] == ["FINISHED"]
+
+
+def test_the_gates_load_check_leaves_no_temporary_folder(tmp_path, monkeypatch, mlflow_server):
+    """The retrain gate loads a registered version as MLflow serves it: MLflow downloads it
+    from the server into a temporary folder it never removes, unless told where."""
+    import mlflow
+
+    from digitpipe.tracking.registry import check_loads
+    from digitpipe.tracking.training import log_model
+
+    monkeypatch.chdir(tmp_path)
+    mlflow.set_tracking_uri(mlflow_server)
+    example = np.zeros((2, 28, 28), np.float32)
+    with mlflow.start_run(experiment_id=mlflow.create_experiment("leak")):
+        model_uri = log_model(saved_model(tmp_path / "model"), example)
+    mlflow.register_model(model_uri, "leak")
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    check_loads("leak", "1", example)
+    assert list(scratch.iterdir()) == []
