@@ -269,13 +269,14 @@ PAUSE_FILE = "training-paused"  # written by a training held after its last chec
 # Runs the stage script sys.argv[1] (its arguments after it) with the training held at the first
 # batch after `last.ckpt` is saved: it writes PAUSE_FILE in the current folder and waits there for
 # the test's signal, mid-training whatever the machine's speed (a test that stops a training
-# once it sees the checkpoint races its last epochs: it once found all 6 finished).
+# once it sees the checkpoint races its last epochs: it once found all 6 finished). A test that
+# removes PAUSE_FILE lets the training go on (held once): removing a file works on a full disk.
 PAUSE_AFTER_A_CHECKPOINT = f"""
 import pathlib, runpy, sys, time
 import lightning.pytorch as pl
 
 save = pl.Trainer.save_checkpoint
-saved = []
+saved, held = [], []
 
 
 def saving(self, filepath, *args, **kwargs):
@@ -284,9 +285,10 @@ def saving(self, filepath, *args, **kwargs):
 
 
 def holding(self, batch, batch_idx):
-    if any(saved):
-        pathlib.Path({PAUSE_FILE!r}).touch()
-        while True:
+    if any(saved) and not held:
+        held.append(pathlib.Path({PAUSE_FILE!r}))
+        held[0].touch()
+        while held[0].exists():
             time.sleep(0.05)
 
 
@@ -305,6 +307,32 @@ def paused_after_a_checkpoint(project: Path, process: subprocess.Popen) -> None:
         lambda: (project / PAUSE_FILE).exists(), 300, lambda: process.poll() is not None
     )
     assert paused, "the training never reached its first checkpoint"
+
+
+@pytest.fixture()
+def small_disk(tmp_path):
+    """A real tmpfs of 1 GiB mounted at tmp_path/disk (root only); unmounted afterwards."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1g", "tmpfs", str(disk)],
+        capture_output=True,
+        text=True,
+    )
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    yield disk
+    subprocess.run(["umount", "--lazy", str(disk)], check=True)
+
+
+def fill(disk: Path, leave: int) -> None:
+    """Fill ``disk`` with a file of zeros until only ``leave`` bytes are free."""
+    info = os.statvfs(disk)
+    size = info.f_bavail * info.f_frsize - leave
+    chunk = b"\0" * 2**20
+    with (disk / "filler").open("wb") as handle:
+        while size > 0:
+            size -= handle.write(chunk[: min(size, len(chunk))])
 
 
 def answers(url: str) -> bool:

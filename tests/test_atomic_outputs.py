@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import (
     edit_params,
+    fill,
     init_pipeline_repo,
     stage_processes,
     stopped_after_a_checkpoint,
@@ -83,29 +84,6 @@ def test_a_failed_publication_puts_the_previous_outputs_back(tmp_path):
     }
 
 
-def small_disk(tmp_path):
-    """A real tmpfs of 1 GiB mounted at tmp_path/disk (root only); unmounted afterwards."""
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1g", "tmpfs", str(disk)],
-        capture_output=True,
-        text=True,
-    )
-    if mounted.returncode:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    yield disk
-    subprocess.run(["umount", "--lazy", str(disk)], check=True)
-
-
-def fill(disk: Path, leave: int) -> None:
-    """Fill ``disk`` with a file of zeros until only ``leave`` bytes are free."""
-    info = os.statvfs(disk)
-    size = info.f_bavail * info.f_frsize - leave
-    chunk = b"\0" * 2**20
-    with (disk / "filler").open("wb") as handle:
-        while size > 0:
-            size -= handle.write(chunk[: min(size, len(chunk))])
 
 
 @pytest.mark.slow

@@ -238,8 +238,21 @@ def test_sigterm_ends_the_pipeline_and_the_next_retrain_runs_at_once(pipeline):
     assert run.info.status == "FINISHED"
 
 
-def test_a_champion_without_a_run_is_not_compared_and_the_new_model_judged_alone(pipeline):
+def test_a_champion_without_a_run_is_not_compared_and_the_new_model_judged_alone(
+    pipeline, tmp_path
+):
+    """Also: a retrain leaves no temporary file or folder behind (its TMPDIR ends empty)."""
     project, env, client = pipeline
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    env = env | {
+        "TMPDIR": str(scratch),
+        # Not digitpipe's: torch's compile cache (an empty folder made when Lightning imports
+        # torch._dynamo), and DVC's usage report per command (a file a detached DVC process
+        # sends and removes; left behind where it cannot send it, as here, offline).
+        "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "torch-cache"),
+        "DVC_NO_ANALYTICS": "1",
+    }
     # Its own experiment and model: the module's server holds the other tests'.
     name = "runless-champion"
     edit_params(project, "track", experiment="retrain-runless", registered_model=name)
@@ -256,3 +269,4 @@ def test_a_champion_without_a_run_is_not_compared_and_the_new_model_judged_alone
     assert client.get_model_version(name, "2").tags["champion_version"] == "1"
     assert "nothing new: version 2 " in retrain(project, env)
     assert len(client.search_model_versions(f"name = '{name}'")) == 2
+    assert list(scratch.iterdir()) == []

@@ -10,18 +10,33 @@ permissions). Subprocess timeouts only guard against hangs.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
-from conftest import default_params, edit_params, free_port, mnist_data, write_csv
+from conftest import (
+    PAUSE_AFTER_A_CHECKPOINT,
+    PAUSE_FILE,
+    REPO,
+    default_params,
+    edit_params,
+    fill,
+    free_port,
+    mnist_data,
+    paused_after_a_checkpoint,
+    write_csv,
+)
 from mlflow.tracking import MlflowClient
 from PIL import Image
 from safetensors.torch import load_file, save_file
@@ -31,8 +46,9 @@ from digitpipe.core.stage import fail_os, run_stage
 from digitpipe.model.export import ModelSpec, save_model
 from digitpipe.outputs.activations import ACTIVATIONS_REPORTS
 from digitpipe.outputs.evaluate import EVALUATE_REPORTS
-from digitpipe.outputs.train import MODEL_DIR, SPEC_FILE, WEIGHTS_FILE
+from digitpipe.outputs.train import CHECKPOINT_ROOT, MODEL_DIR, SPEC_FILE, WEIGHTS_FILE
 from digitpipe.predict.predictor import Predictor
+from digitpipe.train.run import KEPT_CHECKPOINT
 
 HANG_GUARD_S = 120
 AS_ROOT = os.geteuid() == 0  # root reads and writes whatever the permissions say
@@ -424,3 +440,142 @@ def test_read_only_project_stops_ingest_with_one_message(tiny_project, monkeypat
     assert status == 2
     assert_refused(capsys.readouterr().err, "permission denied on ", "data/.processed")
     assert listing(tiny_project) == before
+
+
+# ---------------------------------------------------------------- faults during training
+
+
+def held_training(project: Path) -> subprocess.Popen:
+    """The train stage of ``project`` (tracking into its own mlflow.db) in a subprocess, held
+    after its first checkpoint (conftest.PAUSE_AFTER_A_CHECKPOINT) until the test lets it go."""
+    edit_params(project, "train", max_epochs=3, limit_batches=4)
+    edit_params(project, "track", enabled=True, experiment="faults")
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "DVC_ROOT")}
+    command = [sys.executable, "-c", PAUSE_AFTER_A_CHECKPOINT, str(REPO / "stages/train.py")]
+    process = subprocess.Popen(
+        command, cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    paused_after_a_checkpoint(project, process)
+    return process
+
+
+def training_runs(project: Path) -> list:
+    """The runs of the experiment `held_training` tracks into, in the project's mlflow.db."""
+    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    return client.search_runs([client.get_experiment_by_name("faults").experiment_id])
+
+
+def resumed(project: Path, monkeypatch, capsys) -> str:
+    """Train again in ``project`` (in this process); the output, once it exited 0."""
+    for name in ("MLFLOW_TRACKING_URI", "DVC_ROOT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(project)
+    capsys.readouterr()
+    assert main(["train"]) == 0
+    return capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_disk_full_with_the_store_on_it_mid_training(ingested, small_disk, monkeypatch, capsys):
+    """The disk that holds the project and its mlflow.db fills up between two epochs: one
+    message naming the file and the fix, saying the run could not be marked (its store is on
+    the full disk); the checkpoint is kept, and with space freed the rerun resumes and ends the
+    run."""
+    project = small_disk / "project"
+    shutil.copytree(ingested / "data", project / "data")
+    shutil.copy(ingested / "params.yaml", project)
+    training = held_training(project)
+    fill(small_disk, leave=0)
+    (project / PAUSE_FILE).unlink()
+    output = training.communicate(timeout=HANG_GUARD_S)[0]
+    assert training.returncode == 2, output
+    assert output.count("digitpipe: error: ") == 1 and "Traceback" not in output, output
+    assert "no space left on the device while writing checkpoints/" in output, output
+    (run,) = training_runs(project)
+    assert run.info.status == "RUNNING"
+    assert f"MLflow run {run.info.run_id} in sqlite:///{project}/mlflow.db could not be " in output
+    assert "marked FAILED (database or disk is full) and shows RUNNING" in output, output
+    assert KEPT_CHECKPOINT in output
+    assert list((project / CHECKPOINT_ROOT).glob("*/last.ckpt"))
+
+    (small_disk / "filler").unlink()
+    assert "Resuming from" in resumed(project, monkeypatch, capsys)
+    assert [run.info.status for run in training_runs(project)] == ["FINISHED"]
+
+
+@contextlib.contextmanager
+def locked(store: Path) -> Iterator[None]:
+    """A second connection to the SQLite file ``store`` holding an exclusive lock (as an open
+    `BEGIN EXCLUSIVE` in an sqlite3 shell does) for the block."""
+    db = sqlite3.connect(store, isolation_level=None)
+    try:
+        db.execute("BEGIN EXCLUSIVE")
+        yield
+    finally:
+        db.close()
+
+
+def test_a_locked_store_stops_train_with_lock_advice(ingested, monkeypatch, capsys):
+    """Locked before training: the message says another process holds the store, not that it
+    is broken."""
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    store = ingested / "mlflow.db"
+    MlflowClient(f"sqlite:///{store}").search_experiments()  # a real store, schema and all
+    edit_params(ingested, "track", enabled=True)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store}")
+    monkeypatch.chdir(ingested)
+    with locked(store):
+        assert main(["train"]) == 2
+    err = capsys.readouterr().err
+    assert_refused(
+        err,
+        f"MLflow store sqlite:///{store}: ",
+        f"{store} is still locked after 5 s: another process holds a lock on it",
+    )
+    assert "move the file aside" not in err
+    assert not (ingested / MODEL_DIR).exists()
+
+
+@pytest.mark.slow
+def test_a_store_locked_mid_training_is_one_message(ingested, monkeypatch, capsys):
+    """Another process locks the store between two epochs and holds it until the training has
+    stopped: one message with the lock advice after SQLite's bounded wait; the run, which
+    could not be marked, is said to be left RUNNING, and the rerun resumes and ends it."""
+    training = held_training(ingested)
+    with locked(ingested / "mlflow.db"):
+        (ingested / PAUSE_FILE).unlink()
+        output = training.communicate(timeout=HANG_GUARD_S)[0]
+    assert training.returncode == 2, output
+    assert output.count("digitpipe: error: ") == 1 and "Traceback" not in output, output
+    store = ingested / "mlflow.db"
+    assert (
+        f"MLflow store sqlite:///{store} failed (database is locked). Still locked after" in output
+    )
+    assert f"another process holds a lock on {store}" in output, output
+    (run,) = training_runs(ingested)
+    assert run.info.status == "RUNNING"
+    assert f"MLflow run {run.info.run_id} in sqlite:///{store} could not be marked FAILED" in output
+    assert list((ingested / CHECKPOINT_ROOT).glob("*/last.ckpt"))
+    assert "Resuming from" in resumed(ingested, monkeypatch, capsys)
+    assert [run.info.status for run in training_runs(ingested)] == ["FINISHED"]
+
+
+def test_the_gates_load_check_leaves_no_temporary_folder(tmp_path, monkeypatch, mlflow_server):
+    """The retrain gate loads a registered version as MLflow serves it: MLflow downloads it
+    from the server into a temporary folder it never removes, unless told where."""
+    import mlflow
+
+    from digitpipe.retrain.promotion import check_loads
+    from digitpipe.tracking.training import log_model
+
+    monkeypatch.chdir(tmp_path)
+    mlflow.set_tracking_uri(mlflow_server)
+    example = np.zeros((2, 28, 28), np.float32)
+    with mlflow.start_run(experiment_id=mlflow.create_experiment("leak")):
+        model_uri = log_model(saved_model(tmp_path / "model"), example)
+    mlflow.register_model(model_uri, "leak")
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    check_loads("leak", "1", example)
+    assert list(scratch.iterdir()) == []

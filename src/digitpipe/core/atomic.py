@@ -48,6 +48,10 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
         yield tmp_path
         tmp_path.chmod(0o666 & ~_umask())
         os.replace(tmp_path, target)
+    except OSError as exc:
+        if exc.filename is None:  # a full disk fails the write at close, naming no file
+            exc.filename = str(target)
+        raise
     finally:
         tmp_path.unlink(missing_ok=True)
 

@@ -20,9 +20,11 @@ from digitpipe.core.paths import PARAMS_FILE
 P = ParamSpec("P")
 
 
-def fail(message: str) -> int:
-    """Print a user-facing error and return the exit status for it."""
-    print(f"digitpipe: error: {message}", file=sys.stderr)
+def fail(message: str, error: BaseException | None = None) -> int:
+    """Print a user-facing error, with the notes added to ``error`` on its way out (what became
+    of the MLflow run), and return the exit status for it."""
+    notes = getattr(error, "__notes__", [])
+    print(" ".join(["digitpipe: error:", message, *notes]), file=sys.stderr)
     return 2
 
 
@@ -45,12 +47,15 @@ def fail_os(exc: OSError) -> int:
         raise exc
     named = exc.filename2 or exc.filename  # a rename's target, not the temporary file renamed
     where = "the outputs" if named is None else str(named)
-    return fail(FIXABLE_OS_ERRORS[exc.errno].format(where) + ".")
+    return fail(FIXABLE_OS_ERRORS[exc.errno].format(where) + ".", exc)
 
 
 # Libraries whose INFO lines (hardware probes, tips, database migrations) are noise in a
 # stage's log; their warnings still show.
 QUIET_LOGGERS = ("lightning", "lightning.pytorch", "lightning.fabric", "mlflow", "alembic")
+# MLflow logs each failed SQL store call with its traceback (a locked store: 13 of them) before
+# raising it; the stage reports the error it raises once, naming the store.
+SILENT_LOGGERS = ("mlflow.store.db.utils",)
 
 
 def quiet_libraries() -> None:
@@ -59,6 +64,8 @@ def quiet_libraries() -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
+    for name in SILENT_LOGGERS:
+        logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
 def user_errors(handler: Callable[P, int]) -> Callable[P, int]:
@@ -70,7 +77,7 @@ def user_errors(handler: Callable[P, int]) -> Callable[P, int]:
         try:
             return handler(*args, **kwargs)
         except DigitpipeError as exc:
-            return fail(str(exc))
+            return fail(str(exc), exc)
         except BrokenPipeError:
             raise  # the reader of our output left: not the user's fault (cli.main ends quietly)
         except OSError as exc:

@@ -45,7 +45,9 @@ def champion_version(client: MlflowClient, name: str) -> ModelVersion | None:
 def check_loads(name: str, version: str, example: np.ndarray) -> None:
     """Load the version as MLflow would serve it and predict; raise if it cannot."""
     try:
-        prediction = mlflow.pyfunc.load_model(f"models:/{name}/{version}").predict(example)
+        with tempfile.TemporaryDirectory() as tmp:  # MLflow's own download folder is never removed
+            model = mlflow.pyfunc.load_model(f"models:/{name}/{version}", dst_path=tmp)
+            prediction = model.predict(example)
         # A table (label, probabilities) or an array of probabilities: its numbers must be finite.
         numbers = (
             prediction.select_dtypes("number").to_numpy(float)

@@ -8,7 +8,6 @@ where the stage runs: no run id or store path is ever written into a DVC output.
 
 from __future__ import annotations
 
-import contextlib
 import importlib.metadata
 import json
 import os
@@ -39,6 +38,7 @@ from digitpipe.tracking.store import (
     ensure_reachable,
     local_artifacts,
     repo_root,
+    root_reason,
     shown,
     store_errors,
     tracking_uri,
@@ -253,13 +253,28 @@ def mark(ref: RunRef, status: str) -> None:
 def mark_ended(ref: RunRef, error: BaseException) -> None:
     """End the run KILLED (a signal, Ctrl-C) or FAILED after ``error``, while the store still
     answers. A store that stopped answering (StoreFailed) is not asked again, which would take
-    its retries (~35 s): the next training closes the run it left RUNNING. ``error`` is the one
-    to report, so the store's own errors here are dropped."""
-    if isinstance(error, StoreFailed):
-        return
+    its retries (~35 s). ``error`` is the one to report: a run left RUNNING is a note on it
+    (printed with its message), the store's own error only its reason."""
     status = "KILLED" if isinstance(error, KeyboardInterrupt | SystemExit) else "FAILED"
-    with contextlib.suppress(Exception):
+    if isinstance(error, StoreFailed):
+        error.add_note(left_running(ref, status))
+        return
+    try:
         MlflowClient(ref.tracking_uri).set_terminated(ref.run_id, status)
+    except Exception as exc:  # any failure of the store leaves the run as it was
+        error.add_note(left_running(ref, status, exc))
+
+
+def left_running(ref: RunRef, status: str, exc: BaseException | None = None) -> str:
+    """What became of a run that could not be marked ``status``, and how it gets closed: the
+    next training on this host marks KILLED the runs of processes that are gone, and a resumed
+    one continues that run."""
+    reason = f" ({root_reason(exc)})" if exc is not None else ""
+    return (
+        f"The MLflow run {ref.run_id} in {shown(ref.tracking_uri)} could not be marked {status}"
+        f"{reason} and shows RUNNING: rerunning the stage once the store can be written closes "
+        "it (a resumed training continues it)."
+    )
 
 
 def runs_of_model(uri: str, experiment_id: str, digest: str) -> list[Run]:

@@ -25,6 +25,18 @@ STORE_FIX = (
     "move the file aside (a new store is then started) or point MLFLOW_TRACKING_URI / "
     "track.tracking_uri at another store; track.enabled: false runs the stages without tracking."
 )
+# MLflow waits this long for a lock on its SQLite store (its PRAGMA busy_timeout, per session).
+SQLITE_BUSY_WAIT_S = 20
+LOCKED_FIX = (
+    "another process holds a lock on {} (an open transaction: an sqlite3 shell, a script, "
+    "another mlflow process); end that transaction or wait for it to end, or point "
+    "MLFLOW_TRACKING_URI / track.tracking_uri at another store"
+)
+# What to do about the SQLite errors a user can fix (Python's sqlite3 error codes).
+SQLITE_FIXES = {
+    sqlite3.SQLITE_BUSY: f". Still locked after {SQLITE_BUSY_WAIT_S} s: {LOCKED_FIX}",
+    sqlite3.SQLITE_FULL: ". The disk that holds {} is full: free space on it",
+}
 # MLflow's SQL stores besides SQLite (SQLAlchemy dialect names; a driver may follow a "+").
 DATABASES = ("postgresql", "mysql", "mssql")
 # MLflow retries a dead server 7 times over about 4 minutes, each read waiting up to 120 s; a
@@ -138,6 +150,19 @@ def _reason(exc: BaseException) -> str:
     return str(exc).strip().partition("\n")[0][:300] or type(exc).__name__
 
 
+def root_cause(exc: BaseException) -> BaseException:
+    """The error at the root of ``exc``'s causes: MLflow wraps SQLAlchemy's error, which wraps
+    the driver's ("database is locked")."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    return exc
+
+
+def root_reason(exc: BaseException) -> str:
+    """The first line of the text of the error at the root of ``exc``'s causes."""
+    return _reason(root_cause(exc))
+
+
 def _failure(uri: str, exc: BaseException) -> str:
     """What went wrong with the store, by its kind, and how to fix it."""
     reason = _reason(exc)
@@ -151,7 +176,9 @@ def _failure(uri: str, exc: BaseException) -> str:
             f"MLflow store {shown(uri)} failed ({reason}). Check that the database server is up "
             "and reachable"
         )
-    return f"MLflow store {uri} failed ({reason})"
+    root = root_cause(exc)
+    fix = SQLITE_FIXES.get(getattr(root, "sqlite_errorcode", None), "")
+    return f"MLflow store {uri} failed ({_reason(root)}){fix.format(sqlite_file(uri))}"
 
 
 def _check_server(uri: str) -> None:
@@ -245,8 +272,11 @@ def _integrity_problem(path: Path) -> str | None:
     try:
         verdict = db.execute("PRAGMA quick_check").fetchone()[0]
     except sqlite3.DatabaseError as exc:
-        if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_INTERRUPT:
+        code = getattr(exc, "sqlite_errorcode", None)
+        if code == sqlite3.SQLITE_INTERRUPT:
             return None
+        if code == sqlite3.SQLITE_BUSY:
+            return f"{path} is still locked after {REACH_TIMEOUT_S} s: {LOCKED_FIX.format('it')}."
         return f"{path} cannot be read ({exc}); {STORE_FIX}"
     finally:
         db.close()

@@ -409,6 +409,12 @@ INTERRUPTED = (
 )
 
 
+KEPT_CHECKPOINT = (
+    "The last finished epoch's checkpoint is kept under checkpoints/: the rerun (runtime.resume: "
+    "true) continues from it."
+)
+
+
 def fit(trainer: L.Trainer, module: DigitClassifier, data: DigitData, ckpt: Path | None) -> None:
     """``trainer.fit``, without the warnings that do not apply here: workers (in-memory
     batches) and a non-empty checkpoint folder (the run's own, kept for resuming)."""
@@ -421,6 +427,12 @@ def fit(trainer: L.Trainer, module: DigitClassifier, data: DigitData, ckpt: Path
         except SystemExit:
             if trainer.interrupted:  # Ctrl-C: Lightning stops and exits with status 1, silently
                 print(INTERRUPTED, file=sys.stderr, flush=True)
+            raise
+        except OSError as exc:
+            if exc.filename is None:  # a checkpoint's write (a full disk) names no file
+                exc.filename = trainer.default_root_dir
+            if (Path(trainer.default_root_dir) / "last.ckpt").exists():
+                exc.add_note(KEPT_CHECKPOINT)
             raise
 
 
