@@ -94,6 +94,9 @@ def read_split(path: str | os.PathLike, *, ids: bool = True) -> ImageSet:
             rows = _group_pixels(path, file, group, height * width)
             images.reshape(-1, height * width)[start : start + len(rows)] = rows
             start += len(rows)
+    # Arrow's allocator keeps the freed row-group buffers for reuse: 150 MB after reading 800,000
+    # 28x28 images, held through a whole training. Give them back.
+    pa.default_memory_pool().release_unused()
     labels = _labels(path, table.column("label"), len(meta["class_names"]))
     names = (
         np.asarray(table.column("image_id").to_pylist(), dtype=object)
