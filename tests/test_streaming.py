@@ -26,7 +26,8 @@ from conftest import (
     paused_after_a_checkpoint,
 )
 
-from digitpipe.core.config import load_params
+from digitpipe.core.config import TrainParams, load_params, parse_params
+from digitpipe.core.errors import DigitpipeError
 from digitpipe.core.paths import MODEL_DIR, PROCESSED_DIR, TRAIN_REPORTS
 from digitpipe.dataset import parquet
 from digitpipe.dataset.images import ImageSet
@@ -267,3 +268,18 @@ def test_two_ddp_processes_stream_disjoint_shards(sharded, tmp_path_factory):
         epoch.append(set(reads[shards:]))
     assert len(epoch[0]) == len(epoch[1]) == shards // 2
     assert not epoch[0] & epoch[1] and epoch[0] | epoch[1] == set(range(shards))
+
+
+@pytest.mark.parametrize("budget", [0, -1, "lots", float("inf")])
+def test_a_budget_that_is_no_positive_number_is_refused(budget):
+    with pytest.raises(DigitpipeError) as refused:
+        parse_params(
+            {"data": {"train": {"csv": "train.csv"}}, "train": {"memory_budget_gb": budget}}
+        )
+    assert "train.memory_budget_gb" in str(refused.value)
+
+
+def test_the_default_budget_is_half_the_machines_memory():
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
+    assert streaming.memory_budget_gb(TrainParams()) == pytest.approx(total / 2, abs=0.05)
+    assert streaming.memory_budget_gb(TrainParams(memory_budget_gb=0.25)) == 0.25

@@ -34,8 +34,8 @@ GB = 1e9
 # which would switch a rerun, or a single rank, between streaming and holding the pixels.
 BUDGET_SHARE = 0.5
 # Rows are shuffled within this many consecutive shards: 256 MB of pixels with 64 MB row groups
-# (two such windows, the shuffled copy and the next shard are held at once). Fixed, not derived
-# from the budget, so the order never depends on the machine.
+# (for a moment twice that, the shards read and their concatenation, with the next shard read
+# ahead). Fixed, not derived from the budget, so the order never depends on the machine.
 WINDOW_SHARDS = 4
 
 
