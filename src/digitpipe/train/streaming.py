@@ -150,10 +150,10 @@ class ShardBatches:
             start = 0
             while left > 0 and count - start + len(rest_labels) >= min(self.batch_size, left):
                 take = order[start : start + min(self.batch_size, left) - len(rest_labels)]
-                yield (
-                    torch.cat([rest_images, images.index_select(0, take)]),
-                    torch.cat([rest_labels, labels.index_select(0, take)]),
-                )
+                batch = images.index_select(0, take), labels.index_select(0, take)
+                if len(rest_labels):  # a window's first batch: the last one's rows first
+                    batch = torch.cat([rest_images, batch[0]]), torch.cat([rest_labels, batch[1]])
+                yield batch
                 start, left = start + len(take), left - len(take) - len(rest_labels)
                 rest_images, rest_labels = rest_images[:0], rest_labels[:0]
             if left == 0:
