@@ -283,3 +283,12 @@ def test_the_default_budget_is_half_the_machines_memory():
     total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
     assert streaming.memory_budget_gb(TrainParams()) == pytest.approx(total / 2, abs=0.05)
     assert streaming.memory_budget_gb(TrainParams(memory_budget_gb=0.25)) == 0.25
+
+
+def test_training_reads_its_splits_without_ids(ingested):
+    path = ingested / PROCESSED_DIR / "train.parquet"
+    whole, without = parquet.read_split(path), parquet.read_split(path, ids=False)
+    np.testing.assert_array_equal(without.images, whole.images)
+    np.testing.assert_array_equal(without.labels, whole.labels)
+    assert set(without.ids) == {""} and without.ids.strides == (0,)  # one string, no copies
+    assert len(without.take(np.arange(3)).ids) == 3
