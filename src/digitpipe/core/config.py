@@ -195,6 +195,9 @@ class TrainParams(Recipe):
     # Seconds any process waits for the others: for every node to join, and in each collective.
     # A node that never starts otherwise holds the rest for Lightning's default of 30 minutes.
     ddp_timeout: Annotated[int, Field(gt=0, le=86_400)] = 300
+    # GB of pixels each training process may hold; a split over it is streamed from disk.
+    # null: half the machine's memory.
+    memory_budget_gb: Annotated[float, Field(gt=0)] | None = None
 
     @field_validator("augment")
     @classmethod

@@ -1,14 +1,16 @@
 """Fast in-memory data: uint8 images in one tensor, served as whole batches by index.
 
 No per-item ``__getitem__`` and no collate: a batch is one ``index_select``. Conversion to float
-and augmentation happen per batch on the target device (see ``augment``).
+and augmentation happen per batch on the target device (see ``augment``). A split too large for
+memory is streamed instead (``train.streaming``); :class:`DigitData` serves either.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from fractions import Fraction
+from typing import Protocol
 
 import lightning as L
 import numpy as np
@@ -21,7 +23,7 @@ from digitpipe.dataset.images import ImageSet
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 
-STATS_PIXELS = 2**22  # pixels per chunk of the statistics: a 32 MB int64 temporary at the most
+STATS_PIXELS = 2**20  # pixels per chunk of the statistics: an 8 MB int64 temporary at the most
 
 
 def as_tensors(images: ImageSet) -> Batch:
@@ -33,15 +35,21 @@ def as_tensors(images: ImageSet) -> Batch:
 
 def pixel_stats(images: ImageSet) -> tuple[float, float]:
     """Mean and standard deviation (unbiased) of the training pixels scaled to 0..1, rounded to
-    float32 as the float32 tensor's mean and std gave them.
+    float32 as the float32 tensor's mean and std gave them (see :func:`histogram_stats`)."""
+    return histogram_stats([images.images])
 
-    Exact: from a histogram of the 256 pixel values, counted a chunk at a time, so no float copy
-    of the split is made (a float32 copy was 4x the pixel bytes: 2.7 GB for 1M 28x28 images)."""
-    flat = images.images.reshape(len(images), -1)
-    rows = max(1, STATS_PIXELS // max(flat.shape[1], 1))
+
+def histogram_stats(chunks: Iterable[np.ndarray]) -> tuple[float, float]:
+    """Mean and standard deviation (unbiased) of the uint8 pixels of ``chunks`` scaled to 0..1.
+
+    Exact: from a histogram of the 256 pixel values, counted STATS_PIXELS at a time, so no float
+    copy of the split is made (a float32 copy was 4x the pixel bytes: 2.7 GB for 1M 28x28
+    images)."""
     counts = np.zeros(256, np.int64)
-    for start in range(0, len(flat), rows):
-        counts += np.bincount(flat[start : start + rows].ravel(), minlength=256)
+    for chunk in chunks:
+        flat = chunk.reshape(-1)
+        for start in range(0, len(flat), STATS_PIXELS):
+            counts += np.bincount(flat[start : start + STATS_PIXELS], minlength=256)
     values = np.arange(256, dtype=np.int64)
     n, total, squares = int(counts.sum()), int(counts @ values), int(counts @ values**2)
     mean = Fraction(total, n * 255)
@@ -95,39 +103,68 @@ class IndexBatches:
             yield self.images.index_select(0, index), self.labels.index_select(0, index)
 
 
+class InMemorySplit:
+    """A split's tensors (see :func:`as_tensors`), served by :class:`IndexBatches`."""
+
+    def __init__(self, tensors: Batch) -> None:
+        self.tensors = tensors
+
+    def to(self, device: torch.device) -> InMemorySplit:
+        """The tensors on ``device`` (the same object when already there)."""
+        if device.type == "cpu":
+            return self
+        return InMemorySplit(tuple(t.to(device) for t in self.tensors))
+
+    def batches(self, batch_size: int, **order) -> IndexBatches:
+        return IndexBatches(self.tensors, batch_size, **order)
+
+
+class Split(Protocol):
+    """What :class:`DigitData` needs of a split: its batches, and a copy on the device."""
+
+    def to(self, device: torch.device) -> Split: ...
+
+    def batches(self, batch_size: int, **order) -> Iterable[Batch]: ...
+
+
+def held(split: ImageSet | Split) -> Split:
+    """An ImageSet as the tensors held in memory; any other split as it is."""
+    return InMemorySplit(as_tensors(split)) if isinstance(split, ImageSet) else split
+
+
 class DigitData(L.LightningDataModule):
-    """Train and validation splits held in memory (on the GPU when training there)."""
+    """Train and validation splits held in memory (on the GPU when training there), or streamed
+    from disk: an ImageSet is held, a ``StreamedSplit`` streamed."""
 
     def __init__(
         self,
-        train: ImageSet,
-        val: ImageSet,
+        train: ImageSet | Split,
+        val: ImageSet | Split,
         batch_size: int,
         seed: int,
         augmentation: Augment,
         augmented_epochs: int,
     ) -> None:
         super().__init__()
-        self.train_tensors, self.val_tensors = as_tensors(train), as_tensors(val)
+        self.train, self.val = held(train), held(val)
         self.batch_size, self.seed = batch_size, seed
         self.augmentation, self.augmented_epochs = augmentation, augmented_epochs
 
     @classmethod
-    def for_recipe(cls, train: ImageSet, val: ImageSet, recipe: Recipe, seed: int) -> DigitData:
+    def for_recipe(
+        cls, train: ImageSet | Split, val: ImageSet | Split, recipe: Recipe, seed: int
+    ) -> DigitData:
         """The data as ``recipe`` trains on it: its batch, augmentation and clean last epochs."""
         augmented_epochs = recipe.max_epochs - recipe.clean_epochs
         return cls(train, val, recipe.batch_size, seed, recipe.augment, augmented_epochs)
 
     def setup(self, stage: str) -> None:
         device = self.trainer.strategy.root_device
-        if device.type != "cpu":
-            self.train_tensors = tuple(t.to(device) for t in self.train_tensors)
-            self.val_tensors = tuple(t.to(device) for t in self.val_tensors)
+        self.train, self.val = self.train.to(device), self.val.to(device)
 
-    def _batches(self, tensors: Batch, shuffle: bool) -> IndexBatches:
+    def _batches(self, split: Split, shuffle: bool) -> Iterable[Batch]:
         world = self.trainer.world_size
-        return IndexBatches(
-            tensors,
+        return split.batches(
             self.batch_size // world,
             shuffle=shuffle,
             seed=self.seed,
@@ -136,11 +173,11 @@ class DigitData(L.LightningDataModule):
             world_size=world,
         )
 
-    def train_dataloader(self) -> IndexBatches:
-        return self._batches(self.train_tensors, shuffle=True)
+    def train_dataloader(self) -> Iterable[Batch]:
+        return self._batches(self.train, shuffle=True)
 
-    def val_dataloader(self) -> IndexBatches:
-        return self._batches(self.val_tensors, shuffle=False)
+    def val_dataloader(self) -> Iterable[Batch]:
+        return self._batches(self.val, shuffle=False)
 
     def transfer_batch_to_device(
         self, batch: Batch, device: torch.device, dataloader_idx: int

@@ -31,7 +31,7 @@ from digitpipe.core.errors import DigitpipeError
 from digitpipe.core.files import read_bounded
 from digitpipe.core.numbers import counted
 from digitpipe.dataset.images import ImageSet
-from digitpipe.dataset.parquet import read_split
+from digitpipe.dataset.parquet import split_layout
 from digitpipe.model import zoo
 from digitpipe.model.export import ModelSpec, save_model
 from digitpipe.model.zoo import check_image_size, count_parameters
@@ -68,6 +68,7 @@ from digitpipe.train.distributed import agreed_resume, strategy
 from digitpipe.train.figures import learning_curves_figure
 from digitpipe.train.module import DigitClassifier
 from digitpipe.train.recipes import resolve_recipe
+from digitpipe.train.streaming import StreamedSplit, held_or_streamed, memory_budget_gb
 
 MLFLOW_RUN_FILE = "mlflow_run_id"  # beside the checkpoints: the run a resumed training continues
 MAX_RUN_ID_BYTES = 256  # an MLflow run id is 32 hex digits
@@ -102,7 +103,9 @@ def check_params(train: TrainParams, recipe: Recipe) -> None:
         )
 
 
-def fit_batch(recipe: Recipe, train: TrainParams, world_size: int, images: ImageSet) -> Recipe:
+def fit_batch(
+    recipe: Recipe, train: TrainParams, world_size: int, images: ImageSet | StreamedSplit
+) -> Recipe:
     """The recipe with a batch the data and processes allow: a recipe's batch larger than a
     small training set is lowered to it, with a note; one set in train.batch_size is the user's
     word, and refused when it cannot work."""
@@ -153,10 +156,10 @@ def check_batch_norm(module: DigitClassifier, per_process: int) -> None:
         )
 
 
-def build_module(arch: str, recipe: Recipe, train: ImageSet) -> DigitClassifier:
+def build_module(arch: str, recipe: Recipe, train: ImageSet | StreamedSplit) -> DigitClassifier:
     """A fresh ``arch`` network for ``train``'s image size and classes, normalising with its
     pixel statistics, to be trained with ``recipe``."""
-    mean, std = pixel_stats(train)
+    mean, std = train.pixel_stats() if isinstance(train, StreamedSplit) else pixel_stats(train)
     height, width = train.image_size
     return DigitClassifier(
         arch, height, width, list(train.class_names), mean, std, recipe.model_dump()
@@ -245,24 +248,26 @@ def run(params: Params, root: Path = Path(".")) -> dict | None:
     recipe = resolve_recipe(params.model.arch, params.train)
     check_params(params.train, recipe)
     data_files = {split: root / split_file(split) for split in ("train", "val")}
-    train, val = (read_split(path) for path in data_files.values())
-    if not len(val):
+    layouts = [split_layout(path) for path in data_files.values()]
+    if not layouts[1].rows:
         raise DigitpipeError(
             f"{data_files['val']} holds no image: training picks the exported epoch by the "
             "validation loss. Give data.val_fraction a value > 0 and rerun ingest (dvc repro)."
         )
-    check_image_size(params.model.arch, *train.image_size)
+    check_image_size(params.model.arch, layouts[0].height, layouts[0].width)
     run_dir = root / CHECKPOINT_ROOT / run_key(params, recipe, list(data_files.values()))
     history = History(run_dir / HISTORY.name, print_lines=wants_lines(params.runtime.progress))
     trainer, checkpoint = build_trainer(params.train, params.runtime, recipe, run_dir, [history])
     check_cpu_processes(trainer)
+    budget = memory_budget_gb(params.train)
+    (train, val), memory = held_or_streamed(layouts, budget, trainer.num_devices)
     recipe = fit_batch(recipe, params.train, trainer.world_size, train)
     seed_process(params.train)
     module = build_module(params.model.arch, recipe, train)
     check_batch_norm(module, recipe.batch_size // trainer.world_size)
     on_rank_zero = rank_zero_only.rank == 0  # under DDP only rank 0 prints and talks to MLflow
     if on_rank_zero:
-        print(describe(params, recipe, module, train, trainer), flush=True)
+        print(describe(params, recipe, module, train, trainer) + f"; {memory}", flush=True)
     choice = resume_from(run_dir, params.runtime, module) if on_rank_zero else None
     with agreed_resume(trainer, choice, params.train.ddp_timeout) as resume:
         tracking = (
@@ -311,7 +316,11 @@ def failed_run(tracking) -> Iterator[None]:
 
 
 def describe(
-    params: Params, recipe: Recipe, module: DigitClassifier, train: ImageSet, trainer: L.Trainer
+    params: Params,
+    recipe: Recipe,
+    module: DigitClassifier,
+    train: ImageSet | StreamedSplit,
+    trainer: L.Trainer,
 ) -> str:
     """One line saying what is about to train, on what (and when augmentation never runs)."""
     height, width = train.image_size
@@ -501,7 +510,12 @@ def write_speed(history: History, trainer: L.Trainer, wall_seconds: float, root:
 
 
 def log_results(
-    ref, root: Path, metrics: dict, speed: dict, val: ImageSet, data_files: dict[str, Path]
+    ref,
+    root: Path,
+    metrics: dict,
+    speed: dict,
+    val: ImageSet | StreamedSplit,
+    data_files: dict[str, Path],
 ) -> None:
     """The results, datasets, figures and model into the training's MLflow run."""
     from digitpipe.tracking.runs import WEIGHTS_ARTIFACTS
@@ -519,5 +533,6 @@ def log_results(
         "train": [root / HISTORY],
         WEIGHTS_ARTIFACTS: [model_dir / WEIGHTS_FILE, model_dir / SPEC_FILE],
     }
-    example = val.images[:4, None].astype("float32")
+    head = val.head(4) if isinstance(val, StreamedSplit) else val.images[:4]
+    example = head[:, None].astype("float32")
     log_training(ref, root, numbers, tags, example, data_files, artifacts)
