@@ -25,6 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import yaml
+from record import Row, record
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
@@ -162,7 +163,37 @@ def main() -> int:
     out = REPO / "reports" / "bench" / "scale.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
+    record("scale", result_rows(results))
     return 0
+
+
+def result_rows(results: dict[str, dict]) -> list[Row]:
+    """One row per measured stage: its peak RSS against issue 34's target, its seconds."""
+    whats = {
+        "ingest": "IDX ingest, {} images",
+        "train": "training, {} images (`mlp`, one short epoch)",
+        "csv": "CSV ingest, {}",
+    }
+    rows = []
+    for name, measured in results.items():
+        kind, _, size = name.partition(" ")
+        size = f"{int(size):,}" if size.isdigit() else size
+        if "file_mb" in measured:
+            size += f" ({measured['file_mb']:,} MB)"
+        speed = f", {measured['images_per_s']:,.0f} images/s" if "images_per_s" in measured else ""
+        target = TARGETS.get(name)
+        rows.append(
+            Row(
+                what=whats[kind].format(size),
+                value=measured["peak_rss_gb"],
+                unit="GB peak RSS",
+                detail=f"{measured['seconds']} s{speed}",
+                target="" if target is None else f"< {target} GB",
+                met=None if target is None else measured["peak_rss_gb"] < target,
+                command="bench/scale.py",
+            )
+        )
+    return rows
 
 
 if __name__ == "__main__":
