@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import platform
+import shutil
 import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
@@ -66,11 +67,19 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def this_machine() -> Machine:
-    import torch  # here, not at the top: bench/render.py loads this schema without torch (3 s)
+def gpu_name() -> str | None:
+    """The first NVIDIA GPU's name, None without one (nvidia-smi: no torch import, 3 s)."""
+    if shutil.which("nvidia-smi") is None:
+        return None
+    done = subprocess.run(
+        ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True
+    )
+    name = done.stdout.partition("\n")[0].strip() if done.returncode == 0 else ""
+    return name or None
 
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return Machine(cpu=cpu_model(), cores=os.cpu_count() or 1, gpu=gpu)
+
+def this_machine() -> Machine:
+    return Machine(cpu=cpu_model(), cores=os.cpu_count() or 1, gpu=gpu_name())
 
 
 def git(*args: str) -> str:
