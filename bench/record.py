@@ -26,7 +26,10 @@ class Machine(BaseModel):
 
     cpu: str
     cores: int = Field(gt=0)
-    gpu: str | None = None  # the device name torch sees, None without one
+    gpu: str | None = None  # the first NVIDIA GPU's name, None without one
+    # The 5-minute load average when the run ended: on the shared 2-core machine a load of 9 made
+    # the CSV ingest 2.4 times slower than on an idle day, so a figure is read with it.
+    load: float | None = Field(default=None, ge=0)
 
 
 class Row(BaseModel):
@@ -79,7 +82,8 @@ def gpu_name() -> str | None:
 
 
 def this_machine() -> Machine:
-    return Machine(cpu=cpu_model(), cores=os.cpu_count() or 1, gpu=gpu_name())
+    load = round(os.getloadavg()[1], 1) if hasattr(os, "getloadavg") else None
+    return Machine(cpu=cpu_model(), cores=os.cpu_count() or 1, gpu=gpu_name(), load=load)
 
 
 def git(*args: str) -> str:

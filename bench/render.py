@@ -37,7 +37,8 @@ def number(value: float) -> str:
 
 
 def machine_words(machine: Machine) -> str:
-    return f"{machine.cpu}, {machine.cores} cores, {machine.gpu or 'no GPU'}"
+    load = "" if machine.load is None else f", load {machine.load:g}"
+    return f"{machine.cpu}, {machine.cores} cores, {machine.gpu or 'no GPU'}{load}"
 
 
 def row_cells(row: Row) -> tuple[str, ...]:
