@@ -17,8 +17,9 @@ from digitpipe.core.atomic import write_text
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
-# Files a benchmark run itself rewrites: they do not make the measured code "modified".
-GENERATED = ("bench/results", "docs/benchmarks.md")
+# Changes here do not make the measured code "modified": the results and docs, which a benchmark
+# run itself rewrites or which describe it.
+NOT_MEASURED = ("bench/results", "docs", "README.md")
 
 
 class Machine(BaseModel):
@@ -93,7 +94,7 @@ def git(*args: str) -> str:
 
 def this_commit() -> str:
     commit = git("rev-parse", "--short", "HEAD") or "unknown"
-    outside = [f":!{path}" for path in GENERATED]
+    outside = [f":!{path}" for path in NOT_MEASURED]
     changes = git("status", "--porcelain", "--untracked-files=no", "--", ".", *outside)
     return f"{commit}+modified" if changes else commit
 
