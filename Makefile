@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # Stage commands in dvc.yaml call `python`: make it the virtual environment's.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install params repro test test-fast test-matrix lint bench lock clean push pull
+.PHONY: install params repro test test-fast test-matrix lint bench bench-scale lock clean push pull
 
 install: $(STAMP)
 
@@ -52,7 +52,8 @@ test-matrix: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
-# Every benchmark; evaluate, predict and train need data/processed (make repro first).
+# Every benchmark; evaluate, predict and train need data/processed (make repro first). Each
+# writes its figures to bench/results/<name>.json; bench/render.py makes docs/benchmarks.md.
 bench: $(STAMP)
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/evaluate.py
@@ -61,6 +62,12 @@ bench: $(STAMP)
 	$(BIN)/python bench/pipeline.py
 	$(BIN)/python bench/hostile.py
 	$(BIN)/python bench/track.py
+	$(BIN)/python bench/render.py
+
+# Memory at scale: 1M synthetic images, many minutes and ~1.5 GB, so not part of make bench.
+bench-scale: $(STAMP)
+	$(BIN)/python bench/scale.py
+	$(BIN)/python bench/render.py
 
 lock: $(STAMP)
 	{ echo "# Exact versions of the whole stack: make installs with -c requirements.lock."; \

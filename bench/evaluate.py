@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from record import Row, record
 from timing import REPEATS, median_time
 
 from digitpipe.core.config import load_params
@@ -65,6 +66,18 @@ def main() -> int:
         f"  {'total':<16} {total:6.2f} s   ratio to bare {total / baseline:5.2f}   "
         f"target < {TARGET_S} s: {verdict}"
     )
+    row = Row(
+        what=f"evaluate {len(test)} test images with LeNet (prediction + full report)",
+        value=round(total, 2),
+        unit="s",
+        detail=f"prediction {times['prediction pass']:.2f} s, report {times['full report']:.2f} s",
+        ratio=round(total / baseline, 3),
+        baseline=f"a bare `net(x)` ({baseline:.2f} s)",
+        target=f"< {TARGET_S:.0f} s",
+        met=total < TARGET_S,
+        command="bench/evaluate.py",
+    )
+    record("evaluate", [row])
     return 0
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from record import Row, record
 from timing import REPEATS, median_time
 
 from digitpipe.dataset.idx import read_idx
@@ -83,6 +84,31 @@ def main() -> int:
         print(f"  {name:<36} {seconds:6.2f} s   ratio {ours_s / seconds:5.2f}")
     name = "the same, with test-time shifts of 1"
     print(f"  {name:<36} {shifts_s:6.2f} s   ratio to without {shifts_s / ours_s:5.2f}")
+    one_call, batched = baselines.values()
+    rows = [
+        Row(
+            what=f"predict a {ROWS}-row Kaggle CSV end to end (`bncnn`, one pass per image)",
+            value=round(ours_s, 2),
+            unit="s",
+            ratio=round(ours_s / batched, 3),
+            baseline=f"`pandas.read_csv` + forward passes of {BATCH_SIZE} images ({batched:.2f} s; "
+            f"ratio {ours_s / one_call:.2f} to one pass of all, {one_call:.2f} s)",
+            target=f"< {TARGET_S:.0f} s",
+            met=ours_s < TARGET_S,
+            command="bench/predict.py",
+        ),
+        Row(
+            what="the same with the default model's test-time shifts (five passes per image)",
+            value=round(shifts_s, 2),
+            unit="s",
+            ratio=round(shifts_s / ours_s, 3),
+            baseline="one pass per image",
+            target=f"< {TARGET_S:.0f} s",
+            met=shifts_s < TARGET_S,
+            command="bench/predict.py",
+        ),
+    ]
+    record("predict", rows)
     return 0
 
 

@@ -30,6 +30,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import yaml
+from record import Row, record
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
@@ -195,6 +196,7 @@ def main() -> int:
     out = REPO / "reports" / "bench" / "scale.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
+    record("scale", result_rows(results, args.arch))
     return 0
 
 
@@ -226,6 +228,50 @@ def speed_ratios(results: dict, sizes: list[int], stream_sizes: list[int], arch:
             f"{verdict}"
         )
     return ratios
+
+
+def result_rows(results: dict[str, dict], arch: str) -> list[Row]:
+    """One row per measured stage (its peak RSS against issue 34's target, its seconds), then
+    one per streamed/in-memory speed ratio against the architecture's target."""
+    whats = {
+        "ingest": "IDX ingest, {} images",
+        "train": "training in memory, {} images (one short epoch)",
+        "stream": "training streamed from disk, {} images (one short epoch)",
+        "csv": "CSV ingest, {}",
+    }
+    command = " ".join(["bench/scale.py", *sys.argv[1:]])
+    ratios = results.pop("speed ratios", {})
+    rows = []
+    for name, measured in results.items():
+        kind, _, size = name.partition(" ")
+        size = f"{int(size):,}" if size.isdigit() else size
+        if "file_mb" in measured:
+            size += f" ({measured['file_mb']:,} MB)"
+        speed = f", {measured['images_per_s']:,.0f} images/s" if "images_per_s" in measured else ""
+        target = TARGETS.get(name)
+        rows.append(
+            Row(
+                what=whats[kind].format(size),
+                value=measured["peak_rss_gb"],
+                unit="GB peak RSS",
+                detail=f"{measured['seconds']} s{speed}",
+                target="" if target is None else f"< {target} GB",
+                met=None if target is None else measured["peak_rss_gb"] < target,
+                command=command,
+            )
+        )
+    for name, ratio in ratios.items():
+        rows.append(
+            Row(
+                what=f"images/s of training, {name} ({arch})",
+                value=ratio,
+                unit="ratio",
+                target=f">= {SPEED_TARGETS[arch]}",
+                met=ratio >= SPEED_TARGETS[arch],
+                command=command,
+            )
+        )
+    return rows
 
 
 if __name__ == "__main__":
