@@ -18,6 +18,7 @@ import os
 import shutil
 import sys
 import tempfile
+import textwrap
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -87,16 +88,37 @@ class Outcome:
     drift_summary: str | None = None
     run_id: str | None = None
 
-    def paragraph(self) -> str:
-        """The decision in one paragraph, as `digitpipe retrain` prints it."""
+    def message(self) -> str:
+        """What `digitpipe retrain` prints: the decision first, then why and the drift, in lines
+        of at most MESSAGE_WIDTH columns (a schedule's log, a mail)."""
         if self.nothing_new:
-            return f"nothing new: {self.reason}."
+            return wrapped(f"nothing new: {self.reason}.", f"{PROGRAM}: ")
         verb = "promoted to champion" if self.promoted else "not promoted"
-        return (
-            f"version {self.version} {verb}: {self.reason}. Drift of the new data: "
-            f"{self.drift_summary} ({RETRAIN_REPORTS / DRIFT_MD}; logged to run {self.run_id} "
-            f"as {ARTIFACTS}/{DRIFT_MD})."
+        return "\n".join(
+            [
+                f"{PROGRAM}: version {self.version} {verb}.",
+                wrapped(f"why: {self.reason}."),
+                wrapped(f"drift: {self.drift_summary}: see {RETRAIN_REPORTS / DRIFT_MD}."),
+                wrapped(f"logged to run {self.run_id} as {ARTIFACTS}/{DRIFT_MD}."),
+            ]
         )
+
+
+PROGRAM = "digitpipe retrain"
+MESSAGE_WIDTH = 100  # the project's line length: a schedule's log or mail shows it unwrapped
+
+
+def wrapped(text: str, first: str = "  ") -> str:
+    """``text`` in lines of at most MESSAGE_WIDTH columns, broken between words (a path or URI
+    longer than a line stays whole), after ``first``; further lines indented under it."""
+    return textwrap.fill(
+        text,
+        MESSAGE_WIDTH,
+        initial_indent=first,
+        subsequent_indent="    ",
+        break_long_words=False,
+        break_on_hyphens=False,
+    )
 
 
 @contextmanager
