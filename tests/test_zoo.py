@@ -13,7 +13,8 @@ from digitpipe.core.config import load_params
 from digitpipe.core.errors import DigitpipeError
 from digitpipe.dataset.idx import write_idx
 from digitpipe.ingest.run import run as ingest
-from digitpipe.model.zoo import BUILDERS, MIN_SIDE, build_model, check_image_size
+from digitpipe.model.sizes import MIN_SIDE, check_image_size
+from digitpipe.model.zoo import BUILDERS, build_model
 
 
 def forward(arch: str, height: int, width: int) -> torch.Tensor:

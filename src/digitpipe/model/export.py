@@ -27,7 +27,8 @@ from digitpipe.core.files import UnreadableFile, cannot_read, check_regular, rea
 from digitpipe.core.paths import SPEC_FILE, WEIGHTS_FILE
 from digitpipe.core.provenance import WEIGHTS_DIGEST_KEY, check_weights_digest
 from digitpipe.dataset.images import are_class_names
-from digitpipe.model.zoo import BUILDERS, MIN_SIDE, build_model
+from digitpipe.model.sizes import MIN_SIDE
+from digitpipe.model.zoo import BUILDERS, build_model
 
 MAX_SPEC_BYTES = 1 << 20  # model.json holds a few hundred bytes
 MAX_PIXELS = 4096 * 4096  # the most pixels a model's images may have (and predict decodes)

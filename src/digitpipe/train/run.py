@@ -47,7 +47,8 @@ from digitpipe.dataset.images import ImageSet
 from digitpipe.dataset.parquet import read_split
 from digitpipe.model import zoo
 from digitpipe.model.export import ModelSpec, save_model
-from digitpipe.model.zoo import check_image_size, count_parameters
+from digitpipe.model.sizes import check_image_size
+from digitpipe.model.zoo import count_parameters
 from digitpipe.plotting import save_figure
 from digitpipe.train import module as lightning_module
 from digitpipe.train.callbacks import (
