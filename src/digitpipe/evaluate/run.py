@@ -12,6 +12,7 @@ from digitpipe.core.config import EvaluateParams, Params
 from digitpipe.core.errors import DigitpipeError
 from digitpipe.core.numbers import rounded
 from digitpipe.core.paths import EVALUATE_REPORTS, MODEL_DIR, split_file
+from digitpipe.core.terminal import wrapped
 from digitpipe.dataset.images import ImageSet
 from digitpipe.dataset.parquet import read_split
 from digitpipe.evaluate.confusion import (
@@ -149,5 +150,5 @@ def run(params: Params, root: Path = Path(".")) -> dict:
         write_json(out_dir / "metrics.json", metrics_file(metrics))
     if params.track.enabled:
         log_evaluation(params, root, metrics, root / split_file("test"))
-    print(f"evaluate: {headline(metrics)}; reports in {EVALUATE_REPORTS}", flush=True)
+    print(wrapped(f"evaluate: {headline(metrics)}; reports in {EVALUATE_REPORTS}"), flush=True)
     return metrics

@@ -18,7 +18,6 @@ import os
 import shutil
 import sys
 import tempfile
-import textwrap
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -38,6 +37,7 @@ from digitpipe.core.errors import DigitpipeError
 from digitpipe.core.lifetime import run_as_group
 from digitpipe.core.paths import MODEL_DIR, STATE_DIR, split_file
 from digitpipe.core.provenance import file_digest
+from digitpipe.core.terminal import wrapped
 from digitpipe.dataset.images import ImageSet, batch_of, concat
 from digitpipe.dataset.parquet import read_split
 from digitpipe.model.export import ModelSpec, load_model
@@ -92,33 +92,22 @@ class Outcome:
         """What `digitpipe retrain` prints: the decision first, then why and the drift, in lines
         of at most MESSAGE_WIDTH columns (a schedule's log, a mail)."""
         if self.nothing_new:
-            return wrapped(f"nothing new: {self.reason}.", f"{PROGRAM}: ")
+            return wrapped(f"nothing new: {self.reason}.", MESSAGE_WIDTH, f"{PROGRAM}: ", INDENT)
         verb = "promoted to champion" if self.promoted else "not promoted"
+        details = [
+            f"why: {self.reason}.",
+            f"drift: {self.drift_summary}: see {RETRAIN_REPORTS / DRIFT_MD}.",
+            f"logged to run {self.run_id} as {ARTIFACTS}/{DRIFT_MD}.",
+        ]
         return "\n".join(
-            [
-                f"{PROGRAM}: version {self.version} {verb}.",
-                wrapped(f"why: {self.reason}."),
-                wrapped(f"drift: {self.drift_summary}: see {RETRAIN_REPORTS / DRIFT_MD}."),
-                wrapped(f"logged to run {self.run_id} as {ARTIFACTS}/{DRIFT_MD}."),
-            ]
+            [f"{PROGRAM}: version {self.version} {verb}."]
+            + [wrapped(line, MESSAGE_WIDTH, "  ", INDENT) for line in details]
         )
 
 
 PROGRAM = "digitpipe retrain"
 MESSAGE_WIDTH = 100  # the project's line length: a schedule's log or mail shows it unwrapped
-
-
-def wrapped(text: str, first: str = "  ") -> str:
-    """``text`` in lines of at most MESSAGE_WIDTH columns, broken between words (a path or URI
-    longer than a line stays whole), after ``first``; further lines indented under it."""
-    return textwrap.fill(
-        text,
-        MESSAGE_WIDTH,
-        initial_indent=first,
-        subsequent_indent="    ",
-        break_long_words=False,
-        break_on_hyphens=False,
-    )
+INDENT = "    "  # continuation lines, under the first line's text
 
 
 @contextmanager

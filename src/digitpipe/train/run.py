@@ -43,6 +43,7 @@ from digitpipe.core.paths import (
     split_file,
 )
 from digitpipe.core.provenance import file_digest
+from digitpipe.core.terminal import wrapped
 from digitpipe.dataset.images import ImageSet
 from digitpipe.dataset.parquet import read_split
 from digitpipe.model import zoo
@@ -267,7 +268,7 @@ def run(params: Params, root: Path = Path(".")) -> dict | None:
     check_batch_norm(module, recipe.batch_size // trainer.world_size)
     on_rank_zero = rank_zero_only.rank == 0  # under DDP only rank 0 prints and talks to MLflow
     if on_rank_zero:
-        print(describe(params, recipe, module, train, trainer), flush=True)
+        print(wrapped(describe(params, recipe, module, train, trainer)), flush=True)
     choice = resume_from(run_dir, params.runtime, module) if on_rank_zero else None
     with agreed_resume(trainer, choice, params.train.ddp_timeout) as resume:
         tracking = (
@@ -318,7 +319,8 @@ def failed_run(tracking) -> Iterator[None]:
 def describe(
     params: Params, recipe: Recipe, module: DigitClassifier, train: ImageSet, trainer: L.Trainer
 ) -> str:
-    """One line saying what is about to train, on what (and when augmentation never runs)."""
+    """What is about to train, on what (and when augmentation never runs): one sentence, which
+    ``wrapped`` breaks between words for the terminal."""
     height, width = train.image_size
     never_augmented = recipe.augment != Augment() and recipe.clean_epochs >= recipe.max_epochs
     return (
