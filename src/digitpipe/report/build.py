@@ -155,7 +155,7 @@ def activations_section(reports: Path) -> str:
             _table(["layer", "kind", "output shape (per image)"], layers),
             _image("activations/feature_maps.png", "feature maps of one image"),
             _image("activations/filters.png", "first-layer filters"),
-            _image("activations/barcodes.png", "pooled feature barcodes per class"),
+            _image("activations/barcodes.png", "feature barcodes per class"),
         ]
     )
 
