@@ -80,7 +80,7 @@ def model_section(root: Path, spec: ModelFacts) -> str:
     return "\n\n".join(
         [
             "## Model and training",
-            _table(["", ""], facts),
+            "\n".join(f"- **{name}**: {value}" for name, value in facts),
             _image("train/learning_curves.png", "learning curves"),
         ]
     )
@@ -124,8 +124,7 @@ def worst_cases_section(reports: Path) -> str:
         "No test image was misclassified."
         if pair is None
         else f"The most confused pair: **{literal(pair.actual)}** read as "
-        f"**{literal(pair.predicted)}**, "
-        f"{pair.count} times."
+        f"**{literal(pair.predicted)}**, {counted(pair.count, 'time')}."
     )
     return "\n\n".join(
         [
