@@ -138,9 +138,10 @@ def network_figures(
         weights = weights.reshape(-1, 28, 28)
     yield f"filters_{arch}", lambda: filters_figure(weights, "first layer")
     vectors = rng.normal(size=(len(train), 32))
+    layer = "dense1" if arch == "mlp" else "conv2"  # as the activations stage would name them
     yield (
         f"barcodes_{arch}",
-        lambda: barcodes_figure(vectors, train.labels, names, "features", arch != "mlp"),
+        lambda: barcodes_figure(vectors, train.labels, names, layer, arch != "mlp"),
     )
 
 
