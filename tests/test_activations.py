@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 
 import numpy as np
 import pytest
@@ -108,6 +109,19 @@ def table_after(markdown: str, heading: str) -> dict[str, list[str]]:
     return rows
 
 
+def list_after(markdown: str, heading: str) -> dict[str, list[str]]:
+    """The first Markdown list of "- **name**: value" after ``heading``: name -> [value]."""
+    lines = markdown[markdown.index(heading + "\n") :].splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("- **"))
+    items = {}
+    for line in lines[start:]:
+        if not line.startswith("- **"):
+            break
+        name, value = line.removeprefix("- **").split("**: ", 1)
+        items[name] = [value]
+    return items
+
+
 def test_report_shows_every_picture_and_the_numbers_of_the_metrics_files(ingested):
     params = through_evaluate(ingested)
     activations(params, ingested)
@@ -131,6 +145,8 @@ def test_report_shows_every_picture_and_the_numbers_of_the_metrics_files(ingeste
     page = (reports / "report.html").read_text()
     assert page.count('src="data:image/png;base64,') == 10 and '.png"' not in page
     assert "<table>" in page
+    headers = re.findall(r"<thead>\s*<tr>(.*?)</tr>", page, re.DOTALL)
+    assert headers and all(re.search(r"<th[^>]*>[^<\s]", row) for row in headers)  # none empty
     assert markdown == (ingested / "reports/report.md").read_text()
     summary = json.loads((reports / "ingest/summary.json").read_text())
     trained = json.loads((reports / "train/summary.json").read_text())
@@ -151,7 +167,7 @@ def test_report_shows_every_picture_and_the_numbers_of_the_metrics_files(ingeste
     assert {name: int(cells[0]) for name, cells in data.items()} == {
         name: split["count"] for name, split in summary["splits"].items()
     }
-    model = table_after(markdown, "## Model and training")
+    model = list_after(markdown, "## Model and training")
     net, _ = load_model(ingested / MODEL_DIR)
     count = sum(p.numel() for p in net.parameters())
     assert model["architecture"] == [f"`bncnn` ({count:,} parameters)"]

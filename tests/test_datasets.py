@@ -20,7 +20,8 @@ from digitpipe.dataset.idx import write_idx
 from digitpipe.dataset.parquet import read_split
 from digitpipe.evaluate.run import run as evaluate
 from digitpipe.ingest.run import run as ingest
-from digitpipe.model.zoo import BUILDERS, MIN_SIDE
+from digitpipe.model.sizes import MIN_SIDE
+from digitpipe.model.zoo import BUILDERS
 from digitpipe.report.run import run as report
 from digitpipe.train.run import run as train
 
@@ -88,18 +89,18 @@ MATRIX = [
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("arch", "size", "classes"), MATRIX)
-def test_every_stage_or_a_refusal_before_training(tmp_path, mnist_train, arch, size, classes):
+def test_every_stage_or_a_refusal_before_ingest_writes(tmp_path, mnist_train, arch, size, classes):
     project = dataset(tmp_path, mnist_train[0], size, classes)
     (tmp_path / "params.yaml").write_text(
         (tmp_path / "params.yaml").read_text().replace("arch: bncnn", f"arch: {arch}")
     )
     params = load_params(project / "params.yaml")
-    ingest(params, project)
-    if min(size) < MIN_SIDE[arch]:
+    if min(size) < MIN_SIDE[arch]:  # refused before ingest writes anything
         with pytest.raises(DigitpipeError, match=f"needs images of at least {MIN_SIDE[arch]}"):
-            train(params, project)
-        assert not (project / "models").exists()
+            ingest(params, project)
+        assert not (project / "data/processed").exists() and not (project / "reports").exists()
         return
+    ingest(params, project)
     train(params, project)
     metrics = evaluate(params, project)
     manifest = activations(params, project)

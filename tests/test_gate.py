@@ -95,7 +95,8 @@ def test_drift_flags_an_unbalanced_batch_but_not_a_balanced_one(mnist_train):
     week1 = fresh[:300]
     balanced = images_of(images[week1], labels[week1], "incoming/week1")
     report = drift(reference, "ref", balanced, {"week1": 300}, None, 0.01)
-    assert report["flags"] == [] and report["summary"] == "nothing flagged"
+    # Absent classes, class frequencies, and per class intensity and ink: 2 + 10 x 2 checks.
+    assert report["flags"] == [] and report["summary"] == "nothing flagged in 22 checks"
     assert report["classes"]["p_value"] > 0.01
 
     pick = fresh[np.isin(labels[fresh], [1, 7])][:300]
@@ -122,15 +123,15 @@ def test_drift_names_the_batch_the_champion_is_worse_on(mnist_train):
     report = drift(reference, "ref", new, {"good": 300, "bad": 300}, champion, 0.01)
     rows = report["champion_on_new"]["per_batch"]
     assert rows["bad"]["p_value"] < 0.005 < rows["good"]["p_value"]  # Bonferroni: 0.01 / 2
-    (flag,) = [flag for flag in report["flags"] if "on the batches" in flag]
-    assert "bad (0.9333" in flag and "good" not in flag
+    (flag,) = [flag for flag in report["flags"] if "on the batch " in flag]
+    assert "on the batch bad (0.9333)" in flag
     page = to_markdown(report, "Drift")
     assert "| bad | 280 | 300 | 0.9333 |" in page and "| good | 297 | 300 | 0.9900 |" in page
 
     alone = ChampionOnNew("3", {"bad": (280, 300)}, 985, 1000)
     one = images_of(images[fresh[:300]], labels[fresh[:300]], "incoming/bad")
     report = drift(reference, "ref", one, {"bad": 300}, alone, 0.01)
-    assert not any("on the batches" in flag for flag in report["flags"])  # the overall test says it
+    assert not any("on the batch " in flag for flag in report["flags"])  # the overall test says it
     assert any("less accurate on the new images" in flag for flag in report["flags"])
 
 
@@ -139,7 +140,9 @@ def test_drift_flags_a_change_in_the_pixels(mnist_train):
     reference, fresh = samples(mnist_train)
     faint = images_of(images[fresh[:600]] // 2, labels[fresh[:600]], "incoming/w")  # half the ink
     report = drift(reference, "ref", faint, {"w": 600}, None, 0.01)
-    assert any(flag.startswith("pixel statistics shifted") for flag in report["flags"])
+    shifted = [flag for flag in report["flags"] if flag.startswith("pixels of class ")]
+    assert shifted and all(" per-image " in flag and "Welch p = " in flag for flag in shifted)
+    assert report["summary"] == f"{len(report['flags'])} of {report['checks']} checks flag drift"
     assert not any(flag.startswith("class frequencies") for flag in report["flags"])
 
 

@@ -225,6 +225,14 @@ def _scaled_to_one(project):
     write_idx(images / 255, project / "data/raw/test-images")
 
 
+def _too_small_for_the_model(project):
+    """12x12 images (the centre of the digits) for LeNet, which takes 16x16 or more."""
+    for name in ("train-images.gz", "test-images"):
+        path = project / "data/raw" / name
+        write_idx(read_idx(path)[:, 8:20, 8:20], path, compress=name.endswith(".gz"))
+    edit_params(project, "model", arch="lenet")
+
+
 def _fractional_label(project):
     labels = read_idx(project / "data/raw/test-labels").astype(np.float64)
     labels[4] = 1.5
@@ -258,6 +266,10 @@ BAD_INPUTS = {
     ),
     "idx fractional pixel": (_fractional_pixel, ["test-images", "0.5 in image 3", "0..255"]),
     "idx fractional label": (_fractional_label, ["test-labels", "label 1.5", "not a whole number"]),
+    "too small for model.arch": (  # refused before any output, not first at train
+        _too_small_for_the_model,
+        ["model.arch 'lenet' needs images of at least 16x16 pixels; these are 12x12", "mlp"],
+    ),
     "idx shape": (
         lambda p: write_idx(np.zeros((5, 4, 4, 3), np.uint8), p / "data/raw/test-images"),
         ["test-images", "N x H x W", "(5, 4, 4, 3)"],
@@ -404,6 +416,15 @@ def test_bad_input_fails_clearly_with_no_output(case, tiny_project, monkeypatch,
         ({"limit": 2000}, ["data.limit", "give a cap per split, e.g. limit: {train: 2000"]),
         ({"class_names": ["a\nb", "c"]}, ["data.class_names.0", "one line of text"]),
         ({"class_names": ["x" * 65, "c"]}, ["data.class_names.0", "at most 64 characters"]),
+        (  # YAML reads 0 and true unquoted as a number and a boolean
+            {"class_names": [0, "1", True]},
+            [
+                "data.class_names.0: Input should be a valid string (got 0); quote it to make it "
+                "text: '0'",
+                "data.class_names.2: Input should be a valid string (got True); quote it to make "
+                "it text: 'true'",
+            ],
+        ),
     ],
 )
 def test_bad_params_name_the_key(tiny_project, monkeypatch, capsys, changes, words):

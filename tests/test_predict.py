@@ -220,6 +220,7 @@ def test_size_mismatch_is_refused_clearly(tmp_path, model_dir, mnist_test, capsy
     assert message.startswith("digitpipe: error: ")
     for words in ("small.csv", "images are 20x20", "model takes 28x28"):
         assert words in message
+    assert "give the images as pictures" in message  # any dataset's, not only digits
     assert not (tmp_path / "out.csv").exists()
 
 
@@ -257,7 +258,7 @@ def test_bad_files_are_reported_by_name_and_skipped(tmp_path, model_dir, mnist_t
     for name, words in {
         "corrupt.png": "not a readable picture",
         "notes.txt": "not a picture",
-        "blank.png": "no digit found",
+        "blank.png": "nothing to classify: the picture is blank",
         "nope": "no such file",
     }.items():
         assert f"digitpipe: warning: skipped {tmp_path / name}: {words}" in captured.err
@@ -273,7 +274,7 @@ def test_bad_pictures_in_a_folder_are_skipped_and_strict_fails(
     assert "2 unreadable files skipped" in capsys.readouterr().out  # the .txt is not a picture
     assert predict([tmp_path], model_dir, tmp_path / "strict.csv", strict=True) == 2
     message = capsys.readouterr().err
-    assert message.startswith(f"digitpipe: error: {tmp_path / 'blank.png'}: no digit found")
+    assert message.startswith(f"digitpipe: error: {tmp_path / 'blank.png'}: nothing to classify")
     assert not (tmp_path / "strict.csv").exists()
 
 

@@ -45,10 +45,26 @@ def start(project: Path, env: dict[str, str], *args: str) -> subprocess.Popen:
 
 
 def retrain(project: Path, env: dict[str, str], *args: str) -> str:
+    """The command's output, checked: exit 0, lines of at most 100 columns, nothing from
+    MLflow's registry ("Successfully registered model ...")."""
     process = start(project, env, *args)
     output = process.communicate(timeout=600)[0]
     assert process.returncode == 0, output
+    assert "Successfully registered" not in output and "Created version" not in output, output
+    if "--history" not in args:
+        assert max(map(len, message(output).splitlines())) <= 100, output
     return output
+
+
+def message(output: str) -> str:
+    """The retrain's own message: from its last line starting "digitpipe retrain: " on (dvc
+    and the stages print before it)."""
+    return output[output.rindex("digitpipe retrain: ") :]
+
+
+def flat(output: str) -> str:
+    """The output with its line breaks and indents as single spaces (messages are wrapped)."""
+    return " ".join(output.split())
 
 
 def correct(model_dir: Path, images: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -84,8 +100,9 @@ def test_retrain_gate_drift_and_nothing_new(pipeline, mnist_train, tmp_path):
 
     # (a) The first model, far below track.min_accuracy (0.9): registered, not promoted.
     output = retrain(project, env)
-    assert "version 1 not promoted: no champion yet" in output, output
-    assert "is below track.min_accuracy 0.9: registered, not promoted" in output
+    assert message(output).startswith("digitpipe retrain: version 1 not promoted.\n"), output
+    assert "why: no champion yet" in flat(output)
+    assert "is below track.min_accuracy 0.9: registered, not promoted" in flat(output)
     first = client.get_model_version(NAME, "1")
     assert first.tags["decision"] == "kept" and first.tags["champion_version"] == ""
     assert float(first.tags["test_accuracy"]) < 0.9 and first.tags["test_images"] == "200"
@@ -95,7 +112,7 @@ def test_retrain_gate_drift_and_nothing_new(pipeline, mnist_train, tmp_path):
     # A lower floor judges the same model again (nothing retrains) and promotes it.
     edit_params(project, "track", min_accuracy=0.0)
     output = retrain(project, env)
-    assert "version 1 promoted to champion: no champion yet, and test accuracy" in output
+    assert "version 1 promoted to champion. why: no champion yet, and test accuracy" in flat(output)
     assert client.get_model_version_by_alias(NAME, "champion").version == "1"
     assert experiment_runs(client) == 1
 
@@ -135,9 +152,9 @@ def test_retrain_gate_drift_and_nothing_new(pipeline, mnist_train, tmp_path):
     assert float(tags["mcnemar_p_value"]) == pytest.approx(p, rel=1e-5)
     promote = challenger_ok.mean() > champion_ok.mean() and p < 0.05
     assert tags["decision"] == ("promoted" if promote else "kept")
-    assert f"exact McNemar p = {p:.4g}" in tags["reason"] and tags["reason"] in output
+    assert f"exact McNemar p = {p:.4g}" in tags["reason"] and tags["reason"] in flat(output)
     verb = "promoted to champion" if promote else "not promoted"
-    assert f"version 2 {verb}: " in output
+    assert f"digitpipe retrain: version 2 {verb}.\n" in output
     champion = client.get_model_version_by_alias(NAME, "champion").version
     assert champion == ("2" if promote else "1")
 
@@ -147,7 +164,9 @@ def test_retrain_gate_drift_and_nothing_new(pipeline, mnist_train, tmp_path):
     assert report["reference"]["images"] == 540  # what version 1 was trained on
     assert report["classes"]["p_value"] < 0.01
     assert report["flags"][0].startswith("class frequencies differ from the reference")
-    assert "class frequencies differ" in tags["drift_flags"] and "class frequencies" in output
+    assert "class frequencies differ" in tags["drift_flags"]
+    flagged = f"drift: {len(report['flags'])} of {report['checks']} checks"
+    assert f"{flagged} flag" in output and "see reports/retrain/drift.md." in output
     on_batch = correct(Path(champion_dir), images[batch], labels[batch])
     assert report["champion_on_new"]["correct"] == int(on_batch.sum())
     assert report["champion_on_new"]["per_batch"]["2025-06-02"]["images"] == 150
@@ -163,7 +182,9 @@ def test_retrain_gate_drift_and_nothing_new(pipeline, mnist_train, tmp_path):
     outputs = [racer.communicate(timeout=600)[0] for racer in racers]
     assert [racer.returncode for racer in racers] == [0, 0], outputs
     skipped = [out for out in outputs if "skipped: another retrain is running" in out]
-    unchanged = [out for out in outputs if "digitpipe retrain: nothing new: version 2 " in out]
+    unchanged = [
+        out for out in outputs if "digitpipe retrain: nothing new: version 2 " in flat(out)
+    ]
     assert len(skipped) == 1 and len(unchanged) == 1, outputs
     assert experiment_runs(client) == runs
     assert len(client.search_model_versions(f"name = '{NAME}'")) == 2
@@ -172,7 +193,9 @@ def test_retrain_gate_drift_and_nothing_new(pipeline, mnist_train, tmp_path):
     # `dvc pull`): nothing to register, said so, exit 0, and the store gains no model.
     empty_store = f"sqlite:///{tmp_path / 'elsewhere.db'}"
     output = retrain(project, env | {"MLFLOW_TRACKING_URI": empty_store})
-    assert f"nothing new: no run in the MLflow store {empty_store} trained the model" in output
+    assert f"nothing new: no run in the MLflow store {empty_store} trained the model" in flat(
+        output
+    )
     assert not MlflowClient(empty_store).search_registered_models()
 
     # The history, oldest first, the champion starred.
@@ -262,11 +285,11 @@ def test_a_champion_without_a_run_is_not_compared_and_the_new_model_judged_alone
     edit_params(project, "track", min_accuracy=0.0)
     output = retrain(project, env)
     assert (
-        "version 2 promoted to champion: champion version 1 cannot be compared: it has no run "
-        "(it was registered from elsewhere), and test accuracy" in output
+        "version 2 promoted to champion. why: champion version 1 cannot be compared: it has no "
+        "run (it was registered from elsewhere), and test accuracy" in flat(output)
     ), output
     assert client.get_model_version_by_alias(name, "champion").version == "2"
     assert client.get_model_version(name, "2").tags["champion_version"] == "1"
-    assert "nothing new: version 2 " in retrain(project, env)
+    assert "nothing new: version 2 " in flat(retrain(project, env))
     assert len(client.search_model_versions(f"name = '{name}'")) == 2
     assert list(scratch.iterdir()) == []

@@ -20,6 +20,8 @@ import pytest
 from conftest import answers, edit_params, free_port, wait_until
 
 from digitpipe.core.config import load_params
+from digitpipe.dataset.checks import pixel_fault
+from digitpipe.dataset.idx import write_idx
 from digitpipe.dataset.parquet import read_split
 from digitpipe.model.export import ModelSpec, load_model
 from digitpipe.model.inference import predict_probabilities
@@ -30,6 +32,7 @@ from digitpipe.tracking.serving import InputError, as_images, prediction_table
 from digitpipe.train.run import run as train
 
 SHAPES = "[N,28,28], [N,784] or [N,1,28,28]"
+DIGITPIPE = str(Path(sys.executable).parent / "digitpipe")
 SPEC = ModelSpec("bncnn", 28, 28, [str(i) for i in range(10)], 0.13, 0.31)
 
 
@@ -38,13 +41,21 @@ def test_input_layouts_and_refusals():
     flat = images.reshape(2, 784)
     for layout in (images, flat, images[:, None], pd.DataFrame(flat), images.tolist()):
         np.testing.assert_array_equal(as_images(layout, SPEC), images[:, None])
-    refused = [images[:, :27], images[:, :, :, None], images[0], [], "7", images * 2, -images]
+    refused = [images[:, :27], images[:, :, :, None], images[0], [], "7"]
     for bad in [*refused, pd.DataFrame(flat[:, :100]), [[1, 2], [3]], [["a"] * 784]]:
         with pytest.raises(InputError) as caught:
             as_images(bad, SPEC)
         error = caught.value
         error.message = f"Failed to predict data '{bad}'"  # what the scoring server does
         assert SHAPES in error.message and len(error.serialize_as_json()) < 500
+    # Values predict refuses: in the words of predict's check (the served model has no file).
+    for bad in (images * 2, -images, images + 0.5, np.where(images > 9, np.nan, images)):
+        with pytest.raises(InputError) as caught:
+            as_images(bad, SPEC)
+        assert caught.value.message == pixel_fault(np.asarray(bad, np.float64))
+        assert "is not a whole number in 0..255" in caught.value.message
+    with pytest.raises(InputError, match=r"the pixels look scaled to 0\.\.1; multiply them by 255"):
+        as_images(images / 255, SPEC)
     table = prediction_table(np.array([[0.1, 0.9], [0.8, 0.2]], np.float32), ["a", "b"])
     assert list(table.columns) == ["label", "probability", "prob_a", "prob_b"]
     assert table["label"].tolist() == ["b", "a"]
@@ -136,5 +147,21 @@ def test_mlflow_models_serve_answers_every_layout(ingested, tmp_path, monkeypatc
             np.testing.assert_allclose(table["probability"], expected.max(axis=1), atol=1e-5)
 
         status, text = post(url, {"inputs": pixels[:, :27, :27].tolist()})
+        assert 400 <= status < 500 and len(text) < 500, text[:1000]
+        assert SHAPES in json.loads(text)["message"]
+
+        # Pixels scaled to 0..1 are refused as `digitpipe predict` refuses them, word for word.
+        scaled = (images / 255).astype(np.float32)
+        status, text = post(url, {"inputs": scaled.tolist()})
+        write_idx(scaled, tmp_path / "scaled.idx")
+        predict = subprocess.run(
+            [DIGITPIPE, "predict", "scaled.idx", "--strict", "--model", str(ingested / MODEL_DIR)],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+        )
     assert 400 <= status < 500 and len(text) < 500, text[:1000]
-    assert SHAPES in json.loads(text)["message"]
+    message = json.loads(text)["message"]
+    assert "the pixels look scaled to 0..1; multiply them by 255" in message
+    assert predict.returncode == 2
+    assert predict.stderr.strip() == f"digitpipe: error: scaled.idx: {message}"

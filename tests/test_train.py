@@ -164,9 +164,8 @@ def test_clean_epochs_end_the_training_without_augmentation(ingested, capsys):
     plain = trained(None, 0)
     shaken = {"rotation": 20, "translation": 0.1}
     assert trained(shaken, 2) == plain  # every epoch clean: the augmentation never ran
-    assert "train.clean_epochs 2 covers all 2 epochs: no epoch is augmented" in (
-        capsys.readouterr().out
-    )
+    header = " ".join(capsys.readouterr().out.split())  # wrapped at the terminal's width
+    assert "train.clean_epochs 2 covers all 2 epochs: no epoch is augmented" in header
     first_only = trained(shaken, 1)
     assert first_only != plain  # the first epoch was augmented
     assert first_only != trained(shaken, 0)  # and the second was not

@@ -1,19 +1,21 @@
 """The model zoo on images of any size: each network's documented minimum is exact, and the
-train stage refuses smaller images by name before any work (no MLflow run started)."""
+ingest stage (before it writes anything) and the train stage (before any MLflow run) refuse
+smaller images by name."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 import yaml
-from conftest import default_params
+from conftest import default_params, edit_params
 
 from digitpipe.cli import main
 from digitpipe.core.config import load_params
 from digitpipe.core.errors import DigitpipeError
 from digitpipe.dataset.idx import write_idx
 from digitpipe.ingest.run import run as ingest
-from digitpipe.model.zoo import BUILDERS, MIN_SIDE, build_model, check_image_size
+from digitpipe.model.sizes import MIN_SIDE, check_image_size
+from digitpipe.model.zoo import BUILDERS, build_model
 
 
 def forward(arch: str, height: int, width: int) -> torch.Tensor:
@@ -36,7 +38,9 @@ def test_minimum_side_is_exact(arch):
             check_image_size(arch, side + 12, side - 1)
 
 
-def test_train_refuses_images_too_small_before_any_run(tmp_path, mnist_train, monkeypatch, capsys):
+def test_images_too_small_are_refused_at_ingest_and_at_train_before_any_run(
+    tmp_path, mnist_train, monkeypatch, capsys
+):
     images, labels = mnist_train
     small = images[:300, ::4, ::4][:, :7, :7].copy()  # 7x7: too small for every conv network
     write_idx(small, tmp_path / "images")
@@ -49,11 +53,20 @@ def test_train_refuses_images_too_small_before_any_run(tmp_path, mnist_train, mo
         track={"tracking_uri": f"sqlite:///{store}/mlflow.db"},
     )
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    ingest(load_params(tmp_path / "params.yaml"), tmp_path)
     monkeypatch.chdir(tmp_path)
-    assert main(["train"]) == 2
-    message = capsys.readouterr().err
-    assert "'lenet' needs images of at least 16x16" in message and "7x7" in message
-    assert "mlp" in message and "softmax" in message and "bncnn" not in message
+
+    def refused(stage: str) -> None:
+        assert main([stage]) == 2
+        message = capsys.readouterr().err
+        assert "'lenet' needs images of at least 16x16" in message and "7x7" in message
+        assert "mlp" in message and "softmax" in message and "bncnn" not in message
+
+    refused("ingest")  # before it writes anything
+    assert not (tmp_path / "data").exists() and not (tmp_path / "reports").exists()
+    # Ingested for a model that takes them, then trained with one that does not.
+    edit_params(tmp_path, "model", arch="mlp")
+    ingest(load_params(tmp_path / "params.yaml"), tmp_path)
+    edit_params(tmp_path, "model", arch="lenet")
+    refused("train")
     assert not (tmp_path / "models").exists()
     assert not any(store.iterdir())  # checks run before the MLflow run: no store, no run

@@ -16,7 +16,7 @@ from digitpipe.core.config import TrackParams, load_params
 from digitpipe.core.errors import DigitpipeError
 from digitpipe.core.numbers import json_safe
 from digitpipe.core.paths import PARAMS_FILE
-from digitpipe.core.stage import run_stage, user_errors
+from digitpipe.core.stage import quiet_libraries, run_stage, user_errors
 from digitpipe.outputs.train import MODEL_DIR
 
 # Pipeline stages: `digitpipe NAME` runs the stage's `run(params)` like `dvc repro` would.
@@ -40,6 +40,7 @@ def _stage(module: str) -> Callable[[argparse.Namespace], int]:
 def _retrain(args: argparse.Namespace) -> int:
     from digitpipe.retrain.command import Busy, history, retrain
 
+    quiet_libraries()  # MLflow's INFO lines (store migrations, ...) are no part of the decision
     params = load_params(args.params)
     if args.history:
         print(history(params.track))
@@ -49,7 +50,7 @@ def _retrain(args: argparse.Namespace) -> int:
     except Busy as busy:
         print(f"digitpipe retrain: skipped: {busy}.")
         return 0
-    print(f"digitpipe retrain: {outcome.paragraph()}")
+    print(outcome.message())
     return 0
 
 

@@ -7,9 +7,11 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from digitpipe.activations.hooks import SOFTMAX
-from digitpipe.plotting import mosaic
+from digitpipe.plotting import PAGE_INCHES, class_ticks, mosaic
 
 MAP_KINDS = ("conv", "activation", "pool", "batchnorm")
+ROW_INCHES = 0.06  # the height of one image's barcode, up to BARCODES_INCHES in all
+BARCODES_INCHES = 8.0  # 47 classes of 12 images drew 34 inches, a third of the report
 
 
 def _to_gray(maps: np.ndarray) -> np.ndarray:
@@ -34,7 +36,7 @@ def feature_maps_figure(
     strips = [(n, a) for n, a in activations.items() if a.ndim == 1 and kinds[n] == "dense"]
     rows = 1 + len(maps) + len(strips) + 1
     heights = [2.2] + [1.4] * len(maps) + [0.6] * len(strips) + [1.8]
-    figure = plt.figure(figsize=(12, sum(heights) + 0.8), layout="constrained")
+    figure = plt.figure(figsize=(PAGE_INCHES, sum(heights) + 0.8), layout="constrained")
     axes = figure.subplots(rows, 1, gridspec_kw={"height_ratios": heights})
     axes[0].imshow(image, cmap="gray_r", vmin=0, vmax=255)
     axes[0].set_title("input", loc="left", fontsize=10)
@@ -58,7 +60,9 @@ def feature_maps_figure(
         ax.set_xticks([])
         ax.set_yticks([])
     probabilities = activations[SOFTMAX]
-    bars = axes[-1].bar(class_names, probabilities, color="#9aa5b1")
+    bars = axes[-1].bar(range(len(class_names)), probabilities, color="#9aa5b1")
+    class_ticks(axes[-1].xaxis, class_names, (PAGE_INCHES - 0.6) * 72 / len(class_names))
+    axes[-1].set_xlim(-0.6, len(class_names) - 0.4)
     bars[int(probabilities.argmax())].set_color("#d62728")
     axes[-1].set_ylim(0, 1)
     axes[-1].set_title("softmax: class probabilities (red: predicted)", loc="left", fontsize=9)
@@ -93,13 +97,15 @@ def filters_figure(weights: np.ndarray, layer: str) -> Figure:
 
 
 def barcodes_figure(
-    vectors: np.ndarray, labels: np.ndarray, class_names: list[str], layer: str
+    vectors: np.ndarray, labels: np.ndarray, class_names: list[str], layer: str, pooled: bool
 ) -> Figure:
-    """Pooled feature vectors minus their mean, one row per image, grouped by class."""
+    """Feature vectors (``pooled``: channel means of feature maps) minus their mean, one row per
+    image, grouped by class."""
     order = np.argsort(labels, kind="stable")
     centred = vectors[order] - vectors.mean(axis=0, keepdims=True)
     limit = float(np.abs(centred).max()) or 1.0
-    figure, ax = plt.subplots(figsize=(10, 0.06 * len(vectors) + 1.5), layout="constrained")
+    height = min(ROW_INCHES * len(vectors), BARCODES_INCHES)
+    figure, ax = plt.subplots(figsize=(PAGE_INCHES, height + 1.5), layout="constrained")
     ax.imshow(
         centred, cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto", interpolation="nearest"
     )
@@ -107,9 +113,12 @@ def barcodes_figure(
     bounds = np.flatnonzero(np.diff(sorted_labels)) + 0.5
     for bound in bounds:
         ax.axhline(bound, color="black", linewidth=0.8)
-    centres = [np.flatnonzero(sorted_labels == k).mean() for k in np.unique(sorted_labels)]
-    ax.set_yticks(centres, [class_names[k] for k in np.unique(sorted_labels)])
-    ax.set_xlabel(f"feature of {layer} (pooled per channel)")
+    present = np.unique(sorted_labels)
+    centres = [np.flatnonzero(sorted_labels == k).mean() for k in present]
+    per_class_pt = height * 72 / len(present)
+    class_ticks(ax.yaxis, [class_names[k] for k in present], per_class_pt, at=centres)
+    ax.set_xlabel(f"feature of {layer}" + (" (pooled per channel)" if pooled else ""))
     ax.set_ylabel("class")
-    ax.set_title("Barcodes: each image's pooled features minus the average over all images")
+    features = "pooled features" if pooled else "features"
+    ax.set_title(f"Barcodes: each image's {features} minus the average over all images")
     return figure

@@ -128,9 +128,10 @@ def draw_pictures(
     sample = barcode_sample(test, settings.barcode_images)
     sample_activations = record_activations(net, as_input(test.images[sample]))
     layer = barcode_layer(kinds, sample_activations)
+    features = sample_activations[layer]
     save_figure(
         barcodes_figure(
-            pooled(sample_activations[layer]), test.labels[sample], spec.class_names, layer
+            pooled(features), test.labels[sample], spec.class_names, layer, features.ndim == 4
         ),
         staging / outputs.BARCODES,
     )

@@ -314,6 +314,11 @@ def _describe(error: ValidationError, source: str) -> str:
 
 def _explain(item: dict) -> str:
     """One validation error as a line; an unknown key (usually a typo) with the nearest keys."""
+    if item["type"] == "string_type" and isinstance(item["input"], int | float):
+        # YAML reads 7, 1.5, true and null unquoted as numbers, booleans and nothing.
+        value = item["input"]
+        written = str(value).lower() if isinstance(value, bool) else value
+        return f"{invalid_field(item, ECHO)}; quote it to make it text: '{written}'"
     if item["type"] != "extra_forbidden":
         return invalid_field(item, ECHO)
     *path, key = (excerpt(part, ECHO, quote=False) for part in item["loc"])

@@ -38,6 +38,24 @@ def scaled_hint_between(low: float, high: float) -> str:
     return ""
 
 
+def not_8bit(image: int, value: object, hint: str) -> str:
+    """The words for a pixel value that is not a whole number in 0..255 (``hint``:
+    :func:`scaled_hint`'s), shared by the readers, the predict command and the served model."""
+    return (
+        f"pixel value {value!r} in image {image} is not a whole number in 0..255; convert the "
+        f"images to 8-bit grayscale.{hint}"
+    )
+
+
+def pixel_fault(pixels: np.ndarray) -> str | None:
+    """Why images (N, ...) are not 8-bit grayscale (:func:`not_8bit`), or None when every value
+    is a whole number in 0..255."""
+    index = first_invalid(pixels, (0, 255))
+    if index is None:
+        return None
+    return not_8bit(index[0], pixels[index].item(), scaled_hint(pixels))
+
+
 def check_labels(
     path: Path, labels: np.ndarray, classes: int, owner: str, ids: Sequence[str] | None = None
 ) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from digitpipe.core.errors import DigitpipeError
-from digitpipe.dataset.checks import first_invalid, scaled_hint, scaled_hint_between
+from digitpipe.dataset.checks import first_invalid, not_8bit, scaled_hint, scaled_hint_between
 
 
 def as_images(
@@ -65,10 +65,7 @@ class PixelError(DigitpipeError):
     """A pixel value that is not a whole number in 0..255 (``hint``: :func:`scaled_hint`'s)."""
 
     def __init__(self, path: Path, image: int, value: object, hint: str) -> None:
-        super().__init__(
-            f"{path}: pixel value {value!r} in image {image} is not a whole "
-            f"number in 0..255; convert the images to 8-bit grayscale.{hint}"
-        )
+        super().__init__(f"{path}: {not_8bit(image, value, hint)}")
 
 
 def _row_size(path: Path, count: int, size: tuple[int, int] | None, exact: bool) -> tuple[int, int]:

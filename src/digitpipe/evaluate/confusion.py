@@ -10,10 +10,16 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
-from matplotlib.font_manager import FontProperties
-from matplotlib.textpath import TextToPath
 
 from digitpipe.core.atomic import atomic_path
+from digitpipe.plotting import (
+    CHAR_EM,
+    PAGE_INCHES,
+    SMALLEST_LABEL,
+    class_ticks,
+    shortened,
+    widest_pt,
+)
 
 CORNER = "actual\\predicted"
 ZERO = "#c8c8c8"  # zero counts in light grey, so the eye skips them
@@ -67,39 +73,45 @@ def _cell_colours(matrix: np.ndarray) -> np.ndarray:
     return colours
 
 
-def widest_pt(texts: Sequence[str], size: float) -> float:
-    """The width in points of the widest of ``texts`` in the default font at ``size``."""
-    font, measure = FontProperties(size=size), TextToPath()
-    return max(measure.get_text_width_height_descent(t, font, ismath=False)[0] for t in texts)
-
-
 def confusion_figure(matrix: np.ndarray, class_names: Sequence[str], title: str) -> Figure:
     """Annotated heatmap of the counts: correct in blue, errors in red (each on a log scale).
 
-    Beyond ``MANY_CLASSES`` classes zero cells stay blank, so the few counts stand out.
+    At most PAGE_INCHES wide, so that report.html shows it at full size; the counts are drawn
+    as large as their cells allow, and left out (said in the title) where that is below
+    SMALLEST_LABEL. Beyond ``MANY_CLASSES`` classes zero cells stay blank, so the few counts
+    stand out.
     """
     classes = len(class_names)
     colours = _cell_colours(matrix)
     many = classes > MANY_CLASSES
-    side = max(4.5, (0.4 if many else 0.55) * classes + 1.5)
-    figure, ax = plt.subplots(figsize=(side + 0.5, side + 0.3), layout="constrained")
+    side = min(PAGE_INCHES, max(4.5, 0.55 * classes + 1.5))
+    figure, ax = plt.subplots(figsize=(side, side + 0.3), layout="constrained")
     ax.imshow(colours, interpolation="nearest")
-    luminance = colours[..., :3] @ np.array([0.299, 0.587, 0.114])
-    for (i, j), count in np.ndenumerate(matrix):
-        if count or not many:
-            colour = ZERO if count == 0 else "white" if luminance[i, j] < 0.55 else "black"
-            ax.text(j, i, count, ha="center", va="center", fontsize=7 if many else 9, color=colour)
+    labels = [shortened(name) for name in class_names]
+    # The axes get the figure less the tick labels, the axis label and a little air.
+    margin_pt = widest_pt(labels, TICK_LABEL_PT) + 2.5 * TICK_LABEL_PT + 12
+    cell_pt = (side * 72 - margin_pt) / classes
+    digits = len(str(int(matrix.max(initial=0))))
+    count_pt = min(9.0, 0.7 * cell_pt, 0.9 * cell_pt / (CHAR_EM * digits))
+    counted = count_pt >= SMALLEST_LABEL
+    if counted:
+        luminance = colours[..., :3] @ np.array([0.299, 0.587, 0.114])
+        for (i, j), count in np.ndenumerate(matrix):
+            if count or not many:
+                colour = ZERO if count == 0 else "white" if luminance[i, j] < 0.55 else "black"
+                ax.text(j, i, count, ha="center", va="center", fontsize=count_pt, color=colour)
+    class_ticks(ax.xaxis, class_names, cell_pt, TICK_LABEL_PT)
+    class_ticks(ax.yaxis, class_names, cell_pt, TICK_LABEL_PT)
     ticks = np.arange(classes)
-    cell_pt = 72 * (side - 1.5) / classes  # the figure's width less its margins, per class
-    upright = not many and widest_pt(class_names, TICK_LABEL_PT) <= cell_pt
-    ax.set_xticks(ticks, class_names, rotation=0 if upright else 90)
-    ax.set_yticks(ticks, class_names)
     ax.set_xlabel("predicted class")
     ax.set_ylabel("actual class")
     ax.set_xticks(ticks[:-1] + 0.5, minor=True)
     ax.set_yticks(ticks[:-1] + 0.5, minor=True)
-    ax.grid(which="minor", color="white", linewidth=1.5)
+    ax.grid(which="minor", color="white", linewidth=1.5 if classes <= MANY_CLASSES else 0.5)
     ax.tick_params(which="both", length=0)
     ax.spines[:].set_visible(False)
-    ax.set_title(f"{title}\nblue: correct, red: errors (each on a log colour scale)", fontsize=10)
+    legend = "blue: correct, red: errors (each on a log colour scale)"
+    if not counted:
+        legend += "; counts in evaluate/confusion.csv"
+    ax.set_title(f"{title}\n{legend}", fontsize=10)
     return figure

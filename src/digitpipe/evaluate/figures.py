@@ -10,24 +10,36 @@ import numpy as np
 from matplotlib.collections import PolyCollection
 from matplotlib.figure import Figure
 
-from digitpipe.plotting import CHAR_EM, fit_caption, mosaic, points_per_pixel
+from digitpipe.plotting import (
+    CAPTION_ROOM,
+    PAGE_INCHES,
+    SMALLEST_CAPTION,
+    fit_caption,
+    mosaic,
+    picture_axes,
+    points_per_pixel,
+    widest_pt,
+)
 
 ACTUAL = "#1a9850"  # green: the true class
 PREDICTED = "#d73027"  # red: the predicted class, where it is wrong
 OTHER = "#8c8c8c"
 TRACK = "#ececec"  # the full height of a bar, p = 1
-IMAGE_INCHES = 1.2  # each digit is drawn this wide, whatever its size in pixels
+IMAGE_INCHES = 1.2  # each image is drawn this wide, whatever its size in pixels
+GAP_INCHES = 0.25  # between images
 LABELLED_CLASSES = 12  # up to this many classes every bar is named beneath it
 
 
-def bar_label_size(class_names: Sequence[str]) -> float | None:
-    """The font size at which every class name fits under its own bar, or None when they
-    cannot be told apart there (too many classes, or names too long)."""
+def bar_label_size(class_names: Sequence[str], image_in: float) -> float | None:
+    """The font size at which every class name fits under its own bar (CAPTION_ROOM of its
+    slot, in bold, as the actual and predicted classes are named), or None when they cannot be
+    told apart there (too many classes, or names too long)."""
     if len(class_names) > LABELLED_CLASSES:
         return None
-    slot_pt = IMAGE_INCHES * 72 / len(class_names)
-    size = min(7.0, 0.85 * slot_pt, slot_pt / (CHAR_EM * max(map(len, class_names))))
-    return size if size >= 4.0 else None
+    room = CAPTION_ROOM * image_in * 72 / len(class_names)
+    size = min(7.0, room)
+    size = min(size, size * room / widest_pt(class_names, size, bold=True))
+    return size if size >= SMALLEST_CAPTION else None
 
 
 def _bars(
@@ -56,15 +68,16 @@ class Grid:
     spacer: int
 
 
-def _grid(images: np.ndarray, classes: int, columns: int, labelled: bool) -> Grid:
-    """Tile the images with room beneath each for its bars (and their names when labelled)."""
+def _grid(images: np.ndarray, classes: int, columns: int, labelled: bool, image_in: float) -> Grid:
+    """Tile the images, each ``image_in`` inches wide, with room beneath each for its bars
+    (and their names when labelled)."""
     count, height, width = images.shape
-    per_inch = width / IMAGE_INCHES  # image pixels per inch of figure
+    per_inch = width / image_in  # image pixels per inch of figure
 
     def pixels(inches: float) -> int:
         return max(1, round(inches * per_inch))
 
-    spacer, band, gap = pixels(0.06), pixels(0.42), pixels(0.25)
+    spacer, band, gap = pixels(0.06), pixels(0.42), pixels(GAP_INCHES)
     bar_height = round(height * 0.8)
     label_height = pixels(0.16) if labelled else 0
     padded = np.zeros((count, height + spacer + bar_height + label_height, width), images.dtype)
@@ -135,12 +148,12 @@ def probability_gallery(
     are cut short to stay within their cell.
     """
     count, _, width = images.shape
-    label_size = bar_label_size(class_names)
-    grid = _grid(images, len(class_names), columns, label_size is not None)
-    per_inch = width / IMAGE_INCHES
-    figure, ax = plt.subplots(
-        figsize=(grid.canvas.shape[1] / per_inch, grid.canvas.shape[0] / per_inch + 0.6)
-    )
+    # Each image IMAGE_INCHES wide, less where the columns would not fit the report's width.
+    image_in = min(IMAGE_INCHES, PAGE_INCHES / (columns * (1 + GAP_INCHES / IMAGE_INCHES)))
+    label_size = bar_label_size(class_names, image_in)
+    grid = _grid(images, len(class_names), columns, label_size is not None, image_in)
+    per_inch = max(width / image_in, grid.canvas.shape[1] / PAGE_INCHES)  # gaps were rounded
+    figure, ax = picture_axes(grid.canvas.shape[1] / per_inch, grid.canvas.shape[0] / per_inch, 0.6)
     ax.imshow(grid.canvas, cmap="gray_r", vmin=0, vmax=255, interpolation="nearest")
     cell, predicted = np.arange(count), probabilities.argmax(axis=1)
     colours = np.full((count, len(class_names)), OTHER, dtype=object)

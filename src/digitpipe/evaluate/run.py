@@ -30,6 +30,7 @@ from digitpipe.outputs import write_report
 from digitpipe.outputs.ingest import split_file
 from digitpipe.outputs.train import MODEL_DIR
 from digitpipe.plotting import save_figure
+from digitpipe.terminal import wrapped
 from digitpipe.tracking.store import check_tracking
 
 # Logged to MLflow beside the pictures.
@@ -160,5 +161,7 @@ def run(params: Params, root: Path = Path(".")) -> dict:
         write_json(staging / outputs.METRICS, metrics_file(metrics))
     if params.track.enabled:
         log_evaluation(params, root, metrics, root / split_file("test"))
-    print(f"evaluate: {headline(metrics)}; reports in {outputs.EVALUATE_REPORTS}", flush=True)
+    print(
+        wrapped(f"evaluate: {headline(metrics)}; reports in {outputs.EVALUATE_REPORTS}"), flush=True
+    )
     return metrics

@@ -15,7 +15,7 @@ from digitpipe.outputs import write_report
 from digitpipe.plotting import save_figure
 
 GALLERY_COLUMNS = 8
-TYPICAL_COLUMNS = 12
+TYPICAL_COLUMNS = 10  # MNIST's classes in one row, each bar named (12 left no room for names)
 LEGEND = "bars: class probabilities; green = actual class, red = predicted class"
 
 
@@ -58,10 +58,11 @@ def typical_rows(probabilities: np.ndarray, labels: np.ndarray) -> dict[int, int
 
 
 def _caption(split: ImageSet, probabilities: np.ndarray, row: int) -> str:
-    """Image id, then "actual -> predicted  p=..." (just "class  p=..." when right)."""
+    """Image id and the predicted class's probability, then "actual -> predicted" (just the
+    class when right)."""
     names, actual, guess = split.class_names, split.labels[row], probabilities[row].argmax()
     classes = names[actual] if actual == guess else f"{names[actual]} \u2192 {names[guess]}"
-    return f"{split.ids[row]}\n{classes}  p={probabilities[row, guess]:.2f}"
+    return f"{split.ids[row]}  p={probabilities[row, guess]:.2f}\n{classes}"
 
 
 def _gallery(

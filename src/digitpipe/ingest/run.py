@@ -25,6 +25,7 @@ from digitpipe.ingest.duplicates import (
 from digitpipe.ingest.figures import class_distribution_figure, sample_digits_figure
 from digitpipe.ingest.sources import Batch, load_batches, load_source, unused_checksums
 from digitpipe.ingest.split import split_off, stratified_sample
+from digitpipe.model.sizes import check_image_size
 from digitpipe.outputs import ingest, write_report
 from digitpipe.outputs.ingest import IngestSummary
 from digitpipe.plotting import save_figure
@@ -235,6 +236,8 @@ def run(params: Params, root: Path = Path(".")) -> dict:
     """Run the ingest stage under ``root``; return the summary it writes. The splits and the
     reports appear together or not at all (both are swapped in only once everything is drawn)."""
     splits, batches, leaks = _build(params.data, root)
+    # Here, not first at train: no splits are written for a model that cannot take them.
+    check_image_size(params.model.arch, *splits["train"].image_size)
     summary = summarize(splits, batches, leaks)
     warnings = [
         *(leak.warning() for leak in leaks),

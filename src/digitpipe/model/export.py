@@ -25,7 +25,8 @@ from digitpipe.core.config import MAX_TEST_TIME_SHIFT
 from digitpipe.core.errors import DigitpipeError, excerpt
 from digitpipe.core.files import UnreadableFile, cannot_read, check_regular, read_bounded
 from digitpipe.dataset.images import are_class_names
-from digitpipe.model.zoo import BUILDERS, MIN_SIDE, build_model
+from digitpipe.model.sizes import MIN_SIDE
+from digitpipe.model.zoo import BUILDERS, build_model
 from digitpipe.outputs.train import SPEC_FILE, WEIGHTS_FILE
 from digitpipe.provenance import WEIGHTS_DIGEST_KEY, check_weights_digest
 

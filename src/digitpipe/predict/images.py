@@ -52,7 +52,7 @@ def load_digit(path: Path, size: tuple[int, int]) -> np.ndarray:
         raise DigitpipeError(f"{path}: not a readable picture ({exc}).") from None
     digit = mnist_style(gray, size)
     if digit is None:
-        raise DigitpipeError(f"{path}: no digit found: the picture is blank.")
+        raise DigitpipeError(f"{path}: nothing to classify: the picture is blank.")
     return digit
 
 
@@ -75,12 +75,12 @@ FIRST_FRAME_FORMATS = ("MPO",)
 
 def refuse_animation(path: Path, picture: Image.Image) -> None:
     """Refuse a picture of several frames (an animated GIF, PNG or WebP, a TIFF of several
-    pages; read by content, whatever the suffix): which frame holds the digit is not for
-    digitpipe to guess."""
+    pages; read by content, whatever the suffix): which frame is meant is not for digitpipe to
+    guess."""
     if picture.format not in FIRST_FRAME_FORMATS and getattr(picture, "is_animated", False):
         raise DigitpipeError(
-            f"{path}: an animation of several frames; save the frame that shows the digit as a "
-            "picture of its own."
+            f"{path}: an animation of several frames; save the frame to classify as a picture of "
+            "its own."
         )
 
 
@@ -95,7 +95,7 @@ def fit_pixel_cap(path: Path, picture: Image.Image) -> None:
     if picture.size[0] * picture.size[1] > MAX_PIXELS:
         raise DigitpipeError(
             f"{path}: the picture is {width}x{height} pixels, more than the {MAX_PIXELS:,} "
-            f"({MAX_SIDE}x{MAX_SIDE}) digitpipe decodes; scale it down (a digit needs far fewer)."
+            f"({MAX_SIDE}x{MAX_SIDE}) digitpipe decodes; scale it down (the model takes far fewer)."
         )
 
 

@@ -59,7 +59,7 @@ class Predictor:
                 f"{batch.source}: images are {height}x{width} ({height * width} pixels) but the "
                 f"model takes {self.spec.height}x{self.spec.width} "
                 f"({self.spec.height * self.spec.width} pixels); use a model trained on "
-                f"{height}x{width} images, or give the digits as pictures (PNG, JPEG), "
+                f"{height}x{width} images, or give the images as pictures (PNG, JPEG), "
                 "which are resized to fit."
             )
         if batch.labels is not None:

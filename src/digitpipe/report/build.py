@@ -84,7 +84,7 @@ def model_section(root: Path, spec: ModelFacts) -> str:
     return "\n\n".join(
         [
             "## Model and training",
-            _table(["", ""], facts),
+            "\n".join(f"- **{name}**: {value}" for name, value in facts),
             _image(train.LEARNING_CURVES, "learning curves"),
         ]
     )
@@ -126,8 +126,7 @@ def worst_cases_section(root: Path) -> str:
         "No test image was misclassified."
         if pair is None
         else f"The most confused pair: **{literal(pair.actual)}** read as "
-        f"**{literal(pair.predicted)}**, "
-        f"{pair.count} times."
+        f"**{literal(pair.predicted)}**, {counted(pair.count, 'time')}."
     )
     return "\n\n".join(
         [
@@ -155,7 +154,7 @@ def activations_section(root: Path) -> str:
             _table(["layer", "kind", "output shape (per image)"], layers),
             _image(activations.FEATURE_MAPS, "feature maps of one image"),
             _image(activations.FILTERS, "first-layer filters"),
-            _image(activations.BARCODES, "pooled feature barcodes per class"),
+            _image(activations.BARCODES, "feature barcodes per class"),
         ]
     )
 

@@ -17,9 +17,10 @@ STYLE = """
 body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2rem auto; padding: 0 1rem;
        color: #1f2328; line-height: 1.5; }
 img { max-width: 100%; display: block; margin: 1rem 0; }
-table { border-collapse: collapse; margin: 1rem 0; font-size: 0.9rem; display: block;
-        overflow-x: auto; }
-th, td { border: 1px solid #d0d7de; padding: 0.25rem 0.6rem; text-align: left; }
+table { border-collapse: collapse; margin: 1rem 0; font-size: 0.85rem; display: block;
+        overflow-x: auto; font-variant-numeric: tabular-nums; }
+th, td { border: 1px solid #d0d7de; padding: 0.2rem 0.35rem; text-align: left; }
+th { vertical-align: bottom; }
 tr:nth-child(even) { background: #f6f8fa; }
 h1, h2 { border-bottom: 1px solid #d0d7de; padding-bottom: 0.3rem; }
 code { background: #f6f8fa; padding: 0.1rem 0.3rem; border-radius: 4px; }

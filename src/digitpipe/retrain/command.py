@@ -58,6 +58,7 @@ from digitpipe.retrain.promotion import (
     registered_version,
     run_json,
 )
+from digitpipe.terminal import wrapped
 from digitpipe.tracking.registry import CHAMPION, download_weights, no_weights, versions
 from digitpipe.tracking.runs import RunRef, find_training_run
 from digitpipe.tracking.store import ensure_reachable, sqlite_file, tracking_uri
@@ -86,16 +87,26 @@ class Outcome:
     drift_summary: str | None = None
     run_id: str | None = None
 
-    def paragraph(self) -> str:
-        """The decision in one paragraph, as `digitpipe retrain` prints it."""
+    def message(self) -> str:
+        """What `digitpipe retrain` prints: the decision first, then why and the drift, in lines
+        of at most MESSAGE_WIDTH columns (a schedule's log, a mail)."""
         if self.nothing_new:
-            return f"nothing new: {self.reason}."
+            return wrapped(f"nothing new: {self.reason}.", MESSAGE_WIDTH, f"{PROGRAM}: ", INDENT)
         verb = "promoted to champion" if self.promoted else "not promoted"
-        return (
-            f"version {self.version} {verb}: {self.reason}. Drift of the new data: "
-            f"{self.drift_summary} ({RETRAIN_REPORTS / DRIFT_MD}; logged to run {self.run_id} "
-            f"as {ARTIFACTS}/{DRIFT_MD})."
+        details = [
+            f"why: {self.reason}.",
+            f"drift: {self.drift_summary}: see {RETRAIN_REPORTS / DRIFT_MD}.",
+            f"logged to run {self.run_id} as {ARTIFACTS}/{DRIFT_MD}.",
+        ]
+        return "\n".join(
+            [f"{PROGRAM}: version {self.version} {verb}."]
+            + [wrapped(line, MESSAGE_WIDTH, "  ", INDENT) for line in details]
         )
+
+
+PROGRAM = "digitpipe retrain"
+MESSAGE_WIDTH = 100  # the project's line length: a schedule's log or mail shows it unwrapped
+INDENT = "    "  # continuation lines, under the first line's text
 
 
 @contextmanager

@@ -149,8 +149,27 @@ def drift(
                 f"({accuracy:.4f}) than on the test split ({champion.test_accuracy:.4f}): "
                 f"one-sided Fisher exact p = {p:.3g}"
             )
-    report["summary"] = "; ".join(report["flags"]) or "nothing flagged"
+    report["checks"] = checks(report)
+    report["summary"] = summary(report)
     return json_safe(report)
+
+
+def checks(report: dict) -> int:
+    """How many checks a report with new data made: classes absent from the reference, class
+    frequencies, each pixel test, and the champion's accuracy overall and per batch (with
+    several); each flag is one of them."""
+    champion = report.get("champion_on_new")
+    batches = len(champion["per_batch"]) if champion else 0
+    on_new = 0 if champion is None else 1 + (batches if batches > 1 else 0)
+    return 2 + report["pixels"]["tests"] + on_new
+
+
+def summary(report: dict) -> str:
+    """The report in one short line: how many checks flag drift."""
+    flagged, made = len(report["flags"]), report["checks"]
+    if not flagged:
+        return f"nothing flagged in {counted(made, 'check')}"
+    return f"{flagged} of {counted(made, 'check')} {'flags' if flagged == 1 else 'flag'} drift"
 
 
 def _batch_accuracy(champion: ChampionOnNew, alpha: float, flags: list[str]) -> dict:
@@ -168,16 +187,13 @@ def _batch_accuracy(champion: ChampionOnNew, alpha: float, flags: list[str]) -> 
     if len(rows) < 2:
         return rows
     level = alpha / len(rows)
-    low = [
-        f"{batch} ({row['accuracy']:.4f}, p = {row['p_value']:.3g})"
+    flags += [
+        f"champion version {champion.version} is less accurate on the batch {batch} "
+        f"({row['accuracy']:.4f}) than on the test split: Fisher exact p = "
+        f"{row['p_value']:.3g}, Bonferroni level {level:.2g}"
         for batch, row in rows.items()
         if row["p_value"] < level
     ]
-    if low:
-        flags.append(
-            f"champion version {champion.version} is less accurate than on the test split on "
-            f"the batches (Fisher exact, Bonferroni level {level:.2g}): {', '.join(low)}"
-        )
     return rows
 
 
@@ -246,16 +262,14 @@ def _pixel_shifts(
             effect = (cur[mean] - ref[mean]) / ref[std] if ref[std] else math.inf
             tests.append((name, measure, float(p), float(effect)))
     level = alpha / max(len(tests), 1)
-    shifted = []
     for name, measure, p, effect in tests:
         rows[name][f"{measure}_p_value"] = p
         rows[name][f"{measure}_effect"] = effect
         if p < level and abs(effect) >= MIN_EFFECT:
-            shifted.append(f"{name} (per-image {MEASURED[measure]} {effect:+.2f} reference sd)")
-    if shifted:
-        flags.append(
-            f"pixel statistics shifted (Welch, Bonferroni level {level:.2g}): {', '.join(shifted)}"
-        )
+            flags.append(
+                f"pixels of class {name} shifted: per-image {MEASURED[measure]} "
+                f"{effect:+.2f} reference sd (Welch p = {p:.3g}, Bonferroni level {level:.2g})"
+            )
     return {"per_class": rows, "tests": len(tests), "level": level}
 
 
@@ -269,11 +283,13 @@ def to_markdown(report: dict, title: str) -> str:
         if batches
         else "- New data: none (no drop-folder batch in the training data).",
         f"- Reference: {ref['what']}: {counted(ref['images'], 'image')}.",
-        f"- Flagged (level {report['alpha']}): {report['summary']}.",
+        f"- Checks at level {report['alpha']}: {report['summary']}.",
         "",
     ]
     if "classes" not in report:
         return "\n".join(lines)
+    if report["flags"]:
+        lines += ["## Flagged", "", *(f"- {literal(flag)}" for flag in report["flags"]), ""]
     classes = report["classes"]
     p = classes["p_value"]
     lines += [

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
@@ -17,6 +19,7 @@ import numpy as np
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from mlflow.utils import logging_utils
 
 from digitpipe.core.errors import DigitpipeError
 from digitpipe.tracking.registry import CHAMPION
@@ -31,7 +34,21 @@ def registered_version(client: MlflowClient, name: str, ref: RunRef) -> str:
         return str(version.version)
     if ref.model_uri is None:
         raise DigitpipeError(f"run {ref.run_id} has no logged model; rerun the train stage.")
-    return str(mlflow.register_model(ref.model_uri, name).version)
+    with registry_notes_silenced():
+        return str(mlflow.register_model(ref.model_uri, name).version)
+
+
+@contextmanager
+def registry_notes_silenced() -> Iterator[None]:
+    """Without MLflow's "Successfully registered model ..." and "Created version ..." lines: a
+    schedule's log wants the retrain's decision alone. MLflow prints them to its own stream, not
+    through logging (so logger levels cannot), and its errors still raise."""
+    stream = logging_utils.MLFLOW_LOGGING_STREAM
+    enabled, stream.enabled = stream.enabled, False
+    try:
+        yield
+    finally:
+        stream.enabled = enabled
 
 
 def champion_version(client: MlflowClient, name: str) -> ModelVersion | None:

@@ -3,7 +3,8 @@ that rebuilds the network from the run's safetensors weights and model.json with
 digitpipe.model.export.load_model and answers each image with its label, that label's
 probability and the probability of every class.
 
-Input: N images as float pixel values 0..255, shaped [N,H,W], [N,H*W] or [N,1,H,W] (a numpy
+Input: N images as pixel values 0..255 (whole numbers, as `digitpipe predict` takes them; 0..1
+is refused with a hint to scale), shaped [N,H,W], [N,H*W] or [N,1,H,W] (a numpy
 array; `mlflow models serve` reads `{"inputs": [...]}` into one), or a DataFrame of N rows x H*W
 columns (`{"dataframe_split": ...}`). Anything else is refused with a short message that names
 the expected shapes and never repeats the input (HTTP 400 from the scoring server).
@@ -27,6 +28,7 @@ from mlflow.exceptions import INVALID_PARAMETER_VALUE, MlflowException
 from mlflow.models import ModelSignature, set_model
 from mlflow.types import ColSpec, Schema
 
+from digitpipe.dataset.checks import pixel_fault
 from digitpipe.model.export import ModelSpec, load_model
 from digitpipe.model.inference import predict_probabilities
 
@@ -56,29 +58,29 @@ class InputError(MlflowException):
 def expected_shapes(spec: ModelSpec) -> str:
     h, w = spec.height, spec.width
     return (
-        f"expected N images of float pixel values 0..255 as [N,{h},{w}], [N,{h * w}] or "
+        f"expected N images of whole-number pixel values 0..255 as [N,{h},{w}], [N,{h * w}] or "
         f"[N,1,{h},{w}] (a DataFrame: N rows x {h * w} columns)"
     )
 
 
 def as_images(model_input: Any, spec: ModelSpec) -> np.ndarray:
     """``model_input`` as a float32 array [N,1,H,W]; raise InputError (never echoing the input)
-    unless it is N >= 1 images in one of the accepted layouts with values in 0..255."""
+    unless it is N >= 1 images in one of the accepted layouts with whole numbers in 0..255."""
     h, w = spec.height, spec.width
     if isinstance(model_input, pd.DataFrame):
         model_input = model_input.to_numpy()
     try:
-        images = np.asarray(model_input, dtype=np.float32)
+        images = np.asarray(model_input, dtype=np.float64)  # the values as sent, for the check
     except (TypeError, ValueError):
         raise InputError(f"non-numeric or ragged input; {expected_shapes(spec)}.") from None
     shape = images.shape
     if len(shape) < 2 or shape[0] < 1 or shape[1:] not in ((h, w), (h * w,), (1, h, w)):
         dims = ",".join(map(str, shape[:6])) + (",..." if len(shape) > 6 else "")
         raise InputError(f"input of shape [{dims}]; {expected_shapes(spec)}.")
-    images = images.reshape(len(images), 1, h, w)
-    if not np.isfinite(images).all() or images.min() < 0 or images.max() > 255:
-        raise InputError(f"pixel values outside 0..255 (or NaN); {expected_shapes(spec)}.")
-    return images
+    fault = pixel_fault(images)  # `digitpipe predict` refuses the same, in the same words
+    if fault is not None:
+        raise InputError(fault)
+    return images.reshape(len(images), 1, h, w).astype(np.float32)
 
 
 def prediction_table(probabilities: np.ndarray, class_names: list[str]) -> pd.DataFrame:

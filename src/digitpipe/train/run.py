@@ -34,7 +34,8 @@ from digitpipe.dataset.images import ImageSet
 from digitpipe.dataset.parquet import split_layout
 from digitpipe.model import zoo
 from digitpipe.model.export import ModelSpec, save_model
-from digitpipe.model.zoo import check_image_size, count_parameters
+from digitpipe.model.sizes import check_image_size
+from digitpipe.model.zoo import count_parameters
 from digitpipe.outputs import write_report
 from digitpipe.outputs.ingest import split_file
 from digitpipe.outputs.train import (
@@ -53,6 +54,7 @@ from digitpipe.outputs.train import (
 )
 from digitpipe.plotting import save_figure
 from digitpipe.provenance import file_digest, json_digest
+from digitpipe.terminal import wrapped
 from digitpipe.train import module as lightning_module
 from digitpipe.train.callbacks import (
     EpochBar,
@@ -267,7 +269,7 @@ def run(params: Params, root: Path = Path(".")) -> dict | None:
     check_batch_norm(module, recipe.batch_size // trainer.world_size)
     on_rank_zero = rank_zero_only.rank == 0  # under DDP only rank 0 prints and talks to MLflow
     if on_rank_zero:
-        print(describe(params, recipe, module, train, trainer) + f"; {memory}", flush=True)
+        print(wrapped(describe(params, recipe, module, train, trainer) + f"; {memory}"), flush=True)
     choice = resume_from(run_dir, params.runtime, module) if on_rank_zero else None
     with agreed_resume(trainer, choice, params.train.ddp_timeout) as resume:
         tracking = (
@@ -322,7 +324,8 @@ def describe(
     train: ImageSet | StreamedSplit,
     trainer: L.Trainer,
 ) -> str:
-    """One line saying what is about to train, on what (and when augmentation never runs)."""
+    """What is about to train, on what (and when augmentation never runs): one sentence, which
+    ``wrapped`` breaks between words for the terminal."""
     height, width = train.image_size
     never_augmented = recipe.augment != Augment() and recipe.clean_epochs >= recipe.max_epochs
     return (
