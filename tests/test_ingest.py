@@ -244,6 +244,13 @@ def _csv_train(project, text):
 
 
 CSV_HEADER = "label," + ",".join(f"pixel{i}" for i in range(4))
+
+
+def _csv_rows(rows: str):
+    """A way to break the tiny project: a training CSV of CSV_HEADER, then ``rows``."""
+    return lambda project: _csv_train(project, f"{CSV_HEADER}\n{rows}")
+
+
 BAD_INPUTS = {
     "truncated": (_truncate, ["test-images", "truncated"]),
     "wrong magic": (_wrong_magic, ["test-images", "wrong magic number"]),
@@ -290,7 +297,7 @@ BAD_INPUTS = {
     ),
     "csv image_size": (
         lambda p: (
-            _csv_train(p, f"{CSV_HEADER}\n1,2,3,4,5\n"),
+            _csv_rows("1,2,3,4,5\n")(p),
             edit_params(p, "data", image_size=[1, 3]),
         ),
         ["train.csv", "wrong pixel count: 4 pixels per image", "data.image_size 1x3 needs 3"],
@@ -300,11 +307,11 @@ BAD_INPUTS = {
         ["train-images.gz", "the images are 28x28 pixels, but data.image_size is 14x56"],
     ),
     "csv value of 5000 digits": (
-        lambda p: _csv_train(p, f"{CSV_HEADER}\n1,2,3,4,{'9' * 5000}\n"),
+        _csv_rows(f"1,2,3,4,{'9' * 5000}\n"),
         ["train.csv", "'pixel3' has a value that reads as infinite", "data row 1"],
     ),
     "csv row longer than a block": (  # pyarrow's own words ("straddling object") stay hidden
-        lambda p: _csv_train(p, f"{CSV_HEADER}\n1,2,3,4,5\n1,2,3,4,{'5' * 2**21}\n"),
+        _csv_rows(f"1,2,3,4,5\n1,2,3,4,{'5' * 2**21}\n"),
         ["train.csv", "line 3 (the longest) is longer than 1,048,576 bytes while"],
     ),
     "incoming holds the sources": (  # the test set would be appended to training
@@ -312,27 +319,27 @@ BAD_INPUTS = {
         ["data/raw: data.incoming holds the source data/raw/"],
     ),
     "csv non-numeric": (
-        lambda p: _csv_train(p, f"{CSV_HEADER}\n1,2,x,4,5\n"),
+        _csv_rows("1,2,x,4,5\n"),
         ["train.csv", "'pixel1' is not numeric"],
     ),
     "csv negative": (
-        lambda p: _csv_train(p, f"{CSV_HEADER}\n1,2,3,-4,5\n"),
+        _csv_rows("1,2,3,-4,5\n"),
         ["train.csv", "'pixel2'", "-4", "not a whole number in 0..255"],
     ),
     "csv too bright": (
-        lambda p: _csv_train(p, f"{CSV_HEADER}\n1,2,3,4,256\n"),
+        _csv_rows("1,2,3,4,256\n"),
         ["train.csv", "'pixel3'", "256"],
     ),
     "csv nan": (
-        lambda p: _csv_train(p, f"{CSV_HEADER}\n1,2,3,4,5\n1,NaN,3,4,5\n"),
+        _csv_rows("1,2,3,4,5\n1,NaN,3,4,5\n"),
         ["train.csv", "'pixel0'", "missing or NaN", "row 2"],
     ),
     "csv fraction": (
-        lambda p: _csv_train(p, f"{CSV_HEADER}\n1,2.5,3,4,5\n"),
+        _csv_rows("1,2.5,3,4,5\n"),
         ["train.csv", "2.5", "not a whole number"],
     ),
     "csv pixels scaled 0..1": (
-        lambda p: _csv_train(p, f"{CSV_HEADER}\n1,0,0.329,1,0\n2,0.5,0,0,1\n"),
+        _csv_rows("1,0,0.329,1,0\n2,0.5,0,0,1\n"),
         ["train.csv", "'pixel1' has value 0.329", "0..255", "within 0..1", "multiply them by 255"],
     ),
     "idx pixels scaled 0..1": (_scaled_to_one, ["test-images", "within 0..1", "by 255"]),
@@ -341,16 +348,16 @@ BAD_INPUTS = {
         ["train.csv", "first row holds numbers, not column names", "no header row"],
     ),
     "csv row of too few values": (  # line numbers as an editor shows them: blank lines count
-        lambda p: _csv_train(p, f"{CSV_HEADER}\n1,2,3,4,5\n\n1,2,3\n1,2,3,4,5\n"),
+        _csv_rows("1,2,3,4,5\n\n1,2,3\n1,2,3,4,5\n"),
         ["train.csv", "line 4 has 3 values where the header has 5 columns", "fix or remove"],
     ),
     "csv stray quote": (
-        lambda p: _csv_train(p, f'{CSV_HEADER}\n1,2,3,4,5\n1,"2,3,4,5\n1,2,3,4,5\n'),
+        _csv_rows('1,2,3,4,5\n1,"2,3,4,5\n1,2,3,4,5\n'),
         ["train.csv", "line 3 has an unpaired double quote", "Remove the stray quote"],
     ),
     "csv empty": (lambda p: _csv_train(p, ""), ["train.csv", "empty"]),
     "csv label range": (
-        lambda p: _csv_train(p, f"{CSV_HEADER}\n10,2,3,4,5\n"),
+        _csv_rows("10,2,3,4,5\n"),
         ["train.csv", "label 10", "out of range"],
     ),
 }
