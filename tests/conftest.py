@@ -12,7 +12,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 from helpers.data import MNIST, QUICK_TRAIN, write_tiny_project
-from helpers.project import edit_params, ingest
+from helpers.project import (
+    STAGES,
+    committed_with_hydra,
+    dvc,
+    edit_params,
+    ingest,
+    init_pipeline_repo,
+    ran,
+)
 from helpers.servers import (
     POSTGRES_BIN,
     Postgres,
@@ -63,6 +71,30 @@ def ingested(tiny_project: Path) -> Path:
     ingest(tiny_project)
     edit_params(tiny_project, "train", **QUICK_TRAIN)
     return tiny_project
+
+
+# A `dvc repro` of the tiny pipeline takes about half a minute: the tests that start from a
+# reproduced one take a copy of one made once (helpers.project.copy_pipeline).
+@pytest.fixture(scope="session")
+def reproduced_pipeline(tmp_path_factory, mnist_train) -> tuple[Path, dict[str, str]]:
+    """The tiny project as a git + DVC repo of this pipeline with quick training, reproduced,
+    and the env to run DVC in. Copy it before changing it."""
+    project = write_tiny_project(tmp_path_factory.mktemp("reproduced"), mnist_train)
+    edit_params(project, "train", **QUICK_TRAIN)
+    env = init_pipeline_repo(project)
+    assert ran(dvc(project, env, "repro")) == STAGES
+    return project, env
+
+
+@pytest.fixture(scope="session")
+def hydra_pipeline(tmp_path_factory, mnist_train) -> tuple[Path, dict[str, str]]:
+    """The tiny project as a git + DVC repo with conf/ and hydra on, as the repo is, reproduced
+    and committed (see helpers.project.committed_with_hydra), and the env to run DVC in. Copy it
+    before changing it."""
+    project = write_tiny_project(tmp_path_factory.mktemp("hydra"), mnist_train)
+    env = init_pipeline_repo(project)
+    committed_with_hydra(project, env)
+    return project, env
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 from helpers.data import REPO
-from helpers.project import committed_with_hydra, init_pipeline_repo
+from helpers.project import copy_pipeline
 
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 FENCE = re.compile(r"^(`{3,}|~{3,}).*?^\1", re.MULTILINE | re.DOTALL)
@@ -180,13 +180,12 @@ def test_a_wrong_command_is_caught() -> None:
 
 
 @pytest.mark.slow
-def test_readme_experiments_run_as_shown(tiny_project: Path) -> None:
+def test_readme_experiments_run_as_shown(hydra_pipeline, tmp_path: Path) -> None:
     """The README's five experiment commands, word for word, in a tiny pipeline repo: both
     experiments run, the reset between them starts the second from the committed params, the
     table names both, and the plots page is written."""
-    project = tiny_project
-    env = init_pipeline_repo(project)
-    committed_with_hydra(project, env)  # as the repo is: params.yaml composed from conf/
+    project = tmp_path / "project"
+    env = copy_pipeline(*hydra_pipeline, project)  # as the repo is: params.yaml from conf/
     shown = [w for w in bash_commands(REPO / "README.md") if w[0] in ("dvc", "git")]
     assert len(shown) == 5
     outputs = []

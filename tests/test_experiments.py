@@ -11,7 +11,7 @@ import json
 import subprocess
 
 import pytest
-from helpers.project import committed_with_hydra, dvc, git, init_pipeline_repo, ran
+from helpers.project import copy_pipeline, dvc, git, ran
 
 pytestmark = pytest.mark.slow
 EXPERIMENTS = ("lenet-exp", "bncnn-exp")
@@ -46,10 +46,9 @@ def table(project, env, *args: str) -> str:
     return result.stdout
 
 
-def test_dvc_sees_every_recipe_key_and_leads_with_test_accuracy(tiny_project):
-    project = tiny_project
-    env = init_pipeline_repo(project)
-    committed_with_hydra(project, env)
+def test_dvc_sees_every_recipe_key_and_leads_with_test_accuracy(hydra_pipeline, tmp_path):
+    project = tmp_path / "project"
+    env = copy_pipeline(*hydra_pipeline, project)
     # Each experiment from the commit, as docs/experiments.md runs them.
     for name, override in (("lenet-exp", "model=lenet"), ("bncnn-exp", "train.lr=0.005")):
         dvc(project, env, "exp", "run", "-n", name, "-S", override)

@@ -19,6 +19,7 @@ from helpers.processes import repro_stopped_in_training
 from helpers.project import (
     STAGES,
     committed_clone,
+    copy_pipeline,
     dvc,
     edit_params,
     git,
@@ -50,11 +51,10 @@ def output_hashes(project: Path) -> dict[str, str]:
 
 
 @pytest.fixture()
-def pipeline(tiny_project):
-    edit_params(tiny_project, "train", **QUICK_TRAIN)
-    env = init_pipeline_repo(tiny_project)
-    assert ran(dvc(tiny_project, env, "repro")) == STAGES
-    return tiny_project, env
+def pipeline(reproduced_pipeline, tmp_path):
+    """A copy of the session's reproduced tiny pipeline."""
+    project = tmp_path / "project"
+    return project, copy_pipeline(*reproduced_pipeline, project)
 
 
 def test_repro_reruns_exactly_the_stages_a_change_touches(pipeline):

@@ -20,6 +20,8 @@ from helpers.data import REPO, default_params
 GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
 CONF = REPO / "conf"
 STAGES = ["ingest", "train", "evaluate", "activations", "report"]  # dvc.yaml's, in order
+# The stages are imported where they run: every test imports this module, and the train stage
+# brings Lightning (seconds) to tests that never train.
 
 
 def edit_params(project: Path, section: str, **changes) -> None:
@@ -113,6 +115,13 @@ def committed_clone(project: Path, env: dict[str, str], clone: Path) -> dict[str
     commit_all(project, "pipeline")
     fresh_clone(project, clone)
     return {**env, "PYTHONPATH": str(clone / "src")}
+
+
+def copy_pipeline(source: Path, env: dict[str, str], copy: Path) -> dict[str, str]:
+    """A copy at ``copy`` of the pipeline repo ``source`` (git, DVC cache, outputs), to change
+    without touching the original; the env that runs the copy's own code."""
+    shutil.copytree(source, copy, symlinks=True)
+    return {**env, "PYTHONPATH": str(copy / "src")}
 
 
 def ran(output: str) -> list[str]:
