@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from digitpipe.explain.figures import barcodes_figure, feature_maps_figure, filters_figure
-from digitpipe.explain.hooks import layer_kinds, record_activations
 from matplotlib.figure import Figure
 
+from digitpipe.activations.figures import barcodes_figure, feature_maps_figure, filters_figure
+from digitpipe.activations.hooks import layer_kinds, record_activations
 from digitpipe.dataset.images import ImageSet
 from digitpipe.evaluate.confusion import confusion_counts, confusion_figure
 from digitpipe.evaluate.figures import probability_gallery

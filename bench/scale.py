@@ -34,7 +34,7 @@ from record import Row, record
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
-from conftest import default_params  # noqa: E402 (the tests' whole-params builder)
+from helpers.data import default_params  # noqa: E402 (the tests' whole-params builder)
 
 GB = 2**30
 # Issue 34's targets, peak RSS in GB.

@@ -9,7 +9,8 @@ import re
 import numpy as np
 import pytest
 import torch
-from conftest import edit_params
+from helpers.errors import assert_user_error
+from helpers.project import edit_params
 from PIL import Image
 from safetensors.numpy import load_file
 
@@ -89,11 +90,11 @@ def test_explicit_ids_come_first_and_unknown_ids_are_refused(ingested, monkeypat
     assert tensors[first].shape[0] == 1
     edit_params(ingested, "activations", image_ids=["test-999999"])
     monkeypatch.chdir(ingested)
-    assert main(["activations"]) == 2
-    assert "test-999999" in capsys.readouterr().err
+    assert_user_error((main(["activations"]), capsys), "test-999999")
     edit_params(ingested, "activations", image_ids=[])  # nothing left to explain
-    assert main(["activations"]) == 2
-    assert "activations: no test image to explain (worst_cases 0 of" in capsys.readouterr().err
+    assert_user_error(
+        (main(["activations"]), capsys), "activations: no test image to explain (worst_cases 0 of"
+    )
 
 
 def table_after(markdown: str, heading: str) -> dict[str, list[str]]:

@@ -10,13 +10,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import (
-    edit_params,
-    fill,
-    init_pipeline_repo,
-    stage_processes,
-    stopped_after_a_checkpoint,
-)
+from helpers.processes import repro_stopped_in_training
+from helpers.project import edit_params, fill, init_pipeline_repo
+from helpers.tracking import experiment_runs
 from mlflow.tracking import MlflowClient
 
 from digitpipe.core.atomic import staged_outputs
@@ -102,20 +98,9 @@ def test_a_full_disk_under_repro_leaves_no_mix_and_no_running_run(tiny_project, 
     first = subprocess.run(["dvc", "repro", "train"], cwd=project, env=env, capture_output=True)
     assert first.returncode == 0, first.stdout + first.stderr
 
-    rerun = subprocess.Popen(
-        ["dvc", "repro", "-f", "train"],
-        cwd=project,
-        env=env,
-        text=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
+    rerun, training = repro_stopped_in_training(
+        project, env, "-f", "train", stdout=subprocess.PIPE, text=True
     )
-
-    def train_pid() -> int:
-        (pid,) = stage_processes(project, "stages/train.py")
-        return pid
-
-    training = stopped_after_a_checkpoint(project, train_pid, lambda: rerun.poll() is not None)
     # The remaining epoch rewrites its checkpoints in place and needs no more than a few pages;
     # the export (about 1 MB of weights) then runs out of space.
     fill(small_disk, leave=64 * 1024)
@@ -127,8 +112,7 @@ def test_a_full_disk_under_repro_leaves_no_mix_and_no_running_run(tiny_project, 
     left = [path for path in TRAIN_DECLARED.paths() if (project / path).exists()]
     assert left == [], f"a failed train stage left {left}"
     client = MlflowClient(store)
-    experiment = client.get_experiment_by_name("disk")
-    statuses = [run.info.status for run in client.search_runs([experiment.experiment_id])]
+    statuses = [run.info.status for run in experiment_runs(client, "disk")]
     assert sorted(statuses) == ["FAILED", "FINISHED"], statuses
 
     (small_disk / "filler").unlink()

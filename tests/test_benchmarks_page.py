@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import REPO
+from helpers.data import REPO
 
 BENCH = REPO / "bench"
 MACHINE = {"cpu": "AMD EPYC", "cores": 2}

@@ -10,7 +10,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import edit_params, write_csv
+from helpers.data import write_csv
+from helpers.project import edit_params
 
 from digitpipe.core.config import load_params
 from digitpipe.core.errors import DigitpipeError

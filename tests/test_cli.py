@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers.errors import assert_user_error
 
 from digitpipe.cli import main
 
@@ -38,8 +39,10 @@ def test_a_reader_that_stops_reading_ends_the_command_quietly(tmp_path):
 def test_stats_refuses_a_fifo_unopened(tmp_path, capsys):
     fifo = tmp_path / "confusion.csv"
     os.mkfifo(fifo)
-    assert main(["stats", str(fifo)]) == 2  # opening it would wait for a writer forever
-    assert f"{fifo}: not a regular file (a FIFO (named pipe))" in capsys.readouterr().err
+    # Opening it would wait for a writer forever.
+    assert_user_error(
+        (main(["stats", str(fifo)]), capsys), f"{fifo}: not a regular file (a FIFO (named pipe))"
+    )
 
 
 @pytest.mark.parametrize("wait", ["-1", "nan", "soon"])

@@ -13,10 +13,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import QUICK_TRAIN, default_params
+from helpers.data import QUICK_TRAIN, default_params
+from helpers.errors import assert_user_error
+from helpers.project import run_cli
 
 from digitpipe.activations.run import run as activations
-from digitpipe.cli import main
 from digitpipe.core.config import load_params
 from digitpipe.core.errors import DigitpipeError
 from digitpipe.core.files import MAX_REPORT_BYTES
@@ -211,22 +212,13 @@ def project(finished, tmp_path) -> Path:
     return Path(shutil.copytree(finished, tmp_path / "project"))
 
 
-def refused(project: Path, stage: str, monkeypatch, capsys) -> str:
-    """The one-line error of the CLI's ``stage`` in ``project``, checked to exit with 2."""
-    monkeypatch.chdir(project)
-    assert main([stage]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("digitpipe: error: ") and err.count("\n") == 1, err
-    return err
-
-
 @pytest.mark.parametrize("stage", ["evaluate", "train"])
 def test_stages_refuse_a_label_outside_the_classes(project, stage, monkeypatch, capsys):
     damaged = project / split_file("test" if stage == "evaluate" else "train")
     table = pq.read_table(damaged)
     values = table.column("label").to_pylist()
     pq.write_table(with_column(table, "label", pa.array([99, *values[1:]], pa.int16())), damaged)
-    err = refused(project, stage, monkeypatch, capsys)
+    err = assert_user_error((run_cli(project, monkeypatch, stage), capsys), alone=True)
     assert f"{split_file(damaged.stem)}: 1 label outside the class indices 0 to 9, e.g. 99" in err
     assert "dvc repro ingest" in err
 
@@ -264,7 +256,7 @@ def test_report_refuses_damaged_inputs(project, name, content, fault, writer, mo
         (project / name).unlink()
     else:
         (project / name).write_bytes(content)
-    err = refused(project, "report", monkeypatch, capsys)
+    err = assert_user_error((run_cli(project, monkeypatch, "report"), capsys), alone=True)
     assert f"error: {name}: {fault}" in err
     assert err.endswith(f"; rerun the {writer} stage (dvc repro {writer}).\n")
     assert not (project / "reports/report.md").exists()
@@ -293,7 +285,7 @@ def test_report_names_a_wrong_value_deep_in_a_report(
         inner = inner[key]
     inner[last] = value
     (project / name).write_text(json.dumps(report))
-    err = refused(project, "report", monkeypatch, capsys)
+    err = assert_user_error((run_cli(project, monkeypatch, "report"), capsys), alone=True)
     assert f"error: {name}: unexpected content: " in err and fault in err
     assert not (project / "reports/report.md").exists()
 
@@ -308,7 +300,7 @@ def test_report_names_a_wrong_value_deep_in_a_report(
 )
 def test_activations_refuse_damaged_worst_cases(project, content, fault, monkeypatch, capsys):
     (project / "reports/evaluate/worst_cases.json").write_bytes(content)
-    err = refused(project, "activations", monkeypatch, capsys)
+    err = assert_user_error((run_cli(project, monkeypatch, "activations"), capsys), alone=True)
     assert f"error: reports/evaluate/worst_cases.json: {fault}" in err
     assert err.endswith("; rerun the evaluate stage (dvc repro evaluate).\n")
 
@@ -325,10 +317,11 @@ def test_weights_changed_after_training_are_refused(project, command, monkeypatc
     weights = project / "models/model.safetensors"
     flip_a_bit(weights)
     args = ["test-images", "--out", "out.csv"] if command == "predict" else []
-    monkeypatch.chdir(project)
-    assert main([command, *args]) == 2
-    err = capsys.readouterr().err
+    err = assert_user_error(
+        (run_cli(project, monkeypatch, command, *args), capsys),
+        "but model.json records",
+        "`dvc checkout models`",
+        alone=True,
+    )
     assert err.startswith("digitpipe: error: models/model.safetensors: the weights' SHA-256 is ")
-    assert "but model.json records" in err and "`dvc checkout models`" in err
-    assert err.count("\n") == 1
     assert not (project / "out.csv").exists() and not (project / "reports/report.md").exists()

@@ -10,7 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import default_params, write_csv
+from helpers.data import default_params, write_csv
+from helpers.errors import assert_user_error
+from helpers.project import run_cli
 
 from digitpipe.activations.run import run as activations
 from digitpipe.cli import main
@@ -113,22 +115,13 @@ def test_every_stage_or_a_refusal_before_ingest_writes(tmp_path, mnist_train, ar
     assert manifest["layers"][-1]["shape"] == [len(manifest["images"]), classes]
 
 
-def refused(project: Path, monkeypatch, capsys, stage: str = "ingest") -> str:
-    """Run a stage through the CLI; assert exit 2 with no traceback; return the message."""
-    monkeypatch.chdir(project)
-    assert main([stage]) == 2
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    return err
-
-
 def test_sources_of_two_sizes_are_refused_naming_both(tmp_path, mnist_train, monkeypatch, capsys):
     project = dataset(tmp_path, mnist_train[0], (28, 28), 10)
     write_csv(tmp_path / "test.csv", resized(mnist_train[0][:20], 32, 32), np.arange(20) % 10)
     edit = yaml.safe_load((tmp_path / "params.yaml").read_text())
     edit["data"]["image_size"] = None
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(edit))
-    err = refused(project, monkeypatch, capsys)
+    err = assert_user_error((run_cli(project, monkeypatch, "ingest"), capsys))
     assert "test.csv: images are 32x32" in err and "train-images.gz has 28x28" in err
     assert not (project / "data/processed").exists()
 
@@ -138,7 +131,7 @@ def test_class_names_that_the_labels_do_not_use_are_refused(
 ):
     names = ["zero", "one", "two", *(f"unused{k}" for k in range(7))]
     project = dataset(tmp_path, mnist_train[0], (28, 28), 3, class_names=names)
-    err = refused(project, monkeypatch, capsys)
+    err = assert_user_error((run_cli(project, monkeypatch, "ingest"), capsys))
     assert "10 classes, but the training data has no image of 'unused0'" in err
     assert "data.class_names: null" in err
     assert not (project / "data/processed").exists()
@@ -152,7 +145,7 @@ def test_null_class_names_are_inferred_and_test_labels_checked_against_them(
     summary = json.loads((project / "reports/ingest/summary.json").read_text())
     assert summary["class_names"] == ["0", "1", "2"]
     write_csv(tmp_path / "test.csv", mnist_train[0][:6], np.array([0, 1, 2, 3, 0, 1]))
-    err = refused(project, monkeypatch, capsys)
+    err = assert_user_error((run_cli(project, monkeypatch, "ingest"), capsys))
     assert "test.csv: label 3 at position 3 is out of range" in err
     assert "the training source (data.class_names: null) has 3 classes" in err
 
@@ -168,7 +161,7 @@ def test_a_batch_larger_than_the_data_is_refused_before_any_run(
     edit["track"] = {"enabled": True, "tracking_uri": f"sqlite:///{store}/mlflow.db"}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(edit))
     ingest(load_params(project / "params.yaml"), project)
-    err = refused(project, monkeypatch, capsys, "train")
+    err = assert_user_error((run_cli(project, monkeypatch, "train"), capsys))
     assert "train.batch_size 64 is larger than the training set" in err
     assert not any(store.iterdir()) and not (project / "models").exists()
 

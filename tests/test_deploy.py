@@ -9,7 +9,7 @@ import shutil
 import subprocess
 
 import pytest
-from conftest import REPO
+from helpers.data import REPO
 
 pytestmark = pytest.mark.skipif(
     not (shutil.which("make") and shutil.which("flock")), reason="needs make and flock"

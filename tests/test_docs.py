@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, init_pipeline_repo
-from test_experiments import committed_with_hydra
+from helpers.data import REPO
+from helpers.project import copy_pipeline
 
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 FENCE = re.compile(r"^(`{3,}|~{3,}).*?^\1", re.MULTILINE | re.DOTALL)
@@ -181,25 +181,25 @@ def test_a_wrong_command_is_caught() -> None:
 
 
 @pytest.mark.slow
-def test_readme_experiments_run_as_shown(tiny_project: Path) -> None:
+def test_readme_experiments_run_as_shown(hydra_pipeline, tmp_path: Path) -> None:
     """The README's five experiment commands, word for word, in a tiny pipeline repo: both
     experiments run, the reset between them starts the second from the committed params, the
     table names both, and the plots page is written."""
-    env = init_pipeline_repo(tiny_project)
-    committed_with_hydra(tiny_project, env)  # as the repo is: params.yaml composed from conf/
+    project = tmp_path / "project"
+    env = copy_pipeline(*hydra_pipeline, project)  # as the repo is: params.yaml from conf/
     shown = [w for w in bash_commands(REPO / "README.md") if w[0] in ("dvc", "git")]
     assert len(shown) == 5
     outputs = []
     for words in shown:
-        result = subprocess.run(words, cwd=tiny_project, env=env, capture_output=True, text=True)
+        result = subprocess.run(words, cwd=project, env=env, capture_output=True, text=True)
         assert result.returncode == 0, f"{' '.join(words)}\n{result.stdout}{result.stderr}"
         outputs.append(result.stdout)
         if words[:3] == ["dvc", "exp", "run"] and "train.lr=0.005" in words:
-            params = yaml.safe_load((tiny_project / "params.yaml").read_text())
+            params = yaml.safe_load((project / "params.yaml").read_text())
             assert (params["model"]["arch"], params["train"]["lr"]) == ("bncnn", 0.005)
     table = outputs[3]
     assert "lenet-1ep" in table and "bncnn-lr005" in table and "test.accuracy" in table, table
-    assert (tiny_project / "dvc_plots" / "index.html").exists()
+    assert (project / "dvc_plots" / "index.html").exists()
 
 
 def test_the_newcomers_map_lists_every_package_and_nothing_else():

@@ -8,14 +8,10 @@ from __future__ import annotations
 import csv
 import io
 import json
-import shutil
 import subprocess
 
 import pytest
-import yaml
-from conftest import REPO, dvc, init_pipeline_repo
-from test_pipeline import STAGES, git, ran
-from test_recipes import compose
+from helpers.project import copy_pipeline, dvc, git, ran
 
 pytestmark = pytest.mark.slow
 EXPERIMENTS = ("lenet-exp", "bncnn-exp")
@@ -50,26 +46,9 @@ def table(project, env, *args: str) -> str:
     return result.stdout
 
 
-def committed_with_hydra(project, env) -> None:
-    """The pipeline with conf/ (the tiny data in config.yaml, quick CPU training, no tracking)
-    and hydra on, run and committed."""
-    shutil.copytree(REPO / "conf", project / "conf")
-    config = yaml.safe_load((REPO / "conf/config.yaml").read_text())
-    config["data"] = yaml.safe_load((project / "params.yaml").read_text())["data"]
-    config["train"] |= {"limit_batches": 2, "accelerator": "cpu"}
-    config |= {"track": {"enabled": False}, "runtime": {"progress": "none"}}
-    (project / "conf/config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    compose(project / "params.yaml", conf=project / "conf")
-    dvc(project, env, "config", "hydra.enabled", "true")
-    assert ran(dvc(project, env, "repro")) == STAGES
-    git(project, "add", "-A")
-    git(project, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "pipeline")
-
-
-def test_dvc_sees_every_recipe_key_and_leads_with_test_accuracy(tiny_project):
-    project = tiny_project
-    env = init_pipeline_repo(project)
-    committed_with_hydra(project, env)
+def test_dvc_sees_every_recipe_key_and_leads_with_test_accuracy(hydra_pipeline, tmp_path):
+    project = tmp_path / "project"
+    env = copy_pipeline(*hydra_pipeline, project)
     # Each experiment from the commit, as docs/experiments.md runs them.
     for name, override in (("lenet-exp", "model=lenet"), ("bncnn-exp", "train.lr=0.005")):
         dvc(project, env, "exp", "run", "-n", name, "-S", override)

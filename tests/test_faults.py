@@ -13,15 +13,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import (
-    REPO,
-    dvc,
-    edit_params,
-    init_pipeline_repo,
+from helpers.data import REPO
+from helpers.errors import assert_user_error
+from helpers.processes import (
+    repro_stopped_in_training,
     stage_processes,
-    stopped_after_a_checkpoint,
     wait_until,
 )
+from helpers.project import dvc, edit_params, tracked_pipeline
+from helpers.tracking import experiment_runs
 from mlflow.tracking import MlflowClient
 
 from digitpipe.cli import main
@@ -42,24 +42,10 @@ def test_killed_repro_leaves_no_orphan_and_no_running_run(tiny_project, tmp_path
     as the stage's parent and outlives the killed dvc."""
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     edit_params(tiny_project, "train", max_epochs=8, batch_size=32, limit_batches=12)
-    edit_params(tiny_project, "track", enabled=True, tracking_uri=store, experiment="faults")
     edit_params(tiny_project, "runtime", progress="lines")
-    env = init_pipeline_repo(tiny_project)
-    env.pop("MLFLOW_TRACKING_URI", None)
+    env = tracked_pipeline(tiny_project, tracking_uri=store, experiment="faults")
     env["SHELL"] = shell
-    repro = subprocess.Popen(
-        ["dvc", "repro"],
-        cwd=tiny_project,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.STDOUT,
-    )
-
-    def train_pid() -> int:
-        (pid,) = stage_processes(tiny_project, "stages/train.py")
-        return pid
-
-    train = stopped_after_a_checkpoint(tiny_project, train_pid, lambda: repro.poll() is not None)
+    repro, train = repro_stopped_in_training(tiny_project, env)
     repro.send_signal(signal.SIGKILL)
     repro.wait()
     # Continued, it gets the parent-death signal dvc's end sent it, or (beyond a shell that
@@ -74,9 +60,8 @@ def test_killed_repro_leaves_no_orphan_and_no_running_run(tiny_project, tmp_path
     rerun = dvc(tiny_project, env, "repro")
     assert "Resuming from" in rerun, rerun
     client = MlflowClient(store)
-    experiment = client.get_experiment_by_name("faults")
     # The resumed training continued the interrupted run: one run holds every epoch.
-    (run,) = client.search_runs([experiment.experiment_id])
+    (run,) = experiment_runs(client, "faults")
     assert run.info.status == "FINISHED"
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")]
     assert sorted(steps) == list(range(1, 9))
@@ -152,8 +137,7 @@ def test_diverging_training_stops_and_exports_nothing(ingested, monkeypatch, cap
     # A learning rate is capped at 100; a weight decay of 1e30 still blows the weights up.
     edit_params(ingested, "train", optimizer="sgd", weight_decay=1e30, scheduler="none", ema=0)
     monkeypatch.chdir(ingested)
-    assert main(["train"]) == 2
-    message = capsys.readouterr().err
+    message = assert_user_error((main(["train"]), capsys))
     assert "training diverged" in message and "train.lr" in message
     assert not (ingested / MODEL_DIR).exists()
 
@@ -163,8 +147,7 @@ def test_non_finite_learning_rate_is_refused(ingested, monkeypatch, capsys):
         (ingested / "params.yaml").read_text().replace("lr: null", "lr: .inf")
     )
     monkeypatch.chdir(ingested)
-    assert main(["train"]) == 2
-    assert "train.lr: Input should be a finite number" in capsys.readouterr().err
+    assert_user_error((main(["train"]), capsys), "train.lr: Input should be a finite number")
 
 
 def test_several_nodes_without_a_launcher_are_refused(ingested, monkeypatch, capsys):
@@ -172,8 +155,7 @@ def test_several_nodes_without_a_launcher_are_refused(ingested, monkeypatch, cap
         monkeypatch.delenv(name, raising=False)
     edit_params(ingested, "train", num_nodes=2)
     monkeypatch.chdir(ingested)
-    assert main(["train"]) == 2
-    message = capsys.readouterr().err
+    message = assert_user_error((main(["train"]), capsys))
     assert "num_nodes is 2" in message and "torchrun" in message
 
 

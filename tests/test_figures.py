@@ -9,7 +9,7 @@ import importlib.util
 
 import numpy as np
 import pytest
-from conftest import REPO
+from helpers.data import REPO
 from matplotlib import pyplot as plt
 from matplotlib.figure import Figure
 from matplotlib.text import Text

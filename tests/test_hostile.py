@@ -13,16 +13,16 @@ import gzip
 import json
 import os
 import struct
-import subprocess
-import sys
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import edit_params
+from helpers.errors import assert_user_error
+from helpers.model import untrained_model
+from helpers.processes import Measured, measured_digitpipe
+from helpers.project import edit_params, run_cli
 from PIL import Image
 
 from digitpipe.cli import main
@@ -34,53 +34,14 @@ MAX_EXTRA_RSS_MB = 100  # predict (torch loaded first): above the same command o
 CLEAN_EXIT_RUNS = 5  # the abort at exit came in about 1 run in 5
 HANG_GUARD_S = 60  # a process still running then has hung; speed is measured in bench/hostile.py
 
-MEASURE = """
-import json, resource, subprocess, sys
-done = subprocess.run(sys.argv[2:], capture_output=True, text=True, timeout=float(sys.argv[1]))
-print(json.dumps({
-    "rc": done.returncode, "out": done.stdout, "err": done.stderr,
-    "rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
-}))
-"""
-
-
-@dataclass(frozen=True)
-class Run:
-    """One `digitpipe` process: exit status, output and peak RSS."""
-
-    rc: int
-    out: str
-    err: str
-    rss_mb: float
-
-
-def digitpipe(cwd: Path, *args: str | Path) -> Run:
-    """`digitpipe ARGS` in a fresh process under ``cwd``, measured (see the module docstring)."""
-    command = [sys.executable, "-c", MEASURE, str(HANG_GUARD_S), sys.executable, "-m"]
-    command += ["digitpipe.cli", *args]
-    done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, check=True)
-    return Run(**json.loads(done.stdout))
-
-
-def assert_refused(err: str, *words: str) -> None:
-    """One user-facing error naming every word, and no traceback or raw warning."""
-    assert err.startswith("digitpipe: error: ") or "\ndigitpipe: error: " in err, err
-    for word in words:
-        assert word in err, err
-    assert "Traceback" not in err and "Warning" not in err, err
+# `digitpipe ARGS` in a fresh process under a folder, with its peak RSS.
+digitpipe = functools.partial(measured_digitpipe, hang_guard_s=HANG_GUARD_S)
 
 
 def assert_no_ingest_output(project: Path) -> None:
     assert not (project / PROCESSED_DIR).exists()
     assert not (project / INGEST_REPORTS).exists()
     assert not list((project / "data").glob(".processed*"))
-
-
-def ingest(project: Path, monkeypatch, capsys) -> tuple[int, str]:
-    """`digitpipe ingest` in-process under ``project``: exit status and stderr."""
-    monkeypatch.chdir(project)
-    status = main(["ingest"])
-    return status, capsys.readouterr().err
 
 
 # ---------------------------------------------------------------- gzip bombs
@@ -107,11 +68,11 @@ def gzip_bomb(path: Path, header: bytes) -> Path:
 def test_gzip_bomb_stops_at_the_size_its_header_declares(tiny_project):
     gzip_bomb(tiny_project / "data/raw/train-images.gz", idx_header(0x08, 10000, 28, 28))
     run = digitpipe(tiny_project, "ingest")
-    assert run.rc == 2
-    assert_refused(
-        run.err,
+    assert_user_error(
+        run,
         "train-images.gz: file is longer than its header says",
         "header dims 10000x28x28 of 1-byte values need 7840000 data bytes, found more",
+        alone=True,
     )
     assert run.rss_mb < MAX_RSS_MB, run
     assert_no_ingest_output(tiny_project)
@@ -120,8 +81,9 @@ def test_gzip_bomb_stops_at_the_size_its_header_declares(tiny_project):
 def test_gzip_bomb_with_a_wrong_header_is_refused_at_its_first_bytes(tiny_project):
     gzip_bomb(tiny_project / "data/raw/train-images.gz", b"")  # all zeros: magic 0x00000000
     run = digitpipe(tiny_project, "ingest")
-    assert run.rc == 2
-    assert_refused(run.err, "train-images.gz: not an IDX file: wrong magic number 0x00000000")
+    assert_user_error(
+        run, "train-images.gz: not an IDX file: wrong magic number 0x00000000", alone=True
+    )
     assert run.rss_mb < MAX_RSS_MB, run
     assert_no_ingest_output(tiny_project)
 
@@ -129,15 +91,10 @@ def test_gzip_bomb_with_a_wrong_header_is_refused_at_its_first_bytes(tiny_projec
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
     """An untrained softmax model: predict checks its inputs before the network matters."""
-    from digitpipe.model.export import ModelSpec, save_model
-
-    spec = ModelSpec("softmax", 28, 28, [str(i) for i in range(10)], 33.3, 78.6)
-    folder = tmp_path_factory.mktemp("model")
-    save_model(spec.build(), spec, folder)
-    return folder
+    return untrained_model(tmp_path_factory.mktemp("model"))
 
 
-def predict(folder: Path, model_dir: Path, *inputs: str | Path) -> Run:
+def predict(folder: Path, model_dir: Path, *inputs: str | Path) -> Measured:
     """`digitpipe predict INPUTS --strict` in a fresh process, writing ``folder/out.csv``."""
     return digitpipe(
         folder, "predict", *inputs, "--model", model_dir, "--out", "out.csv", "--strict"
@@ -145,18 +102,17 @@ def predict(folder: Path, model_dir: Path, *inputs: str | Path) -> Run:
 
 
 @pytest.fixture(scope="module")
-def predict_baseline(model_dir, tmp_path_factory) -> Run:
+def predict_baseline(model_dir, tmp_path_factory) -> Measured:
     """Predict on a missing file: the RSS and time of loading torch and the model."""
     run = predict(tmp_path_factory.mktemp("baseline"), model_dir, "missing.png")
-    assert run.rc == 2 and "no such file" in run.err
+    assert_user_error(run, "no such file", alone=True)
     return run
 
 
 def test_gzip_bomb_given_to_predict(tmp_path, model_dir, predict_baseline):
     gzip_bomb(tmp_path / "bomb.gz", idx_header(0x08, 10000, 28, 28))
     run = predict(tmp_path, model_dir, "bomb.gz")
-    assert run.rc == 2
-    assert_refused(run.err, "bomb.gz: file is longer than its header says", "found more")
+    assert_user_error(run, "bomb.gz: file is longer than its header says", "found more", alone=True)
     assert run.rss_mb < predict_baseline.rss_mb + MAX_EXTRA_RSS_MB, (run, predict_baseline)
     assert not (tmp_path / "out.csv").exists()
 
@@ -174,20 +130,19 @@ def test_devices_and_fifos_are_refused_unopened(tiny_project, kind):
         edit_params(tiny_project, "data", train={"csv": "data/raw/pipe"})
         words = ["data/raw/pipe: not a regular file (a FIFO (named pipe))"]
     run = digitpipe(tiny_project, "ingest")
-    assert run.rc == 2
-    assert_refused(run.err, *words, "give the path of a regular file holding the data")
+    assert_user_error(run, *words, "give the path of a regular file holding the data", alone=True)
     assert_no_ingest_output(tiny_project)
 
 
 def test_predict_refuses_devices_and_fifos(tmp_path, model_dir):
     os.mkfifo(tmp_path / "pipe.png")
     run = digitpipe(tmp_path, "predict", "pipe.png", "/dev/zero", "--model", model_dir)
-    assert run.rc == 2
-    assert_refused(
-        run.err,
+    assert_user_error(
+        run,
         "skipped pipe.png: not a regular file (a FIFO (named pipe))",
         "skipped /dev/zero: not a regular file (a character device)",
         "nothing to predict",
+        alone=True,
     )
     assert not (tmp_path / "predictions.csv").exists()
 
@@ -319,9 +274,9 @@ FILE_CASES = {
 def test_hostile_file_is_refused_clearly(case, tiny_project, monkeypatch, capsys):
     break_it, words = FILE_CASES[case]
     break_it(tiny_project)
-    status, err = ingest(tiny_project, monkeypatch, capsys)
-    assert status == 2
-    assert_refused(err, *words)
+    err = assert_user_error(
+        (run_cli(tiny_project, monkeypatch, "ingest"), capsys), *words, alone=True
+    )
     assert len(err) < 600, err
     assert_no_ingest_output(tiny_project)
 
@@ -344,8 +299,7 @@ def test_csv_with_a_header_over_1_mb_is_read(tiny_project, monkeypatch, capsys):
         test_fraction=0.5,
         val_fraction=0.25,
     )
-    status, err = ingest(tiny_project, monkeypatch, capsys)
-    assert status == 0, err
+    assert run_cli(tiny_project, monkeypatch, "ingest") == 0, capsys.readouterr().err
     table = pq.read_table(tiny_project / PROCESSED_DIR / "train.parquet")
     assert json.loads(table.schema.metadata[b"digitpipe"])["height"] == side
 
@@ -358,16 +312,17 @@ def test_blank_lines_and_a_stray_quote_are_located_in_bounded_memory(tiny_projec
     _csv(text)(tiny_project)
     run = digitpipe(tiny_project, "ingest")
     line = text[: text.index('"')].count("\n") + 1
-    assert run.rc == 2
-    assert_refused(run.err, f"line {line} has an unpaired double quote")
+    assert_user_error(run, f"line {line} has an unpaired double quote", alone=True)
     assert run.rss_mb < MAX_RSS_MB, run
 
 
 def test_csv_with_cr_line_ends_names_the_line_of_a_bad_byte(tiny_project, monkeypatch, capsys):
     _csv(f"label,{PIXELS}\r1,2,3,4,5\r1,2,\xe9,4,5\r".encode("latin-1"))(tiny_project)
-    status, err = ingest(tiny_project, monkeypatch, capsys)
-    assert status == 2
-    assert_refused(err, "train.csv: line 3 holds byte 0xe9, which is not ASCII")
+    assert_user_error(
+        (run_cli(tiny_project, monkeypatch, "ingest"), capsys),
+        "train.csv: line 3 holds byte 0xe9, which is not ASCII",
+        alone=True,
+    )
 
 
 def test_predict_exits_cleanly_after_refusing_a_csv(tmp_path, model_dir):
@@ -376,12 +331,12 @@ def test_predict_exits_cleanly_after_refusing_a_csv(tmp_path, model_dir):
     (tmp_path / "nohdr.csv").write_text(_pixel_rows(20, 784).split("\n", 1)[1])
     for _ in range(CLEAN_EXIT_RUNS):
         run = digitpipe(tmp_path, "predict", "nohdr.csv", "--model", model_dir)
-        assert run.rc == 2, run
-        assert_refused(
-            run.err,
+        assert_user_error(
+            run,
             "skipped nohdr.csv: the first row holds numbers, not column names",
             "label,pixel0,...,pixel783 when the first column holds the labels",
             "nothing to predict",
+            alone=True,
         )
 
 
@@ -391,9 +346,11 @@ def test_predict_exits_cleanly_after_refusing_a_csv(tmp_path, model_dir):
 def test_params_over_1_mib_are_refused_unread(tiny_project, monkeypatch, capsys):
     with (tiny_project / "params.yaml").open("a") as handle:
         handle.write("# padding\n" * 120_000)
-    status, err = ingest(tiny_project, monkeypatch, capsys)
-    assert status == 2
-    assert_refused(err, "params.yaml: larger than 1 MiB")
+    assert_user_error(
+        (run_cli(tiny_project, monkeypatch, "ingest"), capsys),
+        "params.yaml: larger than 1 MiB",
+        alone=True,
+    )
 
 
 def test_yaml_alias_bomb_is_refused_at_once(tiny_project):
@@ -403,17 +360,19 @@ def test_yaml_alias_bomb_is_refused_at_once(tiny_project):
     path = tiny_project / "params.yaml"
     path.write_text("\n".join(levels) + "\n" + path.read_text())  # 9**9 strings once expanded
     run = digitpipe(tiny_project, "ingest")  # in a process of its own: unguarded, it takes GBs
-    assert run.rc == 2 and run.rss_mb < MAX_RSS_MB, run
-    assert_refused(
-        run.err, "params.yaml: YAML aliases (*name) expand the file to more than 100,000"
+    assert run.rss_mb < MAX_RSS_MB, run
+    assert_user_error(
+        run, "params.yaml: YAML aliases (*name) expand the file to more than 100,000", alone=True
     )
 
 
 def test_deeply_nested_yaml_is_refused(tiny_project, monkeypatch, capsys):
     (tiny_project / "params.yaml").write_text("data: " + "[" * 100_000 + "]" * 100_000 + "\n")
-    status, err = ingest(tiny_project, monkeypatch, capsys)
-    assert status == 2
-    assert_refused(err, "params.yaml: YAML nested more than 32 levels deep")
+    assert_user_error(
+        (run_cli(tiny_project, monkeypatch, "ingest"), capsys),
+        "params.yaml: YAML nested more than 32 levels deep",
+        alone=True,
+    )
 
 
 def test_a_key_given_twice_is_refused_with_both_lines(tiny_project, monkeypatch, capsys):
@@ -423,12 +382,11 @@ def test_a_key_given_twice_is_refused_with_both_lines(tiny_project, monkeypatch,
     lines = path.read_text().splitlines()
     first = lines.index("  val_fraction: 0.2") + 1
     second = next(n for n, line in enumerate(lines, 1) if line.startswith("  val_fraction: 0.1"))
-    status, err = ingest(tiny_project, monkeypatch, capsys)
-    assert status == 2
-    assert_refused(
-        err,
+    assert_user_error(
+        (run_cli(tiny_project, monkeypatch, "ingest"), capsys),
         f"params.yaml: key 'val_fraction' appears twice in one section (lines {first} and "
         f"{second})",
+        alone=True,
     )
 
 
@@ -437,26 +395,35 @@ def test_params_that_are_not_utf8_are_refused(tiny_project, monkeypatch, capsys)
     path.write_bytes(
         path.read_bytes() + "report:\n  title: Ziffernerkl\xe4rung\n".encode("latin-1")
     )
-    status, err = ingest(tiny_project, monkeypatch, capsys)
-    assert status == 2
-    assert_refused(err, "params.yaml: not UTF-8 text (byte 0xe4 on line", "save the file as UTF-8")
+    assert_user_error(
+        (run_cli(tiny_project, monkeypatch, "ingest"), capsys),
+        "params.yaml: not UTF-8 text (byte 0xe4 on line",
+        "save the file as UTF-8",
+        alone=True,
+    )
 
 
 def test_validation_errors_quote_short_excerpts(tiny_project, monkeypatch, capsys):
     edit_params(tiny_project, "train", accelerator="x" * 100_000)
     edit_params(tiny_project, "activations", image_ids=[[i] for i in range(1000)])
-    status, err = ingest(tiny_project, monkeypatch, capsys)
-    assert status == 2
-    assert_refused(err, "train.accelerator", "activations.image_ids.0", "... and ")
+    err = assert_user_error(
+        (run_cli(tiny_project, monkeypatch, "ingest"), capsys),
+        "train.accelerator",
+        "activations.image_ids.0",
+        "... and ",
+        alone=True,
+    )
     assert max(len(line) for line in err.splitlines()) < 400 and len(err) < 4000, err
 
 
 @pytest.mark.parametrize("section", ["data", "train"])
 def test_negative_seeds_are_refused_by_name(section, tiny_project, monkeypatch, capsys):
     edit_params(tiny_project, section, seed=-1)
-    status, err = ingest(tiny_project, monkeypatch, capsys)
-    assert status == 2
-    assert_refused(err, f"{section}.seed: Input should be greater than or equal to 0 (got -1)")
+    assert_user_error(
+        (run_cli(tiny_project, monkeypatch, "ingest"), capsys),
+        f"{section}.seed: Input should be greater than or equal to 0 (got -1)",
+        alone=True,
+    )
     assert_no_ingest_output(tiny_project)
 
 
@@ -483,13 +450,13 @@ def png_header_only(path: Path, width: int, height: int) -> Path:
 def test_huge_picture_is_refused_before_decoding(tmp_path, model_dir, predict_baseline, side):
     png_header_only(tmp_path / "huge.png", side, side)
     run = predict(tmp_path, model_dir, "huge.png")
-    assert run.rc == 2
-    assert_refused(
-        run.err,
+    assert_user_error(
+        run,
         f"huge.png: the picture is {side}x{side} pixels, more than the 16,777,216 (4096x4096)",
         "scale it down",
+        alone=True,
     )
-    assert "DecompressionBomb" not in run.err and "178956970" not in run.err
+    assert "DecompressionBomb" not in run.stderr and "178956970" not in run.stderr
     assert run.rss_mb < predict_baseline.rss_mb + MAX_EXTRA_RSS_MB, (run, predict_baseline)
     assert not (tmp_path / "out.csv").exists()
 

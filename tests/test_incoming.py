@@ -8,22 +8,17 @@ import json
 
 import numpy as np
 import pytest
-from conftest import edit_params, write_csv
+from helpers.data import write_csv
+from helpers.project import edit_params, ingest
 
-from digitpipe.core.config import load_params
 from digitpipe.core.errors import DigitpipeError
 from digitpipe.dataset.idx import write_idx
 from digitpipe.dataset.images import INCOMING_PREFIX, batch_of, make_ids
 from digitpipe.dataset.parquet import read_split
-from digitpipe.ingest.run import run
 from digitpipe.outputs.ingest import INGEST_REPORTS, PROCESSED_DIR
 from digitpipe.retrain import drift
 
 INCOMING = "data/raw/incoming"
-
-
-def ingest(project):
-    return run(load_params(project / "params.yaml"), project)
 
 
 def outputs(project) -> dict[str, bytes]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from conftest import model_probabilities
+from helpers.model import model_probabilities
 
 from digitpipe.model.export import ModelSpec
 from digitpipe.model.inference import predict_probabilities, shifted_views

@@ -9,19 +9,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import MNIST, REPO, edit_params, mnist_data, write_csv
+from helpers.data import MNIST, REPO, mnist_data, write_csv
+from helpers.errors import assert_user_error
+from helpers.project import edit_params, ingest
 from PIL import Image
 
 from digitpipe.cli import main
 from digitpipe.core.config import load_params
 from digitpipe.dataset.idx import read_idx, write_idx
 from digitpipe.dataset.parquet import read_split
-from digitpipe.ingest.run import build_splits, run
+from digitpipe.ingest.run import build_splits
 from digitpipe.outputs.ingest import INGEST_REPORTS, PROCESSED_DIR
-
-
-def ingest(project):
-    return run(load_params(project / "params.yaml"), project)
 
 
 def test_splits_are_stratified_and_map_back_to_the_source(tiny_project, mnist_train):
@@ -254,6 +252,13 @@ def _csv_train(project, text):
 
 
 CSV_HEADER = "label," + ",".join(f"pixel{i}" for i in range(4))
+
+
+def _csv_rows(rows: str):
+    """A way to break the tiny project: a training CSV of CSV_HEADER, then ``rows``."""
+    return lambda project: _csv_train(project, f"{CSV_HEADER}\n{rows}")
+
+
 BAD_INPUTS = {
     "truncated": (_truncate, ["test-images", "truncated"]),
     "wrong magic": (_wrong_magic, ["test-images", "wrong magic number"]),
@@ -304,7 +309,7 @@ BAD_INPUTS = {
     ),
     "csv image_size": (
         lambda p: (
-            _csv_train(p, f"{CSV_HEADER}\n1,2,3,4,5\n"),
+            _csv_rows("1,2,3,4,5\n")(p),
             edit_params(p, "data", image_size=[1, 3]),
         ),
         ["train.csv", "wrong pixel count: 4 pixels per image", "data.image_size 1x3 needs 3"],
@@ -314,11 +319,11 @@ BAD_INPUTS = {
         ["train-images.gz", "the images are 28x28 pixels, but data.image_size is 14x56"],
     ),
     "csv value of 5000 digits": (
-        lambda p: _csv_train(p, f"{CSV_HEADER}\n1,2,3,4,{'9' * 5000}\n"),
+        _csv_rows(f"1,2,3,4,{'9' * 5000}\n"),
         ["train.csv", "'pixel3' has a value that reads as infinite", "data row 1"],
     ),
     "csv row longer than a block": (  # pyarrow's own words ("straddling object") stay hidden
-        lambda p: _csv_train(p, f"{CSV_HEADER}\n1,2,3,4,5\n1,2,3,4,{'5' * 2**21}\n"),
+        _csv_rows(f"1,2,3,4,5\n1,2,3,4,{'5' * 2**21}\n"),
         ["train.csv", "line 3 (the longest) is longer than 1,048,576 bytes while"],
     ),
     "incoming holds the sources": (  # the test set would be appended to training
@@ -326,27 +331,27 @@ BAD_INPUTS = {
         ["data/raw: data.incoming holds the source data/raw/"],
     ),
     "csv non-numeric": (
-        lambda p: _csv_train(p, f"{CSV_HEADER}\n1,2,x,4,5\n"),
+        _csv_rows("1,2,x,4,5\n"),
         ["train.csv", "'pixel1' is not numeric"],
     ),
     "csv negative": (
-        lambda p: _csv_train(p, f"{CSV_HEADER}\n1,2,3,-4,5\n"),
+        _csv_rows("1,2,3,-4,5\n"),
         ["train.csv", "'pixel2'", "-4", "not a whole number in 0..255"],
     ),
     "csv too bright": (
-        lambda p: _csv_train(p, f"{CSV_HEADER}\n1,2,3,4,256\n"),
+        _csv_rows("1,2,3,4,256\n"),
         ["train.csv", "'pixel3'", "256"],
     ),
     "csv nan": (
-        lambda p: _csv_train(p, f"{CSV_HEADER}\n1,2,3,4,5\n1,NaN,3,4,5\n"),
+        _csv_rows("1,2,3,4,5\n1,NaN,3,4,5\n"),
         ["train.csv", "'pixel0'", "missing or NaN", "row 2"],
     ),
     "csv fraction": (
-        lambda p: _csv_train(p, f"{CSV_HEADER}\n1,2.5,3,4,5\n"),
+        _csv_rows("1,2.5,3,4,5\n"),
         ["train.csv", "2.5", "not a whole number"],
     ),
     "csv pixels scaled 0..1": (
-        lambda p: _csv_train(p, f"{CSV_HEADER}\n1,0,0.329,1,0\n2,0.5,0,0,1\n"),
+        _csv_rows("1,0,0.329,1,0\n2,0.5,0,0,1\n"),
         ["train.csv", "'pixel1' has value 0.329", "0..255", "within 0..1", "multiply them by 255"],
     ),
     "idx pixels scaled 0..1": (_scaled_to_one, ["test-images", "within 0..1", "by 255"]),
@@ -355,16 +360,16 @@ BAD_INPUTS = {
         ["train.csv", "first row holds numbers, not column names", "no header row"],
     ),
     "csv row of too few values": (  # line numbers as an editor shows them: blank lines count
-        lambda p: _csv_train(p, f"{CSV_HEADER}\n1,2,3,4,5\n\n1,2,3\n1,2,3,4,5\n"),
+        _csv_rows("1,2,3,4,5\n\n1,2,3\n1,2,3,4,5\n"),
         ["train.csv", "line 4 has 3 values where the header has 5 columns", "fix or remove"],
     ),
     "csv stray quote": (
-        lambda p: _csv_train(p, f'{CSV_HEADER}\n1,2,3,4,5\n1,"2,3,4,5\n1,2,3,4,5\n'),
+        _csv_rows('1,2,3,4,5\n1,"2,3,4,5\n1,2,3,4,5\n'),
         ["train.csv", "line 3 has an unpaired double quote", "Remove the stray quote"],
     ),
     "csv empty": (lambda p: _csv_train(p, ""), ["train.csv", "empty"]),
     "csv label range": (
-        lambda p: _csv_train(p, f"{CSV_HEADER}\n10,2,3,4,5\n"),
+        _csv_rows("10,2,3,4,5\n"),
         ["train.csv", "label 10", "out of range"],
     ),
 }
@@ -375,12 +380,7 @@ def test_bad_input_fails_clearly_with_no_output(case, tiny_project, monkeypatch,
     break_it, words = BAD_INPUTS[case]
     break_it(tiny_project)
     monkeypatch.chdir(tiny_project)
-    assert main(["ingest"]) == 2
-    message = capsys.readouterr().err
-    assert message.startswith("digitpipe: error: ")
-    for word in words:
-        assert word in message
-    assert "Traceback" not in message
+    assert_user_error((main(["ingest"]), capsys), *words, alone=True)
     assert not (tiny_project / PROCESSED_DIR).exists()
     assert not (tiny_project / INGEST_REPORTS).exists()
     assert not list((tiny_project / "data").glob(".processed*"))
@@ -430,10 +430,78 @@ def test_bad_input_fails_clearly_with_no_output(case, tiny_project, monkeypatch,
 def test_bad_params_name_the_key(tiny_project, monkeypatch, capsys, changes, words):
     edit_params(tiny_project, "data", **changes)
     monkeypatch.chdir(tiny_project)
-    assert main(["ingest"]) == 2
-    message = capsys.readouterr().err
-    assert "params.yaml" in message
-    for word in words:
-        assert word in message
+    message = assert_user_error((main(["ingest"]), capsys), "params.yaml", *words)
     # A validator's own sentence, without pydantic's prefix or the whole section it was given.
     assert "Value error" not in message and "(got {" not in message
+
+
+# ---------------------------------------------------------------- IDX types, predict sources
+
+
+# The IDX type byte of each numpy type (the third byte of the header).
+IDX_TYPES = {"i1": 0x09, "i2": 0x0B, "i4": 0x0C, "f4": 0x0D, "f8": 0x0E}
+
+
+@pytest.mark.parametrize("dtype", IDX_TYPES)
+def test_idx_of_other_types_with_whole_values_is_read_as_uint8(tiny_project, dtype):
+    images = read_idx(tiny_project / "data/raw/test-images")
+    labels = read_idx(tiny_project / "data/raw/test-labels")
+    if dtype == "i1":  # int8 holds 0..127: halve the pixels
+        images = images // 2
+    write_idx(images.astype(dtype), tiny_project / "data/raw/test-images")
+    write_idx(labels.astype(dtype), tiny_project / "data/raw/test-labels")
+    for name in ("test-images", "test-labels"):  # written raw: the header is the first bytes
+        assert (tiny_project / "data/raw" / name).read_bytes()[2] == IDX_TYPES[dtype]
+    ingest(tiny_project)
+    test = read_split(tiny_project / PROCESSED_DIR / "test.parquet")
+    assert test.images.dtype == np.uint8
+    np.testing.assert_array_equal(test.images, images)
+    np.testing.assert_array_equal(test.labels, labels)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "value", "words"),
+    [
+        ("i2", 256, "pixel value 256 in image 3"),
+        ("i2", -1, "pixel value -1 in image 3"),
+        ("f4", 12.5, "pixel value 12.5 in image 3"),
+        ("f8", np.inf, "pixel value inf in image 3"),
+        ("f8", np.nan, "pixel value nan in image 3"),
+    ],
+)
+def test_idx_values_that_are_not_pixels_are_refused(
+    tiny_project, monkeypatch, capsys, dtype, value, words
+):
+    images = read_idx(tiny_project / "data/raw/test-images").astype(dtype)
+    images[3, 10, 12] = value
+    write_idx(images, tiny_project / "data/raw/test-images")
+    monkeypatch.chdir(tiny_project)
+    assert_user_error((main(["ingest"]), capsys), "test-images", words, "0..255")
+    assert not (tiny_project / PROCESSED_DIR).exists()
+    assert not (tiny_project / INGEST_REPORTS).exists()
+
+
+def test_idx_predict_source_and_its_limit(tiny_project, mnist_train):
+    images = mnist_train[0][1000:1080]
+    write_idx(images, tiny_project / "data/raw/predict-images.gz", compress=True)
+    edit_params(tiny_project, "data", predict={"images": "data/raw/predict-images.gz"})
+    summary = ingest(tiny_project)
+    predict = read_split(tiny_project / PROCESSED_DIR / "predict.parquet")
+    assert predict.labels is None and len(predict) == summary["splits"]["predict"]["count"] == 80
+    assert predict.ids.tolist() == [f"predict-{i:06d}" for i in range(80)]
+    np.testing.assert_array_equal(predict.images, images)
+
+    # data.limit.predict: the first rows (unlabelled, so no stratified sample); the other
+    # splits are untouched.
+    before = {
+        name: (tiny_project / PROCESSED_DIR / f"{name}.parquet").read_bytes()
+        for name in ("train", "val", "test")
+    }
+    edit_params(tiny_project, "data", limit={"predict": 25})
+    summary = ingest(tiny_project)
+    predict = read_split(tiny_project / PROCESSED_DIR / "predict.parquet")
+    assert len(predict) == summary["splits"]["predict"]["count"] == 25
+    assert predict.ids.tolist() == [f"predict-{i:06d}" for i in range(25)]
+    np.testing.assert_array_equal(predict.images, images[:25])
+    for name, content in before.items():
+        assert (tiny_project / PROCESSED_DIR / f"{name}.parquet").read_bytes() == content, name

@@ -17,7 +17,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import QUICK_TRAIN, REPO, edit_params
+from helpers.data import QUICK_TRAIN, REPO
+from helpers.errors import assert_user_error
+from helpers.project import STAGES, edit_params
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
@@ -26,7 +28,6 @@ from digitpipe.retrain.command import LOCK_FILE
 
 PACKAGE = REPO / "src" / "digitpipe"
 STAGE_PACKAGES = {"ingest", "train", "evaluate", "activations", "report"}
-DVC_STAGES = ["ingest", "train", "evaluate", "activations", "report"]
 
 # Runs a stage script as DVC would, then prints the digitpipe files the process imported.
 TRACE = """
@@ -83,7 +84,7 @@ def test_each_stage_depends_on_exactly_the_code_it_imports(tiny_project, tmp_pat
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     edit_params(tiny_project, "track", enabled=True, tracking_uri=store)
     problems = []
-    for stage in DVC_STAGES:
+    for stage in STAGES:
         deps = stage_deps(stage)
         imported = imported_by(stage, tiny_project)
         missing = sorted(f for f in imported if not covered(f, deps))
@@ -160,7 +161,7 @@ def dvc_outputs(stage: dict, kind: str) -> set[str]:
     return {entry if isinstance(entry, str) else next(iter(entry)) for entry in stage.get(kind, [])}
 
 
-@pytest.mark.parametrize("stage", DVC_STAGES)
+@pytest.mark.parametrize("stage", STAGES)
 def test_each_stage_declares_the_outputs_dvc_yaml_lists(stage):
     """digitpipe.outputs.<stage> is what the stage writes and later stages read: the same
     outs, metrics and plots as dvc.yaml's, none more, none fewer."""
@@ -187,12 +188,10 @@ def test_what_varies_run_to_run_is_no_stage_output():
 
 def test_a_python_without_digitpipe_gets_advice_not_a_traceback(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    for stage in DVC_STAGES:  # -S: no site-packages, so no digitpipe, as outside the venv
+    for stage in STAGES:  # -S: no site-packages, so no digitpipe, as outside the venv
         command = [sys.executable, "-S", str(REPO / "stages" / f"{stage}.py")]
         done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
-        assert done.returncode == 2, done.stderr
-        assert done.stderr.startswith("digitpipe: error: ") and "Traceback" not in done.stderr
-        assert "has no digitpipe installed" in done.stderr and "make install" in done.stderr
+        assert_user_error(done, "has no digitpipe installed", "make install", alone=True)
 
 
 def declared_distributions(group: list[str]) -> set[str]:

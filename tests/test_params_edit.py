@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, write_csv
-from test_recipes import compose
+from helpers.data import REPO, write_csv
+from helpers.project import compose
 
 from digitpipe.core.config import load_params
 

@@ -10,27 +10,24 @@ import json
 import os
 import re
 import signal
-import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import (
-    QUICK_TRAIN,
+from helpers.data import QUICK_TRAIN
+from helpers.processes import repro_stopped_in_training
+from helpers.project import (
+    STAGES,
+    committed_clone,
+    copy_pipeline,
     dvc,
     edit_params,
+    git,
     init_pipeline_repo,
-    stage_processes,
-    stopped_after_a_checkpoint,
+    ran,
 )
 
 pytestmark = pytest.mark.slow
-STAGES = ["ingest", "train", "evaluate", "activations", "report"]
-
-
-def ran(output: str) -> list[str]:
-    """The stages `dvc repro` executed, in order."""
-    return re.findall(r"Running stage '(\w+)'", output)
 
 
 def restored(output: str) -> list[str]:
@@ -53,21 +50,11 @@ def output_hashes(project: Path) -> dict[str, str]:
     }
 
 
-def git(project: Path, *args: str) -> None:
-    subprocess.run(
-        ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
-        cwd=project,
-        check=True,
-        capture_output=True,
-    )
-
-
 @pytest.fixture()
-def pipeline(tiny_project):
-    edit_params(tiny_project, "train", **QUICK_TRAIN)
-    env = init_pipeline_repo(tiny_project)
-    assert ran(dvc(tiny_project, env, "repro")) == STAGES
-    return tiny_project, env
+def pipeline(reproduced_pipeline, tmp_path):
+    """A copy of the session's reproduced tiny pipeline."""
+    project = tmp_path / "project"
+    return project, copy_pipeline(*reproduced_pipeline, project)
 
 
 def test_repro_reruns_exactly_the_stages_a_change_touches(pipeline):
@@ -116,11 +103,8 @@ def test_run_cache_identical_reruns_and_a_fresh_clone(pipeline, tmp_path):
     remote = tmp_path / "remote"
     dvc(project, env, "remote", "add", "-d", "shared", str(remote))
     dvc(project, env, "push", "--run-cache")
-    git(project, "add", "-A")
-    git(project, "commit", "-qm", "pipeline")
     clone = tmp_path / "clone"
-    git(tmp_path, "clone", "-q", str(project), str(clone))
-    clone_env = {**env, "PYTHONPATH": str(clone / "src")}
+    clone_env = committed_clone(project, env, clone)
     dvc(clone, clone_env, "pull", "--run-cache")
     pulled = dvc(clone, clone_env, "repro")
     assert ran(pulled) == [], pulled
@@ -131,15 +115,7 @@ def test_run_cache_identical_reruns_and_a_fresh_clone(pipeline, tmp_path):
 
 def interrupted_repro(project: Path, env: dict[str, str], epochs: int) -> None:
     """`dvc repro` with its train stage killed (SIGKILL) once it has saved epoch ``epochs``."""
-    repro = subprocess.Popen(
-        ["dvc", "repro"], cwd=project, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
-    )
-
-    def train_pid() -> int:
-        (pid,) = stage_processes(project, "stages/train.py")
-        return pid
-
-    train = stopped_after_a_checkpoint(project, train_pid, lambda: repro.poll() is not None, epochs)
+    repro, train = repro_stopped_in_training(project, env, epochs=epochs)
     os.kill(train, signal.SIGKILL)
     assert repro.wait(timeout=300) != 0
 
@@ -153,11 +129,8 @@ def test_a_clone_that_trains_again_interrupted_reproduces_the_committed_lock(
     edit_params(tiny_project, "train", **QUICK_TRAIN | {"max_epochs": 3, "limit_batches": 6})
     env = init_pipeline_repo(tiny_project)
     dvc(tiny_project, env, "repro")
-    git(tiny_project, "add", "-A")
-    git(tiny_project, "commit", "-qm", "pipeline")
     clone = tmp_path / "clone"
-    git(tmp_path, "clone", "-q", str(tiny_project), str(clone))
-    clone_env = {**env, "PYTHONPATH": str(clone / "src")}
+    clone_env = committed_clone(tiny_project, env, clone)
     dvc(clone, clone_env, "repro", "ingest")
     interrupted_repro(clone, clone_env, epochs=2)
     resumed = dvc(clone, clone_env, "repro")

@@ -7,7 +7,8 @@ import shutil
 import subprocess
 
 import yaml
-from conftest import REPO, dvc, init_pipeline_repo
+from helpers.data import REPO
+from helpers.project import dvc, init_pipeline_repo
 
 
 def test_plots_page_carries_its_chart_libraries(tmp_path):

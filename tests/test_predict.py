@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import os
 import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import MNIST, default_params, mnist_data, trained_model, write_csv
+from helpers.data import MNIST, default_params, mnist_data, write_csv
+from helpers.errors import assert_user_error
+from helpers.project import trained_model
 from PIL import Image
 
 from digitpipe.cli import main
@@ -215,19 +218,20 @@ def test_csv_and_parquet_outputs_hold_the_same_table(tmp_path, model_dir, mnist_
 def test_size_mismatch_is_refused_clearly(tmp_path, model_dir, mnist_test, capsys):
     small = mnist_test[0][:10, 4:24, 4:24]
     write_csv(tmp_path / "small.csv", small, None)
-    assert predict([tmp_path / "small.csv"], model_dir, tmp_path / "out.csv") == 2
-    message = capsys.readouterr().err
-    assert message.startswith("digitpipe: error: ")
-    for words in ("small.csv", "images are 20x20", "model takes 28x28"):
-        assert words in message
-    assert "give the images as pictures" in message  # any dataset's, not only digits
+    assert_user_error(
+        (predict([tmp_path / "small.csv"], model_dir, tmp_path / "out.csv"), capsys),
+        *("small.csv", "images are 20x20", "model takes 28x28"),
+        "give the images as pictures",  # any dataset's, not only digits
+        alone=True,
+    )
     assert not (tmp_path / "out.csv").exists()
 
 
 def test_flat_rows_of_no_known_size_are_refused(tmp_path, model_dir, capsys):
     write_idx(np.zeros((3, 300), np.uint8), tmp_path / "flat.idx")
-    assert predict([tmp_path / "flat.idx"], model_dir, tmp_path / "out.csv") == 2
-    message = capsys.readouterr().err
+    message = assert_user_error(
+        (predict([tmp_path / "flat.idx"], model_dir, tmp_path / "out.csv"), capsys)
+    )
     assert f"skipped {tmp_path / 'flat.idx'}: 300 pixel columns is neither 28x28 (784)" in message
     assert not (tmp_path / "out.csv").exists()
 
@@ -236,8 +240,9 @@ def test_label_beyond_the_model_classes_is_refused(tmp_path, model_dir, mnist_te
     labels = mnist_test[1][:10].astype(np.int64)
     labels[3] = 12
     write_csv(tmp_path / "labels.csv", mnist_test[0][:10], labels)
-    assert predict([tmp_path / "labels.csv"], model_dir, tmp_path / "out.csv") == 2
-    message = capsys.readouterr().err
+    message = assert_user_error(
+        (predict([tmp_path / "labels.csv"], model_dir, tmp_path / "out.csv"), capsys)
+    )
     assert "labels.csv: label 12 at image 4" in message and "0..9" in message
 
 
@@ -272,16 +277,18 @@ def test_bad_pictures_in_a_folder_are_skipped_and_strict_fails(
     bad_files(tmp_path, mnist_test)
     assert predict([tmp_path], model_dir, tmp_path / "out.csv") == 0
     assert "2 unreadable files skipped" in capsys.readouterr().out  # the .txt is not a picture
-    assert predict([tmp_path], model_dir, tmp_path / "strict.csv", strict=True) == 2
-    message = capsys.readouterr().err
+    message = assert_user_error(
+        (predict([tmp_path], model_dir, tmp_path / "strict.csv", strict=True), capsys)
+    )
     assert message.startswith(f"digitpipe: error: {tmp_path / 'blank.png'}: nothing to classify")
     assert not (tmp_path / "strict.csv").exists()
 
 
 def test_strict_fails_on_the_first_bad_file(tmp_path, model_dir, mnist_test, capsys):
     inputs = bad_files(tmp_path, mnist_test)
-    assert predict(inputs, model_dir, tmp_path / "out.csv", strict=True) == 2
-    message = capsys.readouterr().err
+    message = assert_user_error(
+        (predict(inputs, model_dir, tmp_path / "out.csv", strict=True), capsys)
+    )
     assert f"{tmp_path / 'corrupt.png'}: not a readable picture" in message
     assert not (tmp_path / "out.csv").exists()
 
@@ -306,9 +313,8 @@ def test_command_errors_are_one_clear_line(tmp_path, model_dir, mnist_test, caps
         inputs = [tmp_path / "missing.png"]
     else:
         model_dir = tmp_path / "no-model"
-    assert predict(inputs, model_dir, out, submission) == 2
-    last_line = capsys.readouterr().err.splitlines()[-1]
-    assert last_line.startswith("digitpipe: error: ") and words in last_line
+    err = assert_user_error((predict(inputs, model_dir, out, submission), capsys), words)
+    assert err.splitlines()[-1].startswith("digitpipe: error: ")
     assert not out.exists()
 
 
@@ -317,16 +323,16 @@ def test_the_default_model_folder_missing_outside_a_project_says_so(
 ):
     Image.fromarray(mnist_test[0][0]).save(tmp_path / "good.png")
     monkeypatch.chdir(tmp_path)
-    assert main(["predict", "good.png"]) == 2
-    message = capsys.readouterr().err
+    message = assert_user_error((main(["predict", "good.png"]), capsys))
     assert f"no model folder models in the current folder ({tmp_path}); run predict" in message
     assert "--model DIR" in message and "--model-uri URI" in message
     assert "dvc repro train" not in message
     # In a project (params.yaml here) that has not trained yet, the advice is to train.
     params = default_params(mnist_data().model_dump(mode="json"))
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    assert main(["predict", "good.png"]) == 2
-    assert "run the train stage first (dvc repro train)" in capsys.readouterr().err
+    assert_user_error(
+        (main(["predict", "good.png"]), capsys), "run the train stage first (dvc repro train)"
+    )
     assert not (tmp_path / "predictions.csv").exists()
 
 
@@ -344,8 +350,7 @@ def test_outputs_never_overwrite_an_input_or_each_other(
     monkeypatch.chdir(tmp_path)
     rows = write_csv(tmp_path / "digits.csv", mnist_test[0][:3], None)
     before = rows.read_bytes()
-    assert predict([rows], model_dir, out, submission) == 2
-    assert words in capsys.readouterr().err
+    assert_user_error((predict([rows], model_dir, out, submission), capsys), words)
     assert rows.read_bytes() == before and not (tmp_path / "out.csv").exists()
 
 
@@ -363,8 +368,7 @@ def test_outputs_that_cannot_be_files_are_refused_first(
     monkeypatch.chdir(tmp_path)
     (tmp_path / "a-folder.csv").mkdir()
     rows = write_csv(tmp_path / "digits.csv", mnist_test[0][:3], None)
-    assert predict([rows], model_dir, out, submission) == 2
-    assert words in capsys.readouterr().err
+    assert_user_error((predict([rows], model_dir, out, submission), capsys), words)
     assert not (tmp_path / "out.csv").exists()
 
 
@@ -381,8 +385,9 @@ def test_file_names_that_are_not_utf8_and_link_loops(tmp_path, model_dir, mnist_
     assert "caf\\xe9.png" in out.read_text(encoding="utf-8")
     warned = capsys.readouterr().err
     assert "skipped" in warned and "loop-a.png" in warned and "loop-b.png" in warned
-    assert predict([folder / "loop-a.png"], model_dir, out, strict=True) == 2
-    assert "loop-a.png" in capsys.readouterr().err
+    assert_user_error(
+        (predict([folder / "loop-a.png"], model_dir, out, strict=True), capsys), "loop-a.png"
+    )
 
 
 def test_pixel_columns_are_read_by_name_and_odd_scales_are_warned(
@@ -409,8 +414,10 @@ def test_a_params_file_given_must_exist(tmp_path, model_dir, mnist_test, capsys)
     rows = write_csv(tmp_path / "digits.csv", mnist_test[0][:3], None)
     missing = tmp_path / "missing.yaml"
     argv = ["predict", str(rows), "--model", str(model_dir), "--out", str(tmp_path / "o.csv")]
-    assert main([*argv, "--params", str(missing)]) == 2
-    assert f"{missing}: cannot read the file (No such file or directory)" in capsys.readouterr().err
+    assert_user_error(
+        (main([*argv, "--params", str(missing)]), capsys),
+        f"{missing}: cannot read the file (No such file or directory)",
+    )
     assert main(argv) == 0  # without --params: params.yaml when there is one, else defaults
 
 
@@ -445,3 +452,97 @@ def test_a_name_a_spreadsheet_would_run_as_a_formula_is_escaped_in_csv(
     frame = pd.read_csv(tmp_path / "out.csv", dtype=str)
     assert frame["source"].tolist() == frame["id"].tolist() == escaped
     assert pd.read_parquet(tmp_path / "out.parquet")["id"].tolist() == names  # not a spreadsheet
+
+
+# ---------------------------------------------------------------- formats, sizes, empty folders
+
+
+DIGITS = 6  # test digits written in every format
+
+
+def dark_on_light(image: np.ndarray) -> Image.Image:
+    """An MNIST digit as a user's picture: dark ink on white, 3x larger."""
+    return Image.fromarray(255 - image).resize((84, 84), Image.Resampling.BILINEAR)
+
+
+SUFFIXES = [".bmp", ".BMP", ".gif", ".GIF", ".jpg", ".JPG", ".jpeg", ".JPEG", ".PNG"]
+
+
+def classes(top3: str) -> list[str]:
+    """The classes of a top3 cell (``7:0.981 1:0.012 9:0.003``), best first."""
+    return [item.split(":")[0] for item in top3.split()]
+
+
+def by_name(path) -> pd.DataFrame:
+    """A predictions CSV indexed by file name."""
+    frame = pd.read_csv(path)
+    return frame.set_index(frame["id"].map(lambda source: Path(source).name))
+
+
+def test_every_picture_format_and_upper_case_suffix(tmp_path, model_dir, mnist_train, capsys):
+    """Each file gives the answer of a PNG of the pixels it holds (decoded here by Pillow)."""
+    folder, references = tmp_path / "formats" / "nested", tmp_path / "png"
+    folder.mkdir(parents=True)
+    references.mkdir()
+    for i in range(DIGITS):
+        picture = dark_on_light(mnist_train[0][1000 + i])
+        for suffix in SUFFIXES:
+            path = folder / f"{i}{suffix}"
+            picture.save(path, **({"quality": 90} if "jp" in suffix.lower() else {}))
+            with Image.open(path) as saved:
+                pixels = np.asarray(saved.convert("L"))
+            if suffix.lower() not in (".jpg", ".jpeg"):  # lossless formats
+                np.testing.assert_array_equal(pixels, np.asarray(picture))
+            Image.fromarray(pixels).save(references / f"{path.name}.png")
+    assert predict([tmp_path / "formats"], model_dir, tmp_path / "formats.csv") == 0
+    assert predict([references], model_dir, tmp_path / "png.csv") == 0
+    assert "skipped" not in capsys.readouterr().err
+    frame, expected = by_name(tmp_path / "formats.csv"), by_name(tmp_path / "png.csv")
+    assert set(frame.index) == {f"{i}{suffix}" for i in range(DIGITS) for suffix in SUFFIXES}
+    for name, row in frame.iterrows():
+        reference = expected.loc[f"{name}.png"]
+        assert row["predicted"] == reference["predicted"], name
+        assert classes(row["top3"]) == classes(reference["top3"]), name
+        assert row["probability"] == pytest.approx(reference["probability"], abs=1e-6), name
+    # An upper-case suffix given as a file argument, not found by a folder search.
+    assert predict([folder / "3.JPEG"], model_dir, tmp_path / "one.csv") == 0
+    one = by_name(tmp_path / "one.csv")
+    assert one.index.tolist() == ["3.JPEG"] and one["id"].iloc[0] == str(folder / "3.JPEG")
+    assert one["probability"].iloc[0] == pytest.approx(frame.loc["3.JPEG", "probability"], abs=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(10, 20, 20), (10, 400)], ids=["NxHxW", "flat"])
+def test_idx_of_another_image_size_is_refused(tmp_path, model_dir, mnist_train, capsys, shape):
+    small = mnist_train[0][:10, 4:24, 4:24].reshape(shape)
+    write_idx(small, tmp_path / "small-images.idx3")
+    message = assert_user_error(
+        (predict([tmp_path / "small-images.idx3"], model_dir, tmp_path / "out.csv"), capsys)
+    )
+    assert message.startswith(f"digitpipe: error: {tmp_path / 'small-images.idx3'}: ")
+    assert "images are 20x20" in message and "model takes 28x28" in message
+    assert not (tmp_path / "out.csv").exists()
+
+
+@pytest.mark.parametrize("strict", [False, True], ids=["default", "strict"])
+def test_folder_with_no_pictures_is_reported(tmp_path, model_dir, mnist_train, capsys, strict):
+    folder = tmp_path / "notes"
+    (folder / "deeper").mkdir(parents=True)
+    (folder / "readme.txt").write_text("no digits here\n")
+    (folder / "deeper" / "pixels.csv").write_text("pixel0\n0\n")  # folders hold pictures only
+    write_idx(mnist_train[0][:3], folder / "deeper" / "images.idx")
+    message = assert_user_error(
+        (predict([folder], model_dir, tmp_path / "out.csv", strict=strict), capsys)
+    )
+    suffixes = ".png, .jpg, .jpeg, .bmp, .gif, .tif, .tiff, .webp"
+    assert f"{folder}: no pictures ({suffixes}) in this folder." in message
+    if not strict:
+        assert message.splitlines()[-1] == (
+            "digitpipe: error: nothing to predict: no input could be read."
+        )
+    assert not (tmp_path / "out.csv").exists()
+    # The same folder beside a readable picture: reported, skipped, the picture predicted.
+    Image.fromarray(mnist_train[0][0]).save(tmp_path / "digit.png")
+    if not strict:
+        assert predict([folder, tmp_path / "digit.png"], model_dir, tmp_path / "out.csv") == 0
+        assert pd.read_csv(tmp_path / "out.csv")["id"].tolist() == [str(tmp_path / "digit.png")]
+        assert f"skipped {folder}: no pictures" in capsys.readouterr().err

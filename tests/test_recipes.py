@@ -7,23 +7,14 @@ from __future__ import annotations
 import io
 import subprocess
 import tarfile
-from pathlib import Path
 
 import pytest
-from conftest import REPO
-from dvc.utils.hydra import compose_and_dump
+from helpers.data import REPO
+from helpers.project import CONF, compose
 
 from digitpipe.core.config import ARCHITECTURES, Augment, Recipe, TrainParams, load_params
 from digitpipe.core.errors import DigitpipeError
 from digitpipe.train.recipes import resolve_recipe
-
-CONF = REPO / "conf"
-
-
-def compose(target: Path, *overrides: str, conf: Path = CONF) -> Path:
-    """params.yaml as `dvc exp run -S <overrides>` writes it (DVC's own function)."""
-    compose_and_dump(target, str(conf), None, "config", str(conf.parent), list(overrides))
-    return target
 
 
 def test_every_architecture_has_its_model_group():

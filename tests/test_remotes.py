@@ -15,9 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import QUICK_TRAIN, REPO, dvc, edit_params, free_port, init_pipeline_repo
-from conftest import write_tiny_project as write_project
-from test_pipeline import ran
+from helpers.data import QUICK_TRAIN, REPO
+from helpers.data import write_tiny_project as write_project
+from helpers.errors import assert_user_error
+from helpers.project import commit_all, dvc, edit_params, fresh_clone, init_pipeline_repo, ran
+from helpers.servers import free_port
 
 from digitpipe.core.errors import DigitpipeError
 from digitpipe.remote import ONE_OFF, Remote, resolve
@@ -159,33 +161,15 @@ def succeeds(project: Path, target: str, remote: str, env: dict[str, str]) -> st
 
 
 def fails(project: Path, target: str, remote: str, env: dict[str, str]) -> str:
-    """The one error message of a failed make target (no traceback)."""
-    result = make(project, target, remote, env)
-    assert result.returncode != 0, result.stdout + result.stderr
-    errors = [line for line in result.stderr.splitlines() if line.startswith("digitpipe: error:")]
-    assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr
-    return errors[0]
+    """The stderr of a failed make target: one error message, no traceback (make exits 2 when a
+    recipe fails, whatever the recipe's status)."""
+    return assert_user_error(make(project, target, remote, env))
 
 
 def dvc_config(project: Path) -> dict[str, bytes | None]:
     """The project's DVC config files, byte for byte (None: absent)."""
     files = {name: project / ".dvc" / name for name in CONFIG_FILES}
     return {name: path.read_bytes() if path.exists() else None for name, path in files.items()}
-
-
-def git(project: Path, *args: str) -> None:
-    subprocess.run(["git", *args], cwd=project, check=True, capture_output=True)
-
-
-def commit_all(project: Path) -> None:
-    git(project, "add", "-A")
-    git(project, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "project")
-
-
-def fresh_clone(project: Path, name: str = "clone") -> Path:
-    clone = project.parent / name
-    git(project.parent, "clone", "-q", str(project), str(clone))
-    return clone
 
 
 @pytest.fixture()
@@ -208,7 +192,7 @@ def test_s3_push_and_a_fresh_clone_pull_write_no_config(small_repo, s3_endpoint)
     before = dvc_config(small_repo)
     assert "1 file pushed" in succeeds(small_repo, "push", url, env)
     assert dvc_config(small_repo) == before
-    clone = fresh_clone(small_repo)
+    clone = fresh_clone(small_repo, small_repo.parent / "clone")
     cloned = dvc_config(clone)
     assert "1 file fetched" in succeeds(clone, "pull", url, env)
     assert (clone / "digits.csv").read_text() == "label,pixel0\n7,255\n"
@@ -245,7 +229,7 @@ def test_options_set_for_the_remote_are_kept(small_repo, s3_endpoint):
 
 def test_an_empty_remote_pulls_nothing_and_succeeds(small_repo, s3_endpoint):
     """A first scheduled run: a fresh clone, a remote nobody pushed to yet."""
-    clone = fresh_clone(small_repo)
+    clone = fresh_clone(small_repo, small_repo.parent / "clone")
     out = succeeds(clone, "pull", f"s3://{BUCKET}/never-pushed", s3_env(s3_endpoint))
     assert "empty, nothing to pull" in out
     assert not (clone / "digits.csv").exists()
@@ -292,7 +276,7 @@ def teammate_runs_nothing(pipeline, url: str, env: dict[str, str]) -> None:
     before = dvc_config(project)
     succeeds(project, "push", url, env)
     assert dvc_config(project) == before
-    clone = fresh_clone(project, url.split(":")[0])
+    clone = fresh_clone(project, project.parent / url.split(":")[0])
     cloned = dvc_config(clone)
     clone_env = env | {"PYTHONPATH": str(clone / "src")}
     succeeds(clone, "pull", url, clone_env)

@@ -15,7 +15,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import QUICK_TRAIN, edit_params, init_pipeline_repo, wait_until, write_csv
+from helpers.data import QUICK_TRAIN, write_csv
+from helpers.processes import wait_until
+from helpers.project import edit_params, tracked_pipeline
+from helpers.tracking import experiment_runs
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from statsmodels.stats.contingency_tables import mcnemar
@@ -73,24 +76,12 @@ def correct(model_dir: Path, images: np.ndarray, labels: np.ndarray) -> np.ndarr
     return probabilities.argmax(axis=1) == labels
 
 
-def experiment_runs(client: MlflowClient) -> int:
-    experiment = client.get_experiment_by_name("retrain-test")
-    return len(client.search_runs([experiment.experiment_id]))
-
-
 @pytest.fixture()
 def pipeline(tiny_project, mlflow_server):
     edit_params(tiny_project, "train", **QUICK_TRAIN)
-    edit_params(
-        tiny_project,
-        "track",
-        enabled=True,
-        tracking_uri=mlflow_server,
-        experiment="retrain-test",
-        registered_model=NAME,
+    env = tracked_pipeline(
+        tiny_project, tracking_uri=mlflow_server, experiment="retrain-test", registered_model=NAME
     )
-    env = init_pipeline_repo(tiny_project)
-    env.pop("MLFLOW_TRACKING_URI", None)
     return tiny_project, env, MlflowClient(mlflow_server)
 
 
@@ -114,7 +105,7 @@ def test_retrain_gate_drift_and_nothing_new(pipeline, mnist_train, tmp_path):
     output = retrain(project, env)
     assert "version 1 promoted to champion. why: no champion yet, and test accuracy" in flat(output)
     assert client.get_model_version_by_alias(NAME, "champion").version == "1"
-    assert experiment_runs(client) == 1
+    assert len(experiment_runs(client, "retrain-test")) == 1
 
     # (b) A deliberately unbalanced batch (only 1s and 7s) arrives in the drop folder.
     pool = np.arange(1000, 4000)
@@ -177,7 +168,7 @@ def test_retrain_gate_drift_and_nothing_new(pipeline, mnist_train, tmp_path):
     assert "## Class frequencies" in page and "2025-06-02 (150)" in page
 
     # (c) Unchanged: two retrains at once; one waits for nothing, the other trains nothing.
-    runs = experiment_runs(client)
+    runs = len(experiment_runs(client, "retrain-test"))
     racers = [start(project, env) for _ in range(2)]
     outputs = [racer.communicate(timeout=600)[0] for racer in racers]
     assert [racer.returncode for racer in racers] == [0, 0], outputs
@@ -186,7 +177,7 @@ def test_retrain_gate_drift_and_nothing_new(pipeline, mnist_train, tmp_path):
         out for out in outputs if "digitpipe retrain: nothing new: version 2 " in flat(out)
     ]
     assert len(skipped) == 1 and len(unchanged) == 1, outputs
-    assert experiment_runs(client) == runs
+    assert len(experiment_runs(client, "retrain-test")) == runs
     assert len(client.search_model_versions(f"name = '{NAME}'")) == 2
 
     # A store that never saw this model (a scheduled job without a tracking server, after
@@ -256,8 +247,7 @@ def test_sigterm_ends_the_pipeline_and_the_next_retrain_runs_at_once(pipeline):
     output = retrain(project, env)
     assert "digitpipe retrain: version 1 " in output, output
     assert "Resuming from" in output, output
-    experiment = client.get_experiment_by_name("retrain-sigterm")
-    (run,) = client.search_runs([experiment.experiment_id])  # the interrupted one, resumed
+    (run,) = experiment_runs(client, "retrain-sigterm")  # the interrupted one, resumed
     assert run.info.status == "FINISHED"
 
 

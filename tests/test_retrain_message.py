@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import mlflow
 import mlflow.pyfunc
-from digitpipe.tracking.drift import ChampionOnNew, drift, to_markdown
-from digitpipe.tracking.retrain import MESSAGE_WIDTH, Outcome
 from mlflow.tracking import MlflowClient
 from mlflow.utils import logging_utils
 from test_gate import images_of, samples
 
-from digitpipe.tracking.registry import registered_version
+from digitpipe.retrain.command import MESSAGE_WIDTH, Outcome
+from digitpipe.retrain.drift import ChampionOnNew, drift, to_markdown
+from digitpipe.retrain.promotion import registered_version
 from digitpipe.tracking.runs import RunRef
 
 

@@ -17,7 +17,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import answers, edit_params, free_port, wait_until
+from helpers.processes import wait_until
+from helpers.project import edit_params
+from helpers.servers import answers, free_port
 
 from digitpipe.core.config import load_params
 from digitpipe.dataset.checks import pixel_fault

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers.errors import assert_user_error
 from markdown_it import MarkdownIt
 from scipy.stats import binomtest, chi2
 from sklearn.metrics import cohen_kappa_score, precision_recall_fscore_support
@@ -312,13 +313,24 @@ def test_read_confusion_csv_bad(tmp_path: Path, content: str, message: str) -> N
     assert str(path) in str(info.value)
 
 
+def test_stats_command_prints_standard_json_with_null_for_undefined(tmp_path, capsys):
+    path = tmp_path / "perfect.csv"
+    path.write_text("actual,cat,dog\ncat,5,0\ndog,0,7\n")
+    assert main(["stats", str(path), "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out, parse_constant=lambda name: pytest.fail(name))
+    assert printed["accuracy"] == 1 and printed["mcnemar_p_value"] is None
+    assert [row["class"] for row in printed["per_class"]] == ["cat", "dog"]
+    assert main(["stats", str(path)]) == 0
+    assert "| cat |" in capsys.readouterr().out
+    path.write_text("actual,cat\ncat,x\n")
+    assert_user_error((main(["stats", str(path)]), capsys), "perfect.csv")
+
+
 def test_stats_with_a_30_digit_count_is_refused_in_one_line(tmp_path: Path, capsys) -> None:
     path = tmp_path / "huge.csv"
     path.write_text(",a,b\na,123456789012345678901234567890,3\nb,4,50\n")
-    assert main(["stats", str(path)]) == 2
-    err = capsys.readouterr().err
+    err = assert_user_error((main(["stats", str(path)]), capsys), alone=True)
     assert err.startswith(f"digitpipe: error: {path}: the counts up to line 2 add up to more")
-    assert err.count("\n") == 1
 
 
 def test_read_confusion_csv_missing_file(tmp_path: Path) -> None:

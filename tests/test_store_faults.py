@@ -25,25 +25,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import (
+from helpers.data import REPO, default_params, mnist_data, write_csv
+from helpers.errors import assert_user_error
+from helpers.model import untrained_model
+from helpers.processes import (
     PAUSE_AFTER_A_CHECKPOINT,
     PAUSE_FILE,
-    REPO,
-    default_params,
-    edit_params,
-    fill,
-    free_port,
-    mnist_data,
+    Measured,
+    measured_digitpipe,
     paused_after_a_checkpoint,
-    write_csv,
 )
+from helpers.project import edit_params, fill, run_cli
+from helpers.servers import free_port
 from mlflow.tracking import MlflowClient
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from digitpipe.cli import main
 from digitpipe.core.stage import fail_os, run_stage
-from digitpipe.model.export import ModelSpec, save_model
 from digitpipe.outputs.activations import ACTIVATIONS_REPORTS
 from digitpipe.outputs.evaluate import EVALUATE_REPORTS
 from digitpipe.outputs.train import CHECKPOINT_ROOT, MODEL_DIR, SPEC_FILE, WEIGHTS_FILE
@@ -52,19 +51,6 @@ from digitpipe.train.run import KEPT_CHECKPOINT
 
 HANG_GUARD_S = 120
 AS_ROOT = os.geteuid() == 0  # root reads and writes whatever the permissions say
-MEASURE = """
-import json, resource, subprocess, sys
-done = subprocess.run(sys.argv[1:], capture_output=True, text=True, timeout=120)
-print(json.dumps({"rc": done.returncode, "err": done.stderr,
-                  "rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))
-"""
-
-
-def assert_refused(err: str, *words: str) -> None:
-    """One user-facing error naming every word, and no traceback."""
-    assert "digitpipe: error: " in err and "Traceback" not in err, err
-    for word in words:
-        assert word in err, err
 
 
 def listing(folder: Path) -> dict[str, bytes]:
@@ -75,17 +61,26 @@ def listing(folder: Path) -> dict[str, bytes]:
 # ---------------------------------------------------------------- model files
 
 
-def saved_model(folder: Path, arch: str = "softmax") -> Path:
-    """An untrained 28x28 model of ``arch``: loading is checked before the network matters."""
-    spec = ModelSpec(arch, 28, 28, [str(i) for i in range(10)], 33.3, 78.6)
-    save_model(spec.build(), spec, folder)
-    return folder
-
-
 def picture(folder: Path) -> Path:
     path = folder / "digit.png"
     Image.fromarray(np.full((28, 28), 200, np.uint8)).save(path)
     return path
+
+
+def predict_a_picture(folder: Path, model: Path, monkeypatch) -> int:
+    """`digitpipe predict` of a picture in ``folder`` with ``model``, in-process, writing
+    ``folder/out.csv``; its exit status."""
+    out = folder / "out.csv"
+    return run_cli(
+        folder,
+        monkeypatch,
+        "predict",
+        str(picture(folder)),
+        "--model",
+        str(model),
+        "--out",
+        str(out),
+    )
 
 
 def edit_spec(model: Path, **changes: object) -> None:
@@ -112,19 +107,17 @@ def edit_spec(model: Path, **changes: object) -> None:
     ],
 )
 def test_bad_model_json_is_refused_naming_the_file(tmp_path, monkeypatch, capsys, changes, words):
-    model = saved_model(tmp_path / "model")
+    model = untrained_model(tmp_path / "model")
     edit_spec(model, **changes)
-    monkeypatch.chdir(tmp_path)
-    out = tmp_path / "out.csv"
-    assert main(["predict", str(picture(tmp_path)), "--model", str(model), "--out", str(out)]) == 2
-    assert_refused(capsys.readouterr().err, f"{model / SPEC_FILE}: ", words, "dvc repro train")
-    assert not out.exists()
+    status = predict_a_picture(tmp_path, model, monkeypatch)
+    assert_user_error((status, capsys), f"{model / SPEC_FILE}: ", words, "dvc repro train")
+    assert not (tmp_path / "out.csv").exists()
 
 
 def test_model_json_of_earlier_versions_predicts_without_moved_copies(
     tmp_path, monkeypatch, mnist_train
 ):
-    model = saved_model(tmp_path / "model")
+    model = untrained_model(tmp_path / "model")
     edit_spec(model, test_time_shift=None)  # written before test-time augmentation existed
     monkeypatch.chdir(tmp_path)
     rows = write_csv(tmp_path / "digits.csv", mnist_train[0][:5], None)
@@ -147,14 +140,14 @@ def test_model_json_of_earlier_versions_predicts_without_moved_copies(
     ],
 )
 def test_bad_model_files_are_refused_naming_the_file(tmp_path, monkeypatch, capsys, damage, words):
-    model = saved_model(tmp_path / "model")
+    model = untrained_model(tmp_path / "model")
     weights = model / WEIGHTS_FILE
     if damage == "empty":
         weights.write_bytes(b"")
     elif damage == "truncated":
         weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     elif damage == "other network":
-        saved_model(tmp_path / "lenet", "lenet")
+        untrained_model(tmp_path / "lenet", "lenet")
         weights.write_bytes((tmp_path / "lenet" / WEIGHTS_FILE).read_bytes())
     elif damage == "NaN weights":
         state = load_file(weights)
@@ -170,29 +163,24 @@ def test_bad_model_files_are_refused_naming_the_file(tmp_path, monkeypatch, caps
     else:
         weights.unlink()
     bad = model / SPEC_FILE if "JSON" in damage else weights
-    monkeypatch.chdir(tmp_path)
-    out = tmp_path / "out.csv"
-    assert main(["predict", str(picture(tmp_path)), "--model", str(model), "--out", str(out)]) == 2
-    assert_refused(capsys.readouterr().err, f"{bad}: cannot load the model", words)
-    assert not out.exists()
+    status = predict_a_picture(tmp_path, model, monkeypatch)
+    assert_user_error((status, capsys), f"{bad}: cannot load the model", words)
+    assert not (tmp_path / "out.csv").exists()
 
 
-def measured_predict(cwd: Path, model: Path) -> dict:
+def measured_predict(cwd: Path, model: Path) -> Measured:
     """`digitpipe predict` in a fresh process: exit status, stderr and peak RSS (MiB)."""
-    command = [sys.executable, "-c", MEASURE, sys.executable, "-m", "digitpipe.cli", "predict"]
-    command += [str(picture(cwd)), "--model", str(model), "--out", str(cwd / "out.csv")]
-    done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, check=True)
-    return json.loads(done.stdout)
+    args = [str(picture(cwd)), "--model", str(model), "--out", str(cwd / "out.csv")]
+    return measured_digitpipe(cwd, "predict", *args, hang_guard_s=HANG_GUARD_S)
 
 
 def test_a_huge_network_in_model_json_is_refused_without_building_it(tmp_path):
-    model = saved_model(tmp_path / "model")
+    model = untrained_model(tmp_path / "model")
     edit_spec(model, arch="mlp", height=4096, width=4096)  # 2 G weights: 8.6 GB if built
     baseline = measured_predict(tmp_path, tmp_path / "no-model")
     run = measured_predict(tmp_path, model)
-    assert run["rc"] == 2
-    assert_refused(run["err"], f"{model / WEIGHTS_FILE}", "do not fit", "6 tensors differ")
-    assert run["rss_mb"] < baseline["rss_mb"] + 100, (run, baseline)
+    assert_user_error(run, f"{model / WEIGHTS_FILE}", "do not fit", "6 tensors differ")
+    assert run.rss_mb < baseline.rss_mb + 100, (run, baseline)
 
 
 # ---------------------------------------------------------------- tracking stores
@@ -247,8 +235,12 @@ def test_broken_store_is_one_message_naming_the_uri(
     uri = f"sqlite:///{store}"
     edit_params(tiny_project, "track", tracking_uri=uri)
     monkeypatch.chdir(tiny_project)
-    assert main(["retrain", "--history"]) == 2
-    assert_refused(capsys.readouterr().err, f"MLflow store {uri}: {store}", words, "move the file")
+    assert_user_error(
+        (main(["retrain", "--history"]), capsys),
+        f"MLflow store {uri}: {store}",
+        words,
+        "move the file",
+    )
     assert listing(store.parent) == before
 
 
@@ -273,8 +265,9 @@ def test_unknown_store_schema_is_one_message(tiny_project, tmp_path, monkeypatch
     db.close()
     edit_params(tiny_project, "track", tracking_uri=f"sqlite:///{store}")
     monkeypatch.chdir(tiny_project)
-    assert main(["retrain", "--history"]) == 2
-    assert_refused(capsys.readouterr().err, f"MLflow store sqlite:///{store} cannot be opened")
+    assert_user_error(
+        (main(["retrain", "--history"]), capsys), f"MLflow store sqlite:///{store} cannot be opened"
+    )
 
 
 def test_junk_store_stops_train_before_it_writes(ingested, tmp_path, monkeypatch, capsys):
@@ -284,16 +277,14 @@ def test_junk_store_stops_train_before_it_writes(ingested, tmp_path, monkeypatch
     store.write_bytes(b"\0" * 4096)
     edit_params(ingested, "track", enabled=True, tracking_uri=f"sqlite:///{store}")
     monkeypatch.chdir(ingested)
-    assert main(["train"]) == 2
-    assert_refused(capsys.readouterr().err, f"{store} is not an SQLite database")
+    assert_user_error((main(["train"]), capsys), f"{store} is not an SQLite database")
     assert not (ingested / MODEL_DIR).exists()
     # The later stages, too, check the store before their work rather than after it.
     edit_params(ingested, "track", enabled=False)
     assert main(["train"]) == 0
     edit_params(ingested, "track", enabled=True)
     for stage, reports in [("evaluate", EVALUATE_REPORTS), ("activations", ACTIVATIONS_REPORTS)]:
-        assert main([stage]) == 2
-        assert_refused(capsys.readouterr().err, f"{store} is not an SQLite database")
+        assert_user_error((main([stage]), capsys), f"{store} is not an SQLite database")
         assert not (ingested / reports).exists()
 
 
@@ -305,8 +296,7 @@ def test_model_uri_against_a_dead_server_names_it(tmp_path):
     done = subprocess.run(
         command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=HANG_GUARD_S
     )
-    assert done.returncode == 2, done.stderr
-    assert_refused(done.stderr, f"MLflow tracking server {uri} cannot be reached")
+    assert_user_error(done, f"MLflow tracking server {uri} cannot be reached")
     assert "not found" not in done.stderr
     assert not (tmp_path / "out.csv").exists()
 
@@ -316,8 +306,7 @@ def test_model_uri_against_a_missing_store_creates_none(tmp_path, monkeypatch, c
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store}")
     monkeypatch.chdir(tmp_path)
     args = ["predict", str(picture(tmp_path)), "--model-uri", "models:/digitpipe@champion"]
-    assert main(args) == 2
-    assert_refused(capsys.readouterr().err, f"{store} does not exist")
+    assert_user_error((main(args), capsys), f"{store} does not exist")
     assert not store.exists() and not (tmp_path / "predictions.csv").exists()
 
 
@@ -358,9 +347,8 @@ def test_model_uri_the_registry_lacks_names_what_it_has(
         "version yet; digitpipe retrain registers",
     }
     for model_uri, words in expected.items():
-        assert main(["predict", str(picture(tmp_path)), "--model-uri", model_uri]) == 2
-        err = capsys.readouterr().err
-        assert_refused(err, f"{model_uri}: {words}")
+        status = main(["predict", str(picture(tmp_path)), "--model-uri", model_uri])
+        err = assert_user_error((status, capsys), f"{model_uri}: {words}")
         assert "reachable" not in err
     assert not (tmp_path / "predictions.csv").exists()
 
@@ -377,8 +365,10 @@ def test_model_uri_store_is_in_the_project_whatever_params_file(tmp_path, monkey
     (tmp_path / "configs/nightly.yaml").write_text(yaml.safe_dump(params))
     monkeypatch.chdir(tmp_path)
     args = ["predict", str(picture(tmp_path)), "--model-uri", "models:/digitpipe@champion"]
-    assert main([*args, "--params", "configs/nightly.yaml"]) == 2
-    assert_refused(capsys.readouterr().err, f"{tmp_path / 'mlflow.db'} does not exist")
+    assert_user_error(
+        (main([*args, "--params", "configs/nightly.yaml"]), capsys),
+        f"{tmp_path / 'mlflow.db'} does not exist",
+    )
 
 
 # ---------------------------------------------------------------- OS write errors
@@ -400,8 +390,11 @@ def stand_in_stage(folder: Path, name: str, body: str, monkeypatch) -> str:
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full here")
 def test_disk_full_in_a_stage_is_one_message(tiny_project, tmp_path, monkeypatch, capsys):
     module = stand_in_stage(tmp_path, "full_stage", FULL_STAGE, monkeypatch)
-    assert run_stage(module, tiny_project / "params.yaml") == 2
-    assert_refused(capsys.readouterr().err, "no space left on the device", "free space and rerun")
+    assert_user_error(
+        (run_stage(module, tiny_project / "params.yaml"), capsys),
+        "no space left on the device",
+        "free space and rerun",
+    )
 
 
 def test_other_os_errors_in_a_stage_stay_bugs(tiny_project, tmp_path, monkeypatch):
@@ -421,8 +414,9 @@ def test_other_os_errors_in_a_stage_stay_bugs(tiny_project, tmp_path, monkeypatc
     ],
 )
 def test_fixable_os_errors_name_the_file(capsys, code, words):
-    assert fail_os(OSError(code, os.strerror(code), "models/model.safetensors")) == 2
-    assert_refused(capsys.readouterr().err, words)
+    assert_user_error(
+        (fail_os(OSError(code, os.strerror(code), "models/model.safetensors")), capsys), words
+    )
 
 
 @pytest.mark.skipif(AS_ROOT, reason="root ignores file permissions")
@@ -437,8 +431,7 @@ def test_read_only_project_stops_ingest_with_one_message(tiny_project, monkeypat
     finally:
         for folder in folders:
             folder.chmod(0o755)
-    assert status == 2
-    assert_refused(capsys.readouterr().err, "permission denied on ", "data/.processed")
+    assert_user_error((status, capsys), "permission denied on ", "data/.processed")
     assert listing(tiny_project) == before
 
 
@@ -525,13 +518,11 @@ def test_a_locked_store_stops_train_with_lock_advice(ingested, monkeypatch, caps
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store}")
     monkeypatch.chdir(ingested)
     with locked(store):
-        assert main(["train"]) == 2
-    err = capsys.readouterr().err
-    assert_refused(
-        err,
-        f"MLflow store sqlite:///{store}: ",
-        f"{store} is still locked after 5 s: another process holds a lock on it",
-    )
+        err = assert_user_error(
+            (main(["train"]), capsys),
+            f"MLflow store sqlite:///{store}: ",
+            f"{store} is still locked after 5 s: another process holds a lock on it",
+        )
     assert "move the file aside" not in err
     assert not (ingested / MODEL_DIR).exists()
 
@@ -572,7 +563,7 @@ def test_the_gates_load_check_leaves_no_temporary_folder(tmp_path, monkeypatch, 
     mlflow.set_tracking_uri(mlflow_server)
     example = np.zeros((2, 28, 28), np.float32)
     with mlflow.start_run(experiment_id=mlflow.create_experiment("leak")):
-        model_uri = log_model(saved_model(tmp_path / "model"), example)
+        model_uri = log_model(untrained_model(tmp_path / "model"), example)
     mlflow.register_model(model_uri, "leak")
     scratch = tmp_path / "scratch"
     scratch.mkdir()

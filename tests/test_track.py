@@ -3,25 +3,25 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import mlflow
 import numpy as np
 import pytest
 import torch
-from conftest import (
-    QUICK_TRAIN,
-    REPO,
-    dvc,
-    edit_params,
-    free_port,
-    init_pipeline_repo,
-    model_probabilities,
-)
+from helpers.data import QUICK_TRAIN, REPO
+from helpers.errors import assert_user_error
+from helpers.model import model_probabilities
+from helpers.project import commit_all, dvc, edit_params, git, tracked_pipeline
+from helpers.servers import free_port
+from helpers.tracking import experiment_runs
+from mlflow.models import Model
 from mlflow.tracking import MlflowClient
 
 from digitpipe.activations.run import run as activations
@@ -79,8 +79,7 @@ def test_unreachable_server_stops_train_naming_the_uri(ingested):
         text=True,
         timeout=300,
     )
-    assert result.returncode == 2, result.stdout + result.stderr
-    assert uri in result.stderr and "cannot be reached" in result.stderr
+    assert_user_error(result, uri, "cannot be reached")
     assert not (ingested / MODEL_DIR).exists()
 
 
@@ -175,8 +174,10 @@ def test_predict_from_the_registry_loads_the_logged_safetensors(
         == 0
     )
     assert (ingested / "local.csv").read_text() == (ingested / "registry.csv").read_text()
-    assert main(["predict", str(images), "--model-uri", "models:/predict-test@nobody"]) == 2
-    assert "models:/predict-test@nobody" in capsys.readouterr().err
+    assert_user_error(
+        (main(["predict", str(images), "--model-uri", "models:/predict-test@nobody"]), capsys),
+        "models:/predict-test@nobody",
+    )
     # The downloaded weights leave no temporary folder behind.
     scratch = ingested / "scratch"
     scratch.mkdir()
@@ -187,11 +188,6 @@ def test_predict_from_the_registry_loads_the_logged_safetensors(
     assert done.returncode == 0, done.stderr
     assert (ingested / "tmp.csv").read_text() == (ingested / "local.csv").read_text()
     assert list(scratch.iterdir()) == []
-
-
-def experiment_runs(uri: str, name: str) -> list:
-    experiment = MlflowClient(uri).get_experiment_by_name(name)
-    return [] if experiment is None else MlflowClient(uri).search_runs([experiment.experiment_id])
 
 
 def state_run(project, uri: str) -> str:
@@ -208,16 +204,10 @@ def state_run(project, uri: str) -> str:
 @pytest.mark.slow
 def test_one_run_per_pipeline_state(tiny_project, mlflow_server):
     edit_params(tiny_project, "train", **QUICK_TRAIN)
-    edit_params(
-        tiny_project, "track", enabled=True, tracking_uri=mlflow_server, experiment="states"
-    )
-    env = init_pipeline_repo(tiny_project)
-    env.pop("MLFLOW_TRACKING_URI", None)
-    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
-    subprocess.run(["git", "add", "-A"], cwd=tiny_project, check=True)
-    subprocess.run([*git, "commit", "-qm", "clean"], cwd=tiny_project, check=True)
+    env = tracked_pipeline(tiny_project, tracking_uri=mlflow_server, experiment="states")
+    commit_all(tiny_project, "clean")
     dvc(tiny_project, env, "repro")
-    (trained,) = experiment_runs(mlflow_server, "states")
+    (trained,) = experiment_runs(MlflowClient(mlflow_server), "states")
     tags = trained.data.tags
     assert tags["git.dirty"] == "false"  # DVC deleting outputs does not make the source dirty
     assert trained.info.run_name.startswith("bncnn-")
@@ -236,7 +226,7 @@ def test_one_run_per_pipeline_state(tiny_project, mlflow_server):
     # A downstream-only rerun with new params: a run of its own, linked to the training run.
     edit_params(tiny_project, "evaluate", calibration_bins=5)
     dvc(tiny_project, env, "repro")
-    runs = experiment_runs(mlflow_server, "states")
+    runs = experiment_runs(MlflowClient(mlflow_server), "states")
     assert len(runs) == 2
     (later,) = [r for r in runs if r.info.run_id != trained.info.run_id]
     assert later.data.tags["digitpipe.training_run"] == trained.info.run_id
@@ -251,7 +241,7 @@ def test_one_run_per_pipeline_state(tiny_project, mlflow_server):
     # Every stage from the run-cache: no new run.
     edit_params(tiny_project, "evaluate", calibration_bins=15)
     assert "is cached" in dvc(tiny_project, env, "exp", "run")
-    assert len(experiment_runs(mlflow_server, "states")) == 2
+    assert len(experiment_runs(MlflowClient(mlflow_server), "states")) == 2
 
     # A run refused by its checks never starts a run.
     edit_params(tiny_project, "train", batch_size=100_000)
@@ -259,7 +249,7 @@ def test_one_run_per_pipeline_state(tiny_project, mlflow_server):
         ["dvc", "repro"], cwd=tiny_project, env=env, capture_output=True, text=True
     )
     assert failed.returncode != 0 and "larger than the training set" in failed.stderr
-    runs = experiment_runs(mlflow_server, "states")
+    runs = experiment_runs(MlflowClient(mlflow_server), "states")
     assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
 
     # A forced retrain that gives the same weights on the same data: DVC skips the later
@@ -267,7 +257,7 @@ def test_one_run_per_pipeline_state(tiny_project, mlflow_server):
     # and opens none that would stay without them.
     edit_params(tiny_project, "train", batch_size=QUICK_TRAIN["batch_size"])
     assert "Running stage 'evaluate'" not in dvc(tiny_project, env, "repro", "-f", "-s", "train")
-    assert len(experiment_runs(mlflow_server, "states")) == 2
+    assert len(experiment_runs(MlflowClient(mlflow_server), "states")) == 2
     track = load_params(tiny_project / "params.yaml").track
     assert find_training_run(track, tiny_project).run_id == trained.info.run_id
     client = MlflowClient(mlflow_server)
@@ -286,7 +276,7 @@ def test_tracking_turned_on_after_an_untracked_training(ingested, tmp_path, monk
     for stage in (evaluate, activations, report, report):
         stage(params, ingested)
     client = MlflowClient(store)
-    runs = client.search_runs([client.get_experiment_by_name("late").experiment_id])
+    runs = experiment_runs(client, "late")
     assert runs and all(run.data.tags[TRAINING_RUN_TAG] == NO_TRAINING_RUN for run in runs)
 
 
@@ -304,3 +294,142 @@ def test_a_stage_ended_by_sigterm_marks_its_run_killed(ingested, tmp_path, monke
     finally:
         signal.signal(signal.SIGTERM, previous)
     assert MlflowClient(store).get_run(run.run_id).info.status == "KILLED"
+
+
+# ---------------------------------------------------------------- signature, git tags, store
+
+
+STORE_NAMES = {"mlflow.db", "mlruns", "mlartifacts"}
+
+
+@pytest.fixture()
+def no_tracking_env(monkeypatch):
+    for name in ("MLFLOW_TRACKING_URI", "DVC_ROOT", "DVC_EXP_NAME"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_logged_model_signature_input_example_and_git_tags(ingested, no_tracking_env):
+    edit_params(ingested, "track", enabled=True, experiment="signature")
+    git(ingested, "init", "-q")
+    commit_all(ingested, "tiny project")
+    train(load_params(ingested / "params.yaml"), ingested)
+    ref = find_training_run(load_params(ingested / "params.yaml").track, ingested)
+    client = MlflowClient(ref.tracking_uri)
+    assert ref.tracking_uri == f"sqlite:///{ingested.resolve()}/mlflow.db"
+    tags = client.get_run(ref.run_id).data.tags
+    assert tags["mlflow.source.git.commit"] == git(ingested, "rev-parse", "HEAD")
+    assert tags["git.dirty"] == "false" and "dvc.experiment" not in tags  # not an experiment
+
+    local = Path(mlflow.artifacts.download_artifacts(ref.model_uri, tracking_uri=ref.tracking_uri))
+    logged = Model.load(local)
+    example = logged.load_input_example(local)
+    # The input example: validation images as float pixels 0..255.
+    val = read_split(ingested / PROCESSED_DIR / "val.parquet")
+    assert example.dtype.kind == "f" and 0 < len(example) <= len(val)
+    np.testing.assert_array_equal(
+        example.reshape(len(example), -1), val.images[: len(example)].reshape(len(example), -1)
+    )
+    # The signature describes what the model answers for it: the predicted class and the
+    # probability of each class, as the network in models/ gives them.
+    served = mlflow.pyfunc.load_model(str(local))
+    answer = served.predict(example)
+    signature = logged.signature
+    assert signature is not None and signature.outputs is not None
+    assert signature.outputs.input_names() == list(answer.columns)
+    net, spec = load_model(ingested / MODEL_DIR)
+    expected = model_probabilities(net, spec, val.images[: len(example)])
+    probabilities = answer[[f"prob_{name}" for name in spec.class_names]].to_numpy()
+    np.testing.assert_allclose(probabilities, expected, atol=1e-6)
+    for column in signature.outputs.inputs:
+        declared, answered = column.type.to_numpy().kind, answer[column.name].to_numpy().dtype.kind
+        assert answered == declared or {answered, declared} <= {"O", "U"}, column.name  # text
+
+    # A change to a tracked file (params.yaml) since the commit: a dirty run of the same commit.
+    edit_params(ingested, "train", seed=3)
+    train(load_params(ingested / "params.yaml"), ingested)
+    second = find_training_run(load_params(ingested / "params.yaml").track, ingested)
+    assert second.run_id != ref.run_id
+    tags = client.get_run(second.run_id).data.tags
+    assert tags["mlflow.source.git.commit"] == git(ingested, "rev-parse", "HEAD")
+    assert tags["git.dirty"] == "true"
+
+
+def test_tracking_off_writes_to_no_store(ingested, tmp_path_factory, monkeypatch, no_tracking_env):
+    assert load_params(ingested / "params.yaml").track.enabled is False  # the fixture's setting
+    elsewhere = tmp_path_factory.mktemp("env-store")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{elsewhere}/mlflow.db")
+    monkeypatch.chdir(ingested)  # MLflow's own default store would be ./mlruns
+    for command in ("train", "evaluate", "activations", "report"):
+        assert main([command]) == 0, command
+    assert not any(elsewhere.iterdir())
+    assert not STORE_NAMES & {path.name for path in ingested.iterdir()}
+    # The control: with tracking on, the same environment sends the run to that store.
+    edit_params(ingested, "track", enabled=True)
+    assert main(["train"]) == 0
+    assert (elsewhere / "mlflow.db").is_file()
+
+
+@pytest.mark.parametrize(
+    ("command", "section", "changes", "words"),
+    [
+        (
+            "evaluate",
+            "evaluate",
+            {"calibration_bins": 0},
+            ["evaluate.calibration_bins", "greater than 0"],
+        ),
+        (
+            "evaluate",
+            "evaluate",
+            {"calibration_bins": 10**10},
+            ["evaluate.calibration_bins", "less than or equal to 1000"],
+        ),
+        ("evaluate", "evaluate", {"batch_size": "many"}, ["evaluate.batch_size", "integer"]),
+        (
+            "evaluate",
+            "evaluate",
+            {"bins": 10},
+            ["evaluate.bins: not a key of evaluate; its keys are batch_size, pair_gallery_size"],
+        ),
+        ("train", "track", {"promotion_margin": 1.5}, ["track.promotion_margin", "less than 1"]),
+        ("train", "track", {"enabled": "sometimes"}, ["track.enabled", "boolean"]),
+        ("train", "track", {"experiment": ""}, ["track.experiment", "at least 1 character"]),
+        ("train", "track", {"uri": "http://x"}, ["track.uri: not a key of track; its keys are"]),
+    ],
+)
+def test_bad_evaluate_and_track_values_are_refused_by_key(
+    tiny_project, monkeypatch, capsys, command, section, changes, words
+):
+    edit_params(tiny_project, section, **changes)
+    monkeypatch.chdir(tiny_project)
+    message = assert_user_error((main([command]), capsys), *words)
+    assert message.startswith("digitpipe: error: params.yaml: invalid parameters")
+    assert sorted(path.name for path in tiny_project.iterdir()) == ["data", "params.yaml"]
+
+
+@pytest.mark.slow
+def test_dvc_exp_run_in_a_temporary_copy_lands_in_the_repos_store(tiny_project):
+    edit_params(tiny_project, "train", **QUICK_TRAIN)
+    env = tracked_pipeline(tiny_project)  # the default store: the repo's mlflow.db
+    for name in ("DVC_ROOT", "DVC_EXP_NAME"):
+        env.pop(name, None)
+    commit_all(tiny_project, "tiny pipeline")
+    head = git(tiny_project, "rev-parse", "HEAD")
+    # --temp runs the experiment in a copy under .dvc/tmp, as a queued one does; only ingest
+    # and train (the target) run.
+    dvc(
+        tiny_project, env, "exp", "run", "--temp", "-n", "lower-lr", "-S", "train.lr=0.004", "train"
+    )
+    client = MlflowClient(f"sqlite:///{tiny_project.resolve()}/mlflow.db")
+    (run,) = experiment_runs(client, "digitpipe")
+    assert run.info.status == "FINISHED" and run.info.run_name == "bncnn-lower-lr"
+    assert run.data.params["train.lr"] == "0.004"
+    assert run.data.tags["dvc.experiment"] == "lower-lr"
+    assert run.data.tags["mlflow.source.git.commit"] == head
+    # Its files are in the repo, not in the temporary copy DVC removed.
+    artifacts = Path(run.info.artifact_uri.removeprefix("file://"))
+    assert artifacts.is_relative_to(tiny_project.resolve() / "mlartifacts")
+    assert (artifacts / "weights" / "model.safetensors").is_file()
+    assert not (tiny_project / "models").exists()  # the workspace is untouched
+    shown = json.loads(dvc(tiny_project, env, "exp", "show", "--json"))
+    assert "lower-lr" in json.dumps(shown)

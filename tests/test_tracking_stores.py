@@ -12,15 +12,12 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import (
-    QUICK_TRAIN,
-    edit_params,
-    free_port,
-    init_pipeline_repo,
-    start_mlflow_server,
-    stop_mlflow_server,
-    stopped_after_a_checkpoint,
-)
+from helpers.data import QUICK_TRAIN
+from helpers.errors import assert_user_error
+from helpers.processes import stopped_after_a_checkpoint
+from helpers.project import edit_params, tracked_pipeline
+from helpers.servers import free_port, start_mlflow_server, stop_mlflow_server
+from helpers.tracking import experiment_runs
 from mlflow.tracking import MlflowClient
 
 from digitpipe.cli import main
@@ -31,13 +28,6 @@ from digitpipe.train.run import MLFLOW_RUN_FILE
 QUICK_FAILURE_S = 20  # a dead database answers in about 5 s (the connection timeout)
 STAGE_ENDS_S = 60  # a stage whose server died ends within this (issue 31)
 HANG_GUARD_S = 300
-
-
-def assert_refused(err: str, *words: str) -> None:
-    """One user-facing error naming every word, and no traceback."""
-    assert err.count("digitpipe: error: ") == 1 and "Traceback" not in err, err
-    for word in words:
-        assert word in err, err
 
 
 @pytest.fixture()
@@ -57,28 +47,33 @@ def train_with(project, uri: str) -> int:
 def test_unreachable_database_fails_in_seconds_masking_the_password(tracked, capsys):
     uri = f"postgresql://team:s3cret@127.0.0.1:{free_port()}/runs"  # nothing listens there
     started = time.monotonic()
-    assert train_with(tracked, uri) == 2
+    status = train_with(tracked, uri)
     assert time.monotonic() - started < QUICK_FAILURE_S
-    err = capsys.readouterr().err
     shown = uri.replace("s3cret", "***")
-    assert_refused(err, f"MLflow store {shown} cannot be reached", "Start the database server")
+    err = assert_user_error(
+        (status, capsys), f"MLflow store {shown} cannot be reached", "Start the database server"
+    )
     assert "s3cret" not in err
     assert not (tracked / MODEL_DIR).exists() and not (tracked / CHECKPOINT_ROOT).exists()
 
 
 def test_database_without_its_driver_is_one_message(tracked, capsys):
     uri = "mysql://team:s3cret@127.0.0.1/runs"  # mysqlclient is not installed
-    assert train_with(tracked, uri) == 2
-    err = capsys.readouterr().err
-    assert_refused(err, "MLflow store mysql://team:***@127.0.0.1/runs: no database driver")
+    err = assert_user_error(
+        (train_with(tracked, uri), capsys),
+        "MLflow store mysql://team:***@127.0.0.1/runs: no database driver",
+    )
     assert "pymysql" in err and "s3cret" not in err
 
 
 def test_missing_database_is_one_message(tracked, postgres, capsys):
     uri = postgres.uri("never_created")
-    assert train_with(tracked, uri) == 2
-    err = capsys.readouterr().err
-    assert_refused(err, f"MLflow store {uri} cannot be reached", "does not exist", "createdb")
+    assert_user_error(
+        (train_with(tracked, uri), capsys),
+        f"MLflow store {uri} cannot be reached",
+        "does not exist",
+        "createdb",
+    )
 
 
 @pytest.mark.slow
@@ -93,7 +88,7 @@ def test_direct_postgresql_store_keeps_artifacts_in_the_repository(
     monkeypatch.setenv("DVC_ROOT", str(repository))
     assert train_with(tracked, uri) == 0
     client = MlflowClient(uri)
-    [run] = client.search_runs([client.get_experiment_by_name("stores").experiment_id])
+    [run] = experiment_runs(client, "stores")
     assert run.info.status == "FINISHED" and "train.best_epoch_val_accuracy" in run.data.metrics
     assert MODEL_URI_TAG in run.data.tags
     assert run.info.artifact_uri.startswith((repository / ARTIFACT_DIR).as_uri())
@@ -135,8 +130,11 @@ def test_server_dying_mid_training_ends_the_stage_and_the_rerun_resumes(tracked,
     finally:
         training.kill()
         stop_mlflow_server(server)
-    assert training.returncode == 2, out + err
-    assert_refused(err, f"MLflow tracking server {uri} stopped answering", "resumes from it")
+    assert_user_error(
+        (training.returncode, err),
+        f"MLflow tracking server {uri} stopped answering",
+        "resumes from it",
+    )
     [marker] = (tracked / CHECKPOINT_ROOT).glob(f"*/{MLFLOW_RUN_FILE}")
     assert (marker.parent / "last.ckpt").exists()
     run_id = marker.read_text().strip()
@@ -149,7 +147,7 @@ def test_server_dying_mid_training_ends_the_stage_and_the_rerun_resumes(tracked,
         assert rerun.returncode == 0, out + err
         assert "Resuming from" in out
         client = MlflowClient(uri)
-        [run] = client.search_runs([client.get_experiment_by_name("dying").experiment_id])
+        [run] = experiment_runs(client, "dying")
         assert run.info.run_id == run_id and run.info.status == "FINISHED"
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")]
         assert max(steps) == 5 and MODEL_URI_TAG in run.data.tags
@@ -168,17 +166,13 @@ def test_server_on_postgresql_tracks_and_retrain_promotes(tiny_project, postgres
     server = start_mlflow_server(database, tmp_path / "artifacts", port)
     uri = f"http://127.0.0.1:{port}"
     edit_params(tiny_project, "train", **QUICK_TRAIN)
-    edit_params(
+    env = tracked_pipeline(
         tiny_project,
-        "track",
-        enabled=True,
         tracking_uri=uri,
         experiment="team",
         registered_model="team-digits",
         min_accuracy=0.0,
     )
-    env = init_pipeline_repo(tiny_project)
-    env.pop("MLFLOW_TRACKING_URI", None)
     try:
         done = subprocess.run(
             [str(Path(sys.executable).parent / "digitpipe"), "retrain"],
@@ -191,7 +185,7 @@ def test_server_on_postgresql_tracks_and_retrain_promotes(tiny_project, postgres
         assert done.returncode == 0, done.stdout + done.stderr
         assert "version 1 promoted to champion" in done.stdout
         client = MlflowClient(uri)
-        [run] = client.search_runs([client.get_experiment_by_name("team").experiment_id])
+        [run] = experiment_runs(client, "team")
         assert run.info.status == "FINISHED" and "train.best_epoch_val_accuracy" in run.data.metrics
         # Promotion loads the registered model through the server and predicts with it.
         assert MODEL_URI_TAG in run.data.tags
@@ -210,6 +204,5 @@ def test_server_on_postgresql_tracks_and_retrain_promotes(tiny_project, postgres
         text=True,
         timeout=HANG_GUARD_S,
     )
-    assert refused.returncode == 2, refused.stdout + refused.stderr
-    assert_refused(refused.stderr, "MLflow experiment 'team' in", "mlflow-artifacts:", uri[:7])
+    assert_user_error(refused, "MLflow experiment 'team' in", "mlflow-artifacts:", uri[:7])
     assert not checkpoints.exists()

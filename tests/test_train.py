@@ -7,13 +7,16 @@ import os
 import re
 import signal
 import subprocess
-import sys
 
 import lightning as L
 import numpy as np
 import pytest
 import torch
-from conftest import PAUSE_AFTER_A_CHECKPOINT, REPO, edit_params, paused_after_a_checkpoint
+from helpers.errors import assert_user_error
+from helpers.processes import paused_after_a_checkpoint, train_stage
+from helpers.project import edit_params
+from helpers.tracking import experiment_runs
+from mlflow.tracking import MlflowClient
 from pydantic import ValidationError
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader, TensorDataset
@@ -26,6 +29,7 @@ from digitpipe.model.zoo import BUILDERS
 from digitpipe.outputs.ingest import PROCESSED_DIR
 from digitpipe.outputs.train import CHECKPOINT_ROOT, MODEL_DIR, TRAIN_REPORTS
 from digitpipe.outputs.train import DECLARED as TRAIN_DECLARED
+from digitpipe.tracking.runs import MODEL_URI_TAG
 from digitpipe.train.callbacks import History, weight_average
 from digitpipe.train.checkpoint import read_checkpoint, write_portable_checkpoint
 from digitpipe.train.data import DigitData, IndexBatches, augment
@@ -304,22 +308,6 @@ def test_augment_moves_ink_but_keeps_the_digit(mnist_train, settings):
     assert ((ink_ratio > 0.7) & (ink_ratio < 1.4)).all()
 
 
-def stage(project, *args, paused=False, **kwargs):
-    """Run the train stage script as DVC would, in a subprocess; ``paused``: held after its
-    first checkpoint (conftest.PAUSE_AFTER_A_CHECKPOINT)."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    hold = ["-c", PAUSE_AFTER_A_CHECKPOINT] if paused else []
-    return subprocess.Popen(
-        [sys.executable, *hold, str(REPO / "stages/train.py"), *args],
-        cwd=project,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        **kwargs,
-    )
-
-
 @pytest.mark.slow
 def test_ddp_with_two_cpu_processes(ingested):
     edit_params(
@@ -331,7 +319,7 @@ def test_ddp_with_two_cpu_processes(ingested):
         max_epochs=2,
     )
     edit_params(ingested, "runtime", progress="auto")
-    process = stage(ingested)
+    process = train_stage(ingested)
     output = process.communicate(timeout=300)[0]
     assert process.returncode == 0, output
     summary = json.loads((ingested / TRAIN_REPORTS / "summary.json").read_text())
@@ -345,7 +333,7 @@ def paused_training(project) -> subprocess.Popen:
     """A 6-epoch train stage, started, and held at the first batch after its first checkpoint."""
     edit_params(project, "train", max_epochs=6, limit_batches=12)
     edit_params(project, "runtime", progress="lines")
-    process = stage(project, paused=True)
+    process = train_stage(project, paused=True)
     paused_after_a_checkpoint(project, process)
     return process
 
@@ -356,7 +344,7 @@ def test_killed_run_resumes_from_its_last_checkpoint(ingested):
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert not (ingested / TRAIN_REPORTS / "summary.json").exists()
-    resumed = stage(ingested)
+    resumed = train_stage(ingested)
     output = resumed.communicate(timeout=300)[0]
     assert resumed.returncode == 0, output
     assert "Resuming from" in output and "epoch 1/6 " not in output
@@ -368,7 +356,7 @@ def test_killed_run_resumes_from_its_last_checkpoint(ingested):
     assert not list((ingested / CHECKPOINT_ROOT).glob("*/last.ckpt"))
     # The default recipe augments: the resumed run drew what an uninterrupted one draws.
     resumed_weights = (ingested / MODEL_DIR / "model.safetensors").read_bytes()
-    uninterrupted = stage(ingested)
+    uninterrupted = train_stage(ingested)
     assert uninterrupted.wait(timeout=300) == 0
     assert (ingested / MODEL_DIR / "model.safetensors").read_bytes() == resumed_weights
 
@@ -379,7 +367,7 @@ def test_ctrl_c_says_how_to_resume_and_the_rerun_goes_on_from_there(ingested):
     process.send_signal(signal.SIGINT)
     output = process.communicate(timeout=300)[0]
     assert process.returncode == 1 and INTERRUPTED in output, output
-    resumed = stage(ingested)
+    resumed = train_stage(ingested)
     output = resumed.communicate(timeout=300)[0]
     assert resumed.returncode == 0, output
     finished = int(re.search(r"Resuming from .*: epoch (\d) was the last to finish", output)[1])
@@ -398,7 +386,7 @@ def test_a_stopped_training_leaves_the_previous_outputs_as_they_were(ingested):
     """The history is written after every epoch, beside the checkpoints: a training ended before
     its export replaces none of the outputs that describe the previous model."""
     edit_params(ingested, "train", max_epochs=2)
-    assert stage(ingested).wait(timeout=300) == 0
+    assert train_stage(ingested).wait(timeout=300) == 0
     previous = train_outputs(ingested)
     assert len(previous) == 7  # four files in models/, three in reports/train/
     process = paused_training(ingested)
@@ -498,10 +486,7 @@ def test_last_checkpoint_follows_every_epoch_not_only_the_best(ingested, tmp_pat
 def test_bad_params_fail_before_training(ingested, monkeypatch, capsys, section, changes, words):
     edit_params(ingested, section, **changes)
     monkeypatch.chdir(ingested)
-    assert main(["train"]) == 2
-    message = capsys.readouterr().err
-    for word in words:
-        assert word in message
+    assert_user_error((main(["train"]), capsys), *words)
     assert not (ingested / MODEL_DIR).exists()
 
 
@@ -524,8 +509,125 @@ def test_gpu_settings_follow_what_the_machine_has(ingested, monkeypatch, capsys,
         assert speed["accelerator"] == "cuda"
         assert speed["precision"] == changes.get("precision", "32-true")
     else:
-        assert status == 2
-        message = capsys.readouterr().err
-        for word in words:
-            assert word in message
+        assert_user_error((status, capsys), *words)
         assert not (ingested / MODEL_DIR).exists()
+
+
+# ---------------------------------------------------------------- progress, resume, precision
+
+
+def history_of(project) -> np.ndarray:
+    return np.atleast_1d(
+        np.genfromtxt(project / TRAIN_REPORTS / "history.csv", delimiter=",", names=True)
+    )
+
+
+def plain_line(epoch: int, epochs: int) -> str:
+    """The start of the plain per-epoch line (`runtime.progress: lines`)."""
+    return f"epoch {epoch}/{epochs}  train_loss "
+
+
+@pytest.mark.parametrize("progress", ["bar", "lines", "none"])
+def test_progress_modes(ingested, capfd, progress):
+    edit_params(ingested, "train", max_epochs=2)
+    edit_params(ingested, "runtime", progress=progress)
+    capfd.readouterr()
+    train(load_params(ingested / "params.yaml"), ingested)
+    captured = capfd.readouterr()
+    shown = captured.out + captured.err
+    lines = [plain_line(epoch, 2) in shown for epoch in (1, 2)]
+    bar = "\r" in shown and "epoch 1/2: " in shown and "epoch 2/2: " in shown
+    assert (bar, lines) == {
+        "bar": (True, [False, False]),  # a bar, even when the output is not a terminal
+        "lines": (False, [True, True]),
+        "none": (False, [False, False]),
+    }[progress], shown
+    if progress == "bar":  # each bar is followed by its epoch's figures
+        figures = r"(?m)^  train_loss [\d.]+  train_acc [\d.]+  val_loss [\d.]+  val_acc [\d.]+$"
+        assert len(re.findall(figures, shown)) == 2, shown
+    assert history_of(ingested)["epoch"].tolist() == [1, 2]  # the history is kept in every mode
+
+
+EPOCHS = 8  # the run is killed at epoch 2, after its first checkpoint
+
+
+def killed_after_first_epoch(project) -> list:
+    """Start the training and kill it once it has saved its last checkpoint (after epoch 1 of
+    EPOCHS); return those checkpoints."""
+    process = train_stage(project, paused=True)
+    paused_after_a_checkpoint(project, process)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (project / TRAIN_REPORTS / "summary.json").exists()
+    return list((project / CHECKPOINT_ROOT).glob("*/last.ckpt"))
+
+
+@pytest.mark.slow
+def test_resume_false_and_changed_params_start_afresh(ingested, capfd):
+    edit_params(ingested, "train", max_epochs=EPOCHS, limit_batches=4)
+    edit_params(ingested, "runtime", progress="lines")
+    (interrupted,) = killed_after_first_epoch(ingested)
+
+    # Other params (seed): another run, which starts at epoch 1 and leaves the interrupted one.
+    edit_params(ingested, "train", seed=7)
+    capfd.readouterr()
+    train(load_params(ingested / "params.yaml"), ingested)
+    output = capfd.readouterr().out
+    assert "Resuming from" not in output and plain_line(1, EPOCHS) in output
+    assert history_of(ingested)["epoch"].tolist() == list(range(1, EPOCHS + 1))
+    assert interrupted.exists()
+
+    # The interrupted run's own params with runtime.resume false: from epoch 1, not from its
+    # checkpoint, which is then removed with the run's folder.
+    edit_params(ingested, "train", seed=42)
+    edit_params(ingested, "runtime", resume=False)
+    train(load_params(ingested / "params.yaml"), ingested)
+    output = capfd.readouterr().out
+    assert "Resuming from" not in output and plain_line(1, EPOCHS) in output
+    assert history_of(ingested)["epoch"].tolist() == list(range(1, EPOCHS + 1))
+    assert not interrupted.parent.exists()
+
+
+def test_bf16_mixed_trains_on_a_cpu(ingested):
+    edit_params(ingested, "train", accelerator="cpu", precision="32-true")
+    train(load_params(ingested / "params.yaml"), ingested)
+    full = (ingested / MODEL_DIR / "model.safetensors").read_bytes()
+    edit_params(ingested, "train", precision="bf16-mixed")
+    summary = train(load_params(ingested / "params.yaml"), ingested)
+    speed = json.loads((ingested / TRAIN_REPORTS / "speed.json").read_text())
+    assert (speed["accelerator"], speed["precision"]) == ("cpu", "bf16-mixed")
+    # The precision reached the Trainer: bfloat16 arithmetic gives other weights...
+    assert (ingested / MODEL_DIR / "model.safetensors").read_bytes() != full
+    # ...exported as float32, and the reported validation loss is the exported network's.
+    weights = load_file(ingested / MODEL_DIR / "model.safetensors")
+    assert {value.dtype for value in weights.values() if value.is_floating_point()} == {
+        torch.float32
+    }
+    net, _ = load_model(ingested / MODEL_DIR)
+    val = read_split(ingested / PROCESSED_DIR / "val.parquet")
+    with torch.no_grad():
+        logits = net(torch.from_numpy(val.images[:, None].astype(np.float32)))
+    loss = torch.nn.functional.cross_entropy(logits, torch.from_numpy(val.labels)).item()
+    # Validation ran under bf16 autocast: agreement to bfloat16's precision (8 bits).
+    assert summary["best_epoch_val_loss"] == pytest.approx(loss, rel=0.02)
+
+
+@pytest.mark.slow
+def test_ddp_rank_zero_alone_logs_to_mlflow(ingested):
+    edit_params(ingested, "train", accelerator="cpu", devices=2, strategy="ddp", max_epochs=2)
+    edit_params(ingested, "track", enabled=True, experiment="ddp")  # the repo's SQLite store
+    process = train_stage(ingested)
+    output = process.communicate(timeout=600)[0]
+    assert process.returncode == 0, output
+    client = MlflowClient(f"sqlite:///{ingested.resolve()}/mlflow.db")
+    (run,) = experiment_runs(client, "ddp")  # one run, not one per rank
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["train.devices"] == "2" and run.data.tags["train.accelerator"] == "cpu"
+    summary = json.loads((ingested / TRAIN_REPORTS / "summary.json").read_text())
+    history = history_of(ingested)
+    for name in ("train_loss", "val_loss", "val_acc"):
+        logged = client.get_metric_history(run.info.run_id, name)
+        assert [m.step for m in logged] == [1, 2], name  # each epoch once: rank 1 logs nothing
+        assert [m.value for m in logged] == pytest.approx(history[name].tolist()), name
+    assert run.data.metrics["train.best_epoch_val_accuracy"] == summary["best_epoch_val_accuracy"]
+    assert MODEL_URI_TAG in run.data.tags

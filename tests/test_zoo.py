@@ -7,13 +7,13 @@ from __future__ import annotations
 import pytest
 import torch
 import yaml
-from conftest import default_params, edit_params
+from helpers.data import default_params
+from helpers.errors import assert_user_error
+from helpers.project import edit_params, ingest
 
 from digitpipe.cli import main
-from digitpipe.core.config import load_params
 from digitpipe.core.errors import DigitpipeError
 from digitpipe.dataset.idx import write_idx
-from digitpipe.ingest.run import run as ingest
 from digitpipe.model.sizes import MIN_SIDE, check_image_size
 from digitpipe.model.zoo import BUILDERS, build_model
 
@@ -56,8 +56,7 @@ def test_images_too_small_are_refused_at_ingest_and_at_train_before_any_run(
     monkeypatch.chdir(tmp_path)
 
     def refused(stage: str) -> None:
-        assert main([stage]) == 2
-        message = capsys.readouterr().err
+        message = assert_user_error((main([stage]), capsys))
         assert "'lenet' needs images of at least 16x16" in message and "7x7" in message
         assert "mlp" in message and "softmax" in message and "bncnn" not in message
 
@@ -65,8 +64,37 @@ def test_images_too_small_are_refused_at_ingest_and_at_train_before_any_run(
     assert not (tmp_path / "data").exists() and not (tmp_path / "reports").exists()
     # Ingested for a model that takes them, then trained with one that does not.
     edit_params(tmp_path, "model", arch="mlp")
-    ingest(load_params(tmp_path / "params.yaml"), tmp_path)
+    ingest(tmp_path)
     edit_params(tmp_path, "model", arch="lenet")
     refused("train")
     assert not (tmp_path / "models").exists()
     assert not any(store.iterdir())  # checks run before the MLflow run: no store, no run
+
+
+def layers_count(layers) -> int:
+    return sum(p.numel() for layer in layers.values() for p in layer.parameters())
+
+
+def test_documented_parameter_counts_of_bncnn_and_best():
+    """The README's counts (62,538 and 505,322), and the same by hand from its descriptions:
+    convs and the hidden dense layer have no bias (batch norm follows), batch norm has a scale
+    and a shift per channel."""
+
+    def conv(cin, cout, k):
+        return cin * cout * k * k
+
+    def bn(channels):
+        return 2 * channels
+
+    def dense(fin, fout, bias=True):
+        return fin * fout + (fout if bias else 0)
+
+    # stem conv6x6/2 x32, maxpool, BN; conv3x3 x64, BN; conv3x3 x64, maxpool, BN; 576 -> 10
+    bncnn = conv(1, 32, 6) + bn(32) + conv(32, 64, 3) + bn(64) + conv(64, 64, 3) + bn(64)
+    bncnn += dense(3 * 3 * 64, 10)
+    # stem (14x14), BN; conv3x3 x48, pool, BN; conv3x3 x96, pool, BN; 864 -> 512, BN; 512 -> 10
+    best = conv(1, 32, 6) + bn(32) + conv(32, 48, 3) + bn(48) + conv(48, 96, 3) + bn(96)
+    best += dense(3 * 3 * 96, 512, bias=False) + bn(512) + dense(512, 10)
+    assert (bncnn, best) == (62_538, 505_322)
+    assert layers_count(BUILDERS["bncnn"](28, 28, 10)) == bncnn
+    assert layers_count(BUILDERS["best"](28, 28, 10)) == best
