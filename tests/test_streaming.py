@@ -126,11 +126,15 @@ def test_streamed_statistics_are_the_in_memory_ones(sharded):
 
 
 def train_in(project: Path, capsys, **changes) -> tuple[bytes, str]:
-    """Train in ``project`` with ``changes`` to the train section: the weights, the first line."""
+    """Train in ``project`` with ``changes`` to the train section: the weights, the stage's
+    header (its first line, wrapped at the terminal's width, joined again)."""
     edit_params(project, "train", **changes)
     train(load_params(project / "params.yaml"), project)
-    first_line = capsys.readouterr().out.splitlines()[0]
-    return (project / MODEL_DIR / "model.safetensors").read_bytes(), first_line
+    lines = capsys.readouterr().out.splitlines()
+    header = itertools.takewhile(lambda line: not line.startswith("epoch "), lines)
+    return (project / MODEL_DIR / "model.safetensors").read_bytes(), " ".join(
+        " ".join(header).split()
+    )
 
 
 def test_streamed_and_held_trainings_each_repeat_bit_identically(sharded, capsys):

@@ -57,16 +57,15 @@ def histogram_stats(chunks: Iterable[np.ndarray]) -> tuple[float, float]:
     return float(np.float32(float(mean))), float(np.float32(math.sqrt(variance)))
 
 
-class IndexBatches:
-    """Iterate whole batches of in-memory tensors, reshuffled each epoch, sharded per rank.
+class RankBatches:
+    """One rank's batches of an epoch: their size, and the order's inputs. The order depends
+    only on ``seed``, the epoch (from ``epoch_of``) and the rank, so runs repeat exactly and a
+    resumed run sees the same batches it would have seen. Subclasses set ``rows_per_rank``."""
 
-    The order depends only on ``seed`` and the epoch (from ``epoch_of``), so runs repeat exactly
-    and a resumed run sees the same batches it would have seen.
-    """
+    rows_per_rank: int
 
     def __init__(
         self,
-        tensors: Batch,
         batch_size: int,
         *,
         shuffle: bool,
@@ -75,18 +74,29 @@ class IndexBatches:
         rank: int = 0,
         world_size: int = 1,
     ) -> None:
-        self.images, self.labels = tensors
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.epoch_of, self.rank, self.world_size = epoch_of, rank, world_size
-        # Every rank gets the same number of rows, so DDP ranks step in lockstep.
-        self.rows_per_rank = (
-            len(self.labels) // world_size if shuffle else math.ceil(len(self.labels) / world_size)
-        )
-        if shuffle and self.rows_per_rank % batch_size == 1:
-            self.rows_per_rank -= 1  # batch norm cannot normalise a batch of one image
+
+    def _without_a_lone_image(self, rows: int) -> int:
+        """``rows``, one fewer when shuffled batches would end with a batch of one image: batch
+        norm cannot normalise it."""
+        return rows - 1 if self.shuffle and rows % self.batch_size == 1 else rows
 
     def __len__(self) -> int:
         return math.ceil(self.rows_per_rank / self.batch_size)
+
+
+class IndexBatches(RankBatches):
+    """Whole batches of in-memory tensors, reshuffled each epoch, sharded per rank."""
+
+    def __init__(self, tensors: Batch, batch_size: int, **order) -> None:
+        super().__init__(batch_size, **order)
+        self.images, self.labels = tensors
+        # Every rank gets the same number of rows, so DDP ranks step in lockstep.
+        count, ranks = len(self.labels), self.world_size
+        self.rows_per_rank = self._without_a_lone_image(
+            count // ranks if self.shuffle else math.ceil(count / ranks)
+        )
 
     def _order(self) -> torch.Tensor:
         count = len(self.labels)

@@ -14,9 +14,8 @@ groups are already shards that can be read one at a time.
 
 from __future__ import annotations
 
-import math
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -26,7 +25,7 @@ from digitpipe.core.config import TrainParams
 from digitpipe.core.errors import DigitpipeError
 from digitpipe.dataset.images import ImageSet
 from digitpipe.dataset.parquet import SplitLayout, read_group, read_split
-from digitpipe.train.data import Batch, histogram_stats
+from digitpipe.train.data import Batch, RankBatches, histogram_stats
 
 GB = 1e9
 # The default train.memory_budget_gb: this share of the machine's memory. Of its total, not of
@@ -86,7 +85,7 @@ class StreamedSplit:
         return ShardBatches(self, batch_size, **order)
 
 
-class ShardBatches:
+class ShardBatches(RankBatches):
     """An epoch's batches of a :class:`StreamedSplit` for one rank (see the module's docstring).
 
     Shuffled (training), every rank takes as many rows as the rank dealt the smallest shards
@@ -94,19 +93,9 @@ class ShardBatches:
     few each epoch). In order (validation), a rank takes its shards whole.
     """
 
-    def __init__(
-        self,
-        split: StreamedSplit,
-        batch_size: int,
-        *,
-        shuffle: bool,
-        seed: int = 0,
-        epoch_of: Callable[[], int] = lambda: 0,
-        rank: int = 0,
-        world_size: int = 1,
-    ) -> None:
-        self.split, self.batch_size, self.shuffle, self.seed = split, batch_size, shuffle, seed
-        self.epoch_of, self.rank, self.world_size = epoch_of, rank, world_size
+    def __init__(self, split: StreamedSplit, batch_size: int, **order) -> None:
+        super().__init__(batch_size, **order)
+        self.split, world_size = split, self.world_size
         sizes = split.layout.group_rows
         if len(sizes) < world_size:
             raise DigitpipeError(
@@ -114,15 +103,12 @@ class ShardBatches:
                 "training processes that would each stream some: raise train.memory_budget_gb "
                 "to hold it in memory, or train with fewer devices."
             )
-        if shuffle:
-            self.rows_per_rank = sum(sorted(sizes)[: len(sizes) // world_size])
-            if self.rows_per_rank % batch_size == 1:
-                self.rows_per_rank -= 1  # batch norm cannot normalise a batch of one image
+        if self.shuffle:
+            self.rows_per_rank = self._without_a_lone_image(
+                sum(sorted(sizes)[: len(sizes) // world_size])
+            )
         else:
-            self.rows_per_rank = sum(sizes[rank::world_size])
-
-    def __len__(self) -> int:
-        return math.ceil(self.rows_per_rank / self.batch_size)
+            self.rows_per_rank = sum(sizes[self.rank :: world_size])
 
     def shards(self) -> list[int]:
         """This rank's shards this epoch, in the order they are read."""
