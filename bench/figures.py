@@ -23,7 +23,7 @@ from digitpipe.dataset.images import ImageSet
 from digitpipe.evaluate.confusion import confusion_counts, confusion_figure
 from digitpipe.evaluate.figures import probability_gallery
 from digitpipe.evaluate.worst_cases import GALLERY_COLUMNS, TYPICAL_COLUMNS
-from digitpipe.ingest.figures import class_distribution_figure, sample_digits_figure
+from digitpipe.ingest.figures import class_distribution_figure, sample_images_figure
 from digitpipe.model.zoo import build_model
 from digitpipe.plotting import save_figure
 from digitpipe.train.figures import learning_curves_figure
@@ -63,7 +63,7 @@ def figures(classes: int, long: bool) -> Iterator[tuple[str, Callable[[], Figure
         },
     }
     yield "class_distribution", lambda: class_distribution_figure(summary)
-    yield "sample_digits", lambda: sample_digits_figure(train, seed=0)
+    yield "sample_images", lambda: sample_images_figure(train, seed=0)
     for epochs in (1, 12):
         rows = [
             {

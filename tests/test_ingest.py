@@ -72,7 +72,7 @@ def test_reports_summary_and_pictures(tiny_project):
     ingest(tiny_project)
     summary = json.loads((tiny_project / INGEST_REPORTS / "summary.json").read_text())
     assert sum(summary["splits"]["test"]["per_class"].values()) == 200
-    for name in ("class_distribution.png", "sample_digits.png"):
+    for name in ("class_distribution.png", "sample_images.png"):
         picture = np.asarray(Image.open(tiny_project / INGEST_REPORTS / name).convert("L"))
         assert picture.shape[0] > 200 and picture.shape[1] > 400
         assert picture.std() > 20, f"{name} looks blank"

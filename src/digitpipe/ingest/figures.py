@@ -43,7 +43,7 @@ def class_distribution_figure(summary: dict) -> Figure:
     return figure
 
 
-def sample_digits_figure(images: ImageSet, seed: int) -> Figure:
+def sample_images_figure(images: ImageSet, seed: int) -> Figure:
     """A grid of randomly chosen training images, class by class: up to SAMPLES_PER_CLASS of
     each, fewer with many classes (SAMPLE_IMAGES in all), a row holding whole classes."""
     rng = np.random.default_rng(seed)

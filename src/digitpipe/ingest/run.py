@@ -22,7 +22,7 @@ from digitpipe.ingest.duplicates import (
     refuse_a_copy_of_the_test_split,
     without_test_images,
 )
-from digitpipe.ingest.figures import class_distribution_figure, sample_digits_figure
+from digitpipe.ingest.figures import class_distribution_figure, sample_images_figure
 from digitpipe.ingest.sources import Batch, load_batches, load_source, unused_checksums
 from digitpipe.ingest.split import split_off, stratified_sample
 from digitpipe.model.sizes import check_image_size
@@ -255,6 +255,6 @@ def run(params: Params, root: Path = Path(".")) -> dict:
         write_splits(splits, out / ingest.PROCESSED_DIR)
         write_report(out / ingest.SUMMARY, IngestSummary, summary)
         save_figure(class_distribution_figure(summary), out / ingest.CLASS_DISTRIBUTION)
-        samples = sample_digits_figure(splits["train"], params.data.seed)
+        samples = sample_images_figure(splits["train"], params.data.seed)
         save_figure(samples, out / ingest.SAMPLE_IMAGES)
     return summary

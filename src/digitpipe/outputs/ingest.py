@@ -10,7 +10,7 @@ PROCESSED_DIR = Path("data/processed")
 INGEST_REPORTS = Path("reports/ingest")
 SUMMARY = INGEST_REPORTS / "summary.json"  # counts per split and class, incoming batches
 CLASS_DISTRIBUTION = INGEST_REPORTS / "class_distribution.png"
-SAMPLE_IMAGES = INGEST_REPORTS / "sample_digits.png"
+SAMPLE_IMAGES = INGEST_REPORTS / "sample_images.png"
 
 DECLARED = Declared(outs=(PROCESSED_DIR, SUMMARY), plots=(CLASS_DISTRIBUTION, SAMPLE_IMAGES))
 
