@@ -145,3 +145,16 @@ def small_disk(tmp_path):
         pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
     yield disk
     subprocess.run(["umount", "--lazy", str(disk)], check=True)
+
+
+@pytest.fixture(autouse=True)
+def own_tracking_uri(monkeypatch):
+    """Each test starts with no $MLFLOW_TRACKING_URI and leaves none: MLflow's set_tracking_uri,
+    which the stages call in-process, also sets that variable, which digitpipe reads first, so
+    one test's store became the next one's in the same worker (a run looked for on another
+    test's stopped server)."""
+    import mlflow
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    yield
+    mlflow.set_tracking_uri(None)  # unsets the variable too

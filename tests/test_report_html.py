@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from digitpipe.evaluate.stats import confusion_stats, to_markdown
+from digitpipe.outputs.evaluate import WORST_CASES
 from digitpipe.report.build import worst_cases_section
 from digitpipe.report.html import render_html
 
@@ -57,7 +58,7 @@ def test_the_per_class_table_fits_a_1400_px_window(tmp_path):
 def test_the_most_confused_pair_is_counted_in_words(tmp_path, count, words):
     pair = {"actual": "square", "predicted": "triangle", "count": count, "image_ids": ["a"] * count}
     report = {"most_confused_pair": pair, "confident_mistakes": [], "typical": {}}
-    (tmp_path / "evaluate").mkdir()
-    (tmp_path / "evaluate/worst_cases.json").write_text(json.dumps(report))
+    (tmp_path / WORST_CASES).parent.mkdir(parents=True)
+    (tmp_path / WORST_CASES).write_text(json.dumps(report))
     lead = "The most confused pair: **square** read as **triangle**, "
     assert lead + words in worst_cases_section(tmp_path)

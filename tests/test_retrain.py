@@ -6,8 +6,11 @@ two retrains never overlap."""
 
 from __future__ import annotations
 
+import functools
 import json
+import operator
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -16,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from helpers.data import QUICK_TRAIN, write_csv
-from helpers.processes import wait_until
+from helpers.processes import stage_processes, stopped_after_a_checkpoint, wait_until
 from helpers.project import edit_params, tracked_pipeline
 from helpers.tracking import experiment_runs
 from mlflow.exceptions import MlflowException
@@ -28,7 +31,7 @@ from digitpipe.dataset.parquet import read_split
 from digitpipe.model.export import load_model
 from digitpipe.model.inference import predict_probabilities
 from digitpipe.outputs.ingest import split_file
-from digitpipe.outputs.train import CHECKPOINT_ROOT, MODEL_DIR
+from digitpipe.outputs.train import MODEL_DIR
 from digitpipe.retrain.command import LOCK_FILE, STOPPED, exclusive
 
 pytestmark = pytest.mark.slow
@@ -221,6 +224,16 @@ def descendants(pid: int) -> list[Process]:
     return below
 
 
+SIGINT_BIT = 1 << (signal.SIGINT - 1)  # in /proc/PID/status's masks of pending signals
+
+
+def pending(pid: int) -> int:
+    """The signals pending for process ``pid`` (its own and its thread group's), as a mask."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    masks = re.findall(r"^(?:SigPnd|ShdPnd):\s*([0-9a-f]+)$", status, re.MULTILINE)
+    return functools.reduce(operator.or_, (int(mask, 16) for mask in masks), 0)
+
+
 def test_sigterm_ends_the_pipeline_and_the_next_retrain_runs_at_once(pipeline):
     """A retrain ended with SIGTERM during training ends its `dvc repro` and the stage with it
     (they held DVC's locks against the next retrain); the next retrain resumes the training."""
@@ -230,13 +243,19 @@ def test_sigterm_ends_the_pipeline_and_the_next_retrain_runs_at_once(pipeline):
     edit_params(project, "track", experiment="retrain-sigterm", registered_model="sigterm")
     process = start(project, env)
 
-    def training() -> bool:
-        return bool(list((project / CHECKPOINT_ROOT).glob("*/last.ckpt")))
+    def train_pid() -> int:
+        (pid,) = stage_processes(project, "stages/train.py")
+        return pid
 
-    assert wait_until(training, 300, lambda: process.poll() is not None), process.communicate()
+    # Held (SIGSTOP) once it has a checkpoint, so that it cannot finish its few tiny epochs
+    # before the retrain's signal reaches it (under load it once did: nothing left to resume).
+    stage = stopped_after_a_checkpoint(project, train_pid, lambda: process.poll() is not None)
     below = descendants(process.pid)
-    assert any(p.name == "python" for p in below), below  # the train stage
+    assert any(p.pid == stage for p in below), below
     process.send_signal(signal.SIGTERM)
+    # Let the stage go on only once the retrain has passed the signal on (SIGINT to its group).
+    assert wait_until(lambda: pending(stage) & SIGINT_BIT, 120), "the stage got no SIGINT"
+    os.kill(stage, signal.SIGCONT)
     output = process.communicate(timeout=120)[0]
     assert process.returncode == 128 + signal.SIGTERM, output
     assert STOPPED in output, output

@@ -54,7 +54,8 @@ def test_the_train_header_and_evaluate_summary_wrap_between_words(ingested):
     header = message(stage(ingested, "train"), "train: ")
     # A break inside a word would leave a space in it, and the sentence would not match.
     sentence = r"train: \w+ \([\d,]+ parameters\) on [\d,]+ 28x28 images, 1 epoch of batch 32, "
-    assert re.fullmatch(sentence + r"1 x cpu \([\w-]+\)", unwrapped(header)), header
+    memory = r"; in memory \([\d.]+ GB of pixels, budget [\d.]+ GB\)"
+    assert re.fullmatch(sentence + r"1 x cpu \([\w-]+\)" + memory, unwrapped(header)), header
     summary = message(stage(ingested, "evaluate"), "evaluate: ")
     metrics = json.loads((ingested / "reports/evaluate/scores.json").read_text())["test"]
     assert unwrapped(summary) == f"evaluate: {headline(metrics)}; reports in reports/evaluate"
