@@ -19,7 +19,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from helpers.data import QUICK_TRAIN, write_csv
-from helpers.processes import stage_processes, stopped_after_a_checkpoint, wait_until
+from helpers.processes import (
+    default_sigint,
+    stage_processes,
+    stopped_after_a_checkpoint,
+    wait_until,
+)
 from helpers.project import edit_params, tracked_pipeline
 from helpers.tracking import experiment_runs
 from mlflow.exceptions import MlflowException
@@ -47,6 +52,7 @@ def start(project: Path, env: dict[str, str], *args: str) -> subprocess.Popen:
         text=True,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
+        preexec_fn=default_sigint,  # its group ends on SIGINT: not ignored, whoever ran pytest
     )
 
 

@@ -165,6 +165,13 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
+def default_sigint() -> None:
+    """A ``preexec_fn``: SIGINT delivered as a terminal's Ctrl-C delivers it, however the tests
+    were started (a script's background job ignores SIGINT, and so does all it starts: a
+    SIGINT test then waited forever)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def train_stage(project: Path, paused: bool = False) -> subprocess.Popen:
     """The train stage script as DVC runs it: a process of its own under ``project``, output
     (unbuffered) to a pipe, tracking only where params.yaml says (no MLFLOW_TRACKING_URI or
@@ -181,6 +188,7 @@ def train_stage(project: Path, paused: bool = False) -> subprocess.Popen:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        preexec_fn=default_sigint,
     )
 
 
