@@ -66,7 +66,7 @@ bench: $(STAMP)
 
 # Memory at scale: 1M synthetic images, many minutes and ~1.5 GB, so not part of make bench.
 bench-scale: $(STAMP)
-	$(BIN)/python bench/scale.py
+	$(BIN)/python bench/scale.py --sizes 100000 1000000 --stream-sizes 10000000 --archs mlp bncnn
 	$(BIN)/python bench/render.py
 
 lock: $(STAMP)

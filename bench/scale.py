@@ -1,8 +1,8 @@
 """Benchmark: memory at scale. Synthetic 28x28 digits (10 classes) as raw IDX at each size:
-ingest seconds and peak RSS, then one short epoch of `model.arch: mlp` (train.limit_batches)
-held in memory and one streamed from disk (train.memory_budget_gb far below the pixels):
-training images/s and peak RSS of each, and their ratio; at each --stream-sizes size (10M: 7.8 GB
-of pixels, as much again of raw IDX on disk) ingest and a streamed epoch with
+ingest seconds and peak RSS, then for each --archs one short epoch (train.limit_batches) held in
+memory and one streamed from disk (train.memory_budget_gb far below the pixels): training images/s
+and peak RSS of each, and their ratio; at each --stream-sizes size (10M: 7.8 GB of pixels, as
+much again of raw IDX on disk) ingest once and a streamed epoch of each arch with
 train.memory_budget_gb: 1, its images/s against the largest held run's; and the ingest peak RSS
 of a 200,000-row Kaggle-style CSV and of a 40-row CSV of 400x400-pixel images (160,000 columns).
 
@@ -11,7 +11,7 @@ its peak RSS is the child's own ``ru_maxrss`` (``os.wait4``), so nothing of this
 The figures go to stdout and to reports/bench/scale.json (git-ignored), checked against the
 targets of issue 34. Timings are printed, never asserted.
 Run: `.venv/bin/python bench/scale.py [--sizes 100000 1000000] [--stream-sizes 10000000]
-[--arch mlp] [--limit-batches 1000] [--skip-csv]`.
+[--archs mlp bncnn] [--limit-batches 1000] [--skip-csv]` (`make bench-scale`: all of it).
 """
 
 from __future__ import annotations
@@ -40,8 +40,10 @@ GB = 2**30
 # Issue 34's targets, peak RSS in GB.
 TARGETS = {
     "ingest 1000000": 0.6,
-    "train 1000000": 1.3,
-    "stream 10000000": 2.5,
+    "train 1000000 mlp": 1.3,
+    "train 1000000 bncnn": 1.3,
+    "stream 10000000 mlp": 2.5,
+    "stream 10000000 bncnn": 2.5,
     "csv 200000 rows": 1.0,
     "csv 160000 columns": 1.0,
 }
@@ -121,26 +123,30 @@ def make_project(folder: Path, data: dict, **sections: dict) -> Path:
     return folder
 
 
-def bench_idx(tmp: Path, count: int, arch: str, batches: int, budgets: dict) -> dict:
-    """Ingest ``count`` synthetic images, then train one epoch with each of ``budgets``
-    (name: train.memory_budget_gb); the figures of each, by name."""
+def bench_idx(tmp: Path, count: int, archs: list[str], batches: int, budgets: dict) -> dict:
+    """Ingest ``count`` synthetic images, then train one epoch of each of ``archs`` with each of
+    ``budgets`` (name: train.memory_budget_gb); the figures of each, by "name arch"."""
     source = synthetic_idx(tmp / f"raw-{count}", count, seed=count)
     project = make_project(
         tmp / f"idx-{count}",
         {"train": source, "test_fraction": 0.1, "val_fraction": 0.1},
-        model={"arch": arch},
+        model={"arch": archs[0]},
         train={"max_epochs": 1, "limit_batches": batches},
     )
     results = {"ingest": run_stage(project, "ingest")}
-    for name, budget in budgets.items():
-        params = yaml.safe_load((project / "params.yaml").read_text())
-        params["train"]["memory_budget_gb"] = budget
-        (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-        trained = run_stage(project, "train")
-        speed = json.loads((project / "reports/train/speed.json").read_text())
-        first_line = (project / "train.out").read_text().partition("\n")[0]
-        path = "streamed" if "; streaming train.parquet" in first_line else "held"
-        results[name] = {**trained, "images_per_s": speed["images_per_s"], "path": path}
+    for arch in archs:
+        for name, budget in budgets.items():
+            params = yaml.safe_load((project / "params.yaml").read_text())
+            params["model"]["arch"] = arch
+            params["train"]["memory_budget_gb"] = budget
+            (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+            trained = run_stage(project, "train")
+            speed = json.loads((project / "reports/train/speed.json").read_text())
+            # The stage's header says which path, wrapped at the terminal's width.
+            header = " ".join((project / "train.out").read_text().split())
+            path = "streamed" if "; streaming train.parquet" in header else "held"
+            figures = {**trained, "images_per_s": speed["images_per_s"], "path": path}
+            results[f"{name} {arch}"] = figures
     shutil.rmtree(tmp / f"raw-{count}")  # 7.8 GB at 10M: the next size's room
     shutil.rmtree(project)
     return results
@@ -158,7 +164,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="*", default=[100_000, 1_000_000])
     parser.add_argument("--stream-sizes", type=int, nargs="*", default=[])
-    parser.add_argument("--arch", default="mlp", choices=sorted(SPEED_TARGETS))
+    parser.add_argument("--archs", nargs="+", default=["mlp"], choices=sorted(SPEED_TARGETS))
     # Enough batches that the first window's read (4 row groups, ~0.5 s) does not decide the
     # streamed images/s; each streamed epoch also makes one statistics pass before it.
     parser.add_argument("--limit-batches", type=int, default=1000)
@@ -168,15 +174,15 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="digitpipe-scale-") as tmp:
         for count in args.sizes:
             budgets = {"train": None, "stream": FORCE_STREAMING_GB}
-            measured = bench_idx(Path(tmp), count, args.arch, args.limit_batches, budgets)
+            measured = bench_idx(Path(tmp), count, args.archs, args.limit_batches, budgets)
             for name, figures in measured.items():
-                results[f"{name} {count}"] = figures
+                results[sized(name, count)] = figures
             print(f"{count:>10,} images: {json.dumps(measured)}", flush=True)
         for count in args.stream_sizes:
             budgets = {"stream": STREAM_BUDGET_GB}
-            measured = bench_idx(Path(tmp), count, args.arch, args.limit_batches, budgets)
+            measured = bench_idx(Path(tmp), count, args.archs, args.limit_batches, budgets)
             for name, figures in measured.items():
-                results[f"{name} {count}"] = figures
+                results[sized(name, count)] = figures
             print(f"{count:>10,} images: {json.dumps(measured)}", flush=True)
         if not args.skip_csv:
             for name, rows, side in (
@@ -192,12 +198,21 @@ def main() -> int:
             verdict = "ok" if peak < target else "OVER TARGET"
             print(f"{name:<22} peak RSS {peak:.3f} GB   target < {target} GB: {verdict}")
     check_ingest_growth(results, args.stream_sizes)
-    results["speed ratios"] = speed_ratios(results, args.sizes, args.stream_sizes, args.arch)
+    results["speed ratios"] = {
+        arch: speed_ratios(results, args.sizes, args.stream_sizes, arch) for arch in args.archs
+    }
     out = REPO / "reports" / "bench" / "scale.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
-    record("scale", result_rows(results, args.arch))
+    record("scale", result_rows(results))
     return 0
+
+
+def sized(name: str, count: int) -> str:
+    """``"train mlp"`` at 1,000,000 images: ``"train 1000000 mlp"``; ``"ingest"``: ``"ingest
+    1000000"``."""
+    kind, _, arch = name.partition(" ")
+    return " ".join(filter(None, (kind, str(count), arch)))
 
 
 def check_ingest_growth(results: dict, stream_sizes: list[int]) -> None:
@@ -215,11 +230,11 @@ def speed_ratios(results: dict, sizes: list[int], stream_sizes: list[int], arch:
     """Streamed images/s over held images/s, at each size of --sizes and, for each streamed
     size, against the largest held size; printed against the architecture's target."""
     ratios = {}
-    held = {count: results[f"train {count}"]["images_per_s"] for count in sizes}
+    held = {count: results[f"train {count} {arch}"]["images_per_s"] for count in sizes}
     pairs = [(count, count) for count in sizes]
     pairs += [(count, max(sizes)) for count in stream_sizes if sizes]
     for streamed, against in pairs:
-        ratio = results[f"stream {streamed}"]["images_per_s"] / held[against]
+        ratio = results[f"stream {streamed} {arch}"]["images_per_s"] / held[against]
         name = f"stream {streamed} / train {against}"
         ratios[name] = round(ratio, 3)
         verdict = "ok" if ratio >= SPEED_TARGETS[arch] else "BELOW TARGET"
@@ -230,13 +245,13 @@ def speed_ratios(results: dict, sizes: list[int], stream_sizes: list[int], arch:
     return ratios
 
 
-def result_rows(results: dict[str, dict], arch: str) -> list[Row]:
+def result_rows(results: dict[str, dict]) -> list[Row]:
     """One row per measured stage (its peak RSS against issue 34's target, its seconds), then
     one per streamed/in-memory speed ratio against the architecture's target."""
     whats = {
         "ingest": "IDX ingest, {} images",
-        "train": "training in memory, {} images (one short epoch)",
-        "stream": "training streamed from disk, {} images (one short epoch)",
+        "train": "training in memory, {} images (`{}`, one short epoch)",
+        "stream": "training streamed from disk, {} images (`{}`, one short epoch)",
         "csv": "CSV ingest, {}",
     }
     command = " ".join(["bench/scale.py", *sys.argv[1:]])
@@ -244,6 +259,9 @@ def result_rows(results: dict[str, dict], arch: str) -> list[Row]:
     rows = []
     for name, measured in results.items():
         kind, _, size = name.partition(" ")
+        arch = ""
+        if kind in ("train", "stream"):
+            size, _, arch = size.partition(" ")
         size = f"{int(size):,}" if size.isdigit() else size
         if "file_mb" in measured:
             size += f" ({measured['file_mb']:,} MB)"
@@ -251,7 +269,7 @@ def result_rows(results: dict[str, dict], arch: str) -> list[Row]:
         target = TARGETS.get(name)
         rows.append(
             Row(
-                what=whats[kind].format(size),
+                what=whats[kind].format(size, arch),
                 value=measured["peak_rss_gb"],
                 unit="GB peak RSS",
                 detail=f"{measured['seconds']} s{speed}",
@@ -260,16 +278,17 @@ def result_rows(results: dict[str, dict], arch: str) -> list[Row]:
                 command=command,
             )
         )
-    for name, ratio in ratios.items():
-        rows.append(
+    for arch, by_name in ratios.items():
+        rows.extend(
             Row(
-                what=f"images/s of training, {name} ({arch})",
+                what=f"images/s of training, {name} (`{arch}`)",
                 value=ratio,
                 unit="ratio",
                 target=f">= {SPEED_TARGETS[arch]}",
                 met=ratio >= SPEED_TARGETS[arch],
                 command=command,
             )
+            for name, ratio in by_name.items()
         )
     return rows
 
