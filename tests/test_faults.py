@@ -245,3 +245,20 @@ def test_leftover_temporary_files_are_removed_by_the_next_write(tmp_path):
     other.write_text("someone else's")
     write_text(target, "{}")
     assert target.read_text() == "{}" and not leftover.exists() and other.exists()
+
+
+def test_a_group_started_where_sigint_is_ignored_gets_it(tmp_path):
+    """`digitpipe retrain` started as a script's background job ignores SIGINT; the group it
+    starts does not (the SIGINT that ends the group was lost), and the retrain still ignores it."""
+    ignored = "import signal; print(signal.getsignal(signal.SIGINT) is signal.SIG_IGN)"
+    script = (
+        "import signal, sys\n"
+        "from digitpipe.core.lifetime import run_as_group\n"
+        "signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+        f"run_as_group([sys.executable, '-c', {ignored!r}])\n"
+        f"{ignored}\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, check=True
+    )
+    assert done.stdout.split() == ["False", "True"], done.stdout

@@ -14,6 +14,7 @@ import re
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +45,10 @@ DIGITPIPE = str(Path(sys.executable).parent / "digitpipe")
 NAME = "tiny-digits"
 
 
-def start(project: Path, env: dict[str, str], *args: str) -> subprocess.Popen:
+def start(
+    project: Path, env: dict[str, str], *args: str, sigint: Callable[[], None] = default_sigint
+) -> subprocess.Popen:
+    """`digitpipe retrain ARGS`, SIGINT delivered (``sigint`` sets how, before it starts)."""
     return subprocess.Popen(
         [DIGITPIPE, "retrain", *args],
         cwd=project,
@@ -52,7 +56,7 @@ def start(project: Path, env: dict[str, str], *args: str) -> subprocess.Popen:
         text=True,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
-        preexec_fn=default_sigint,  # its group ends on SIGINT: not ignored, whoever ran pytest
+        preexec_fn=sigint,
     )
 
 
@@ -242,12 +246,14 @@ def pending(pid: int) -> int:
 
 def test_sigterm_ends_the_pipeline_and_the_next_retrain_runs_at_once(pipeline):
     """A retrain ended with SIGTERM during training ends its `dvc repro` and the stage with it
-    (they held DVC's locks against the next retrain); the next retrain resumes the training."""
+    (they held DVC's locks against the next retrain); the next retrain resumes the training.
+    Started as a script's background job starts it, SIGINT ignored: its group still gets the
+    SIGINT that ends it (it was lost, and the group killed 60 s later, its run left RUNNING)."""
     project, env, client = pipeline
     edit_params(project, "train", max_epochs=8, limit_batches=12)
     # Its own experiment and model: the module's server holds the other test's.
     edit_params(project, "track", experiment="retrain-sigterm", registered_model="sigterm")
-    process = start(project, env)
+    process = start(project, env, sigint=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
 
     def train_pid() -> int:
         (pid,) = stage_processes(project, "stages/train.py")

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -102,7 +103,8 @@ def run_as_group(command: list[str], **popen: Any) -> int:
     ends through its cleanups (its MLflow run marked KILLED); whatever is left gets SIGKILL after
     GROUP_GRACE_SECONDS.
     """
-    child = subprocess.Popen(command, start_new_session=True, **popen)
+    with not_ignored_by_children(signal.SIGINT):
+        child = subprocess.Popen(command, start_new_session=True, **popen)
     previous = signal.signal(signal.SIGTERM, lambda received, frame: sys.exit(128 + received))
     try:
         return child.wait()
@@ -113,12 +115,32 @@ def run_as_group(command: list[str], **popen: Any) -> int:
         signal.signal(signal.SIGTERM, previous)
 
 
-def end_group(leader: subprocess.Popen) -> None:
-    """End the process group ``leader`` started and wait for its leader to end."""
+@contextlib.contextmanager
+def not_ignored_by_children(signum: int) -> Iterator[None]:
+    """Programs started inside get ``signum``'s default action even where this process ignores
+    it: exec keeps an ignored signal ignored, and a script's background job ignores SIGINT (so
+    would its `dvc repro` group, which then lost the SIGINT that ends it and was killed 60 s
+    later, its MLflow run left RUNNING). A handled signal is reset to its default by exec: a
+    handler that does nothing keeps this process's behaviour meanwhile."""
+    if signal.getsignal(signum) is not signal.SIG_IGN:
+        yield
+        return
+    signal.signal(signum, lambda received, frame: None)
+    try:
+        yield
+    finally:
+        signal.signal(signum, signal.SIG_IGN)
+
+
+def end_group(
+    leader: subprocess.Popen, signum: int = signal.SIGINT, grace_s: float = GROUP_GRACE_SECONDS
+) -> None:
+    """End the process group ``leader`` started with ``signum`` (SIGKILL after ``grace_s``) and
+    wait for its leader to end."""
     with contextlib.suppress(ProcessLookupError):
-        os.killpg(leader.pid, signal.SIGINT)
+        os.killpg(leader.pid, signum)
     with contextlib.suppress(subprocess.TimeoutExpired):
-        leader.wait(GROUP_GRACE_SECONDS)
+        leader.wait(grace_s)
     with contextlib.suppress(ProcessLookupError):  # stragglers beyond the leader, or the leader
         os.killpg(leader.pid, signal.SIGKILL)
     leader.wait()
