@@ -35,11 +35,12 @@ def file_digest(path: Path, length: int = 64) -> str:
 WEIGHTS_DIGEST_KEY = "weights_sha256"  # model.json's record of model.safetensors' SHA-256
 
 
-def check_weights_digest(weights: Path, recorded: str | None) -> str:
+def check_weights_digest(weights: Path, recorded: str | None, actual: str | None = None) -> str:
     """The SHA-256 of ``weights`` (model.safetensors), refused when it is not the one its
     model.json records: one flipped bit moved a test accuracy from 79.5% to 75.5% unnoticed. A
-    model.json of earlier versions records none: nothing to check."""
-    actual = file_digest(weights)
+    model.json of earlier versions records none: nothing to check. ``actual``: the digest
+    already taken (the report's pipeline state holds it), not taken again."""
+    actual = file_digest(weights) if actual is None else actual
     if recorded is not None and actual != recorded:
         raise DigitpipeError(
             f"{weights}: the weights' SHA-256 is {actual[:16]}..., but model.json records "
