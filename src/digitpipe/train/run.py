@@ -74,6 +74,7 @@ from digitpipe.train.streaming import StreamedSplit, held_or_streamed, memory_bu
 
 MLFLOW_RUN_FILE = "mlflow_run_id"  # beside the checkpoints: the run a resumed training continues
 MAX_RUN_ID_BYTES = 256  # an MLflow run id is 32 hex digits
+LATEST_CHECKPOINT = "last.ckpt"  # beside them: the latest finished epoch, what a rerun resumes
 # Set by torchrun / torch.distributed launchers and by SLURM: without one, num_nodes > 1 hangs.
 LAUNCHER_VARIABLES = ("MASTER_ADDR", "TORCHELASTIC_RUN_ID", "SLURM_NTASKS", "NODE_RANK")
 
@@ -205,7 +206,9 @@ def build_trainer(
     checkpoint = ModelCheckpoint(dirpath=run_dir, filename="best", monitor="val/loss", mode="min")
     # Resume continues from the latest epoch: a callback of its own, since `save_last` on the
     # monitored one rewrites `last.ckpt` only in epochs that improve on the best (Lightning 2.6).
-    latest = ModelCheckpoint(dirpath=run_dir, filename="last", enable_version_counter=False)
+    latest = ModelCheckpoint(
+        dirpath=run_dir, filename=Path(LATEST_CHECKPOINT).stem, enable_version_counter=False
+    )
     bar = wants_bar(runtime.progress)
     callbacks = [checkpoint, latest, GeneratorStates(), *callbacks]
     callbacks += [weight_average(recipe.ema)] if recipe.ema else []
@@ -378,7 +381,7 @@ def resume_from(run_dir: Path, runtime: RuntimeParams, module: L.LightningModule
     """The interrupted run's last checkpoint, when resuming is on and it is readable and fits
     ``module``; one that does not (a truncated write, a network changed since) is set aside with
     a message, and training starts afresh."""
-    last = run_dir / "last.ckpt"
+    last = run_dir / LATEST_CHECKPOINT
     if not (runtime.resume and last.exists()):
         return None
     try:
@@ -443,7 +446,7 @@ def fit(trainer: L.Trainer, module: DigitClassifier, data: DigitData, ckpt: Path
         except OSError as exc:
             if exc.filename is None:  # a checkpoint's write (a full disk) names no file
                 exc.filename = trainer.default_root_dir
-            if (Path(trainer.default_root_dir) / "last.ckpt").exists():
+            if (Path(trainer.default_root_dir) / LATEST_CHECKPOINT).exists():
                 exc.add_note(KEPT_CHECKPOINT)
             raise
 
