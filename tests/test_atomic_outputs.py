@@ -80,8 +80,6 @@ def test_a_failed_publication_puts_the_previous_outputs_back(tmp_path):
     }
 
 
-
-
 @pytest.mark.slow
 def test_a_full_disk_under_repro_leaves_no_mix_and_no_running_run(tiny_project, small_disk):
     """The disk fills up during the forced rerun's train stage: one message, none of the stage's

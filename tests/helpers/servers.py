@@ -3,7 +3,6 @@ its own, and a PostgreSQL cluster's handle."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import socket
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from digitpipe.core.lifetime import end_group
 from helpers.processes import wait_until
 
 POSTGRES_BIN = Path("/usr/lib/postgresql/15/bin")  # Debian's PostgreSQL 15
@@ -73,13 +73,7 @@ def start_mlflow_server(backend: str, artifacts: Path, port: int) -> subprocess.
 def stop_mlflow_server(process: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
     """End the server and its workers (its process group) with ``sig``, then SIGKILL if it
     lingers (a busy machine's uvicorn can take longer than 10 s to stop)."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, sig)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-    process.wait(timeout=30)
+    end_group(process, sig, grace_s=10)
 
 
 class Postgres:
