@@ -12,7 +12,7 @@ import pytest
 
 from digitpipe.core.errors import DigitpipeError
 from digitpipe.dataset.checks import check_labels
-from digitpipe.dataset.idx import read_idx, write_idx
+from digitpipe.dataset.idx import MAX_IDX_BYTES, IdxChunks, read_bytes, read_idx, write_idx
 from digitpipe.dataset.shapes import as_images
 
 
@@ -56,6 +56,20 @@ def test_malformed_files_name_the_file_and_fault(tmp_path, payload, message):
     with pytest.raises(DigitpipeError, match=message) as caught:
         read_idx(path)
     assert str(path) in str(caught.value)
+
+
+def test_a_file_larger_than_memory_reads_in_chunks_not_whole(tmp_path):
+    """Ingest reads an IDX file of more than 4 GiB (10M 28x28 images are 7.8 GB) a chunk at a
+    time; read whole (predict's inputs) it is refused. A sparse file: no disk is used."""
+    count = MAX_IDX_BYTES // 784 + 1
+    path = tmp_path / "images-idx3-ubyte"
+    with path.open("wb") as out:
+        out.write(bytes([0, 0, 8, 3]) + np.array([count, 28, 28], ">u4").tobytes())
+        out.truncate(16 + count * 784)
+    first = next(iter(IdxChunks(path)))
+    assert first.shape[1:] == (28, 28) and not first.any()
+    with pytest.raises(DigitpipeError, match=f"{count}x28x28 .* more than the 4 GiB"):
+        read_bytes(path, "idx")
 
 
 def test_corrupt_gzip_is_reported(tmp_path):

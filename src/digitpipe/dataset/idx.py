@@ -2,8 +2,9 @@
 
 Reading is bounded: only regular files are opened (a device or FIFO would never end or never
 start), gzip is inflated as a stream, and the stream stops where the content must end: for IDX
-content at the size its header declares (at most ``MAX_IDX_BYTES``), for any other content (a
-CSV) at ``MAX_TEXT_BYTES``. A decompression bomb therefore costs at most what its header claims.
+content at the size its header declares (at most ``MAX_IDX_BYTES`` read whole,
+``MAX_CHUNKED_IDX_BYTES`` read a chunk at a time), for any other content (a CSV) at
+``MAX_TEXT_BYTES``. A decompression bomb therefore costs at most what its header claims.
 """
 
 from __future__ import annotations
@@ -27,7 +28,10 @@ from digitpipe.core.files import UnreadableFile, cannot_read, check_regular
 from digitpipe.dataset.stored import chunk_rows
 
 GZIP_MAGIC = b"\x1f\x8b"
-MAX_IDX_BYTES = 4 * 2**30  # the most data an IDX header may declare (decompressed)
+MAX_IDX_BYTES = 4 * 2**30  # the most data an IDX file read whole may declare (decompressed)
+# The most a file read a chunk at a time (ingest's images) may declare: 87M 28x28 images in
+# constant memory; a gzip bomb that claims it costs minutes of inflating, never memory.
+MAX_CHUNKED_IDX_BYTES = 64 * 2**30
 MAX_TEXT_BYTES = 2**30  # the most a file of any other content (a CSV) may hold (decompressed)
 MAX_IDX_DIMS = 4  # images N x H x W (x 1), flat rows N x P, labels N
 CHUNK = 2**20  # bytes per read: no read holds more than this beyond the result
@@ -148,7 +152,7 @@ class IdxChunks:
             if head[:2] != b"\0\0":
                 raise NotIdxError(_wrong_magic(path, head))
             head += stream.read(4 * head[3]) if len(head) == 4 else b""
-            self.header = header = idx_header(path, head)
+            self.header = header = idx_header(path, head, MAX_CHUNKED_IDX_BYTES)
             self._digest.update(head[4:])
             yield from self._rows(stream, header)
 
@@ -255,9 +259,9 @@ def _read_idx(path: Path, stream: BinaryIO, head: bytes, header: IdxHeader) -> m
     return buffer
 
 
-def idx_header(path: Path, data: bytes | memoryview) -> IdxHeader:
+def idx_header(path: Path, data: bytes | memoryview, limit: int = MAX_IDX_BYTES) -> IdxHeader:
     """The IDX header at the start of ``data``, validated: magic number, 1 to MAX_IDX_DIMS
-    dimensions, and a declared data size of at most MAX_IDX_BYTES."""
+    dimensions, and a declared data size of at most ``limit`` bytes."""
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in IDX_DTYPES:
         raise DigitpipeError(_wrong_magic(path, bytes(data[:4])))
     dtype, ndim = IDX_DTYPES[data[2]], data[3]
@@ -270,11 +274,11 @@ def idx_header(path: Path, data: bytes | memoryview) -> IdxHeader:
         raise DigitpipeError(f"{path}: truncated IDX header ({len(data)} bytes).")
     shape = tuple(int(d) for d in np.frombuffer(data, ">u4", count=ndim, offset=4))
     header = IdxHeader(dtype, shape)
-    if header.data_bytes > MAX_IDX_BYTES:
+    if header.data_bytes > limit:
         raise DigitpipeError(
             f"{path}: {header.describe()} declare {header.data_bytes} data bytes, more than "
-            f"the {MAX_IDX_BYTES >> 30} GiB digitpipe reads; the header is corrupt, or the "
-            "data must be split into smaller files."
+            f"the {limit >> 30} GiB digitpipe reads from one file here; the header is corrupt, "
+            "or the data must be split into smaller files."
         )
     return header
 
