@@ -8,17 +8,18 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-if TYPE_CHECKING:  # only ingest makes them: the other stages do not import (or list) the module
+if TYPE_CHECKING:  # parquet imports this module; stored only ingest imports (and lists)
+    from digitpipe.dataset.parquet import SplitPixels
     from digitpipe.dataset.stored import StoredImages
 
 
 @dataclass(frozen=True)
 class ImageSet:
-    """``images`` is uint8 (N, H, W), in memory or (in the ingest stage) on disk; ``labels``
-    int64 (N,) or None when unlabeled."""
+    """``images`` is uint8 (N, H, W), in memory or on disk (the ingest stage's StoredImages, a
+    Parquet split's SplitPixels); ``labels`` int64 (N,) or None when unlabeled."""
 
     ids: np.ndarray
-    images: np.ndarray | StoredImages
+    images: np.ndarray | StoredImages | SplitPixels
     labels: np.ndarray | None
     class_names: tuple[str, ...]
 
