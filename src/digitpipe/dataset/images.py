@@ -8,18 +8,18 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-if TYPE_CHECKING:  # parquet imports this module; stored only ingest imports (and lists)
-    from digitpipe.dataset.parquet import SplitPixels
+if TYPE_CHECKING:  # only ingest makes them: the other stages do not import (or list) the module
     from digitpipe.dataset.stored import StoredImages
 
 
 @dataclass(frozen=True)
 class ImageSet:
-    """``images`` is uint8 (N, H, W), in memory or on disk (the ingest stage's StoredImages, a
-    Parquet split's SplitPixels); ``labels`` int64 (N,) or None when unlabeled."""
+    """``images`` is uint8 (N, H, W), in memory or on disk: the ingest stage's StoredImages, or
+    a Parquet split's ``parquet.SplitPixels`` (which imports this module; indexed, it reads the
+    rows asked for); ``labels`` int64 (N,) or None when unlabeled."""
 
     ids: np.ndarray
-    images: np.ndarray | StoredImages | SplitPixels
+    images: np.ndarray | StoredImages
     labels: np.ndarray | None
     class_names: tuple[str, ...]
 
