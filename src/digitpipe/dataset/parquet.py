@@ -204,6 +204,7 @@ class SplitPixels:
         """Each row group's pixels in order, one row group read at a time."""
         for group in range(len(self.layout.group_rows)):
             yield self.group(group)
+            pa.default_memory_pool().release_unused()  # see read_split
 
 
 @contextlib.contextmanager

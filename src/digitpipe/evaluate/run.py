@@ -70,7 +70,7 @@ def probabilities_of(
     """The model's probabilities of a split opened by :func:`load_labelled`, its pixels read
     and classified a row group at a time: (N, classes) float32 is all a split costs."""
     groups = split.images.groups()
-    return stream_probabilities(net, groups, batch_size, spec.test_time_shift)
+    return stream_probabilities(net, groups, len(split), batch_size, spec.test_time_shift)
 
 
 def write_reports(

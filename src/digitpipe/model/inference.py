@@ -31,17 +31,22 @@ def predict_probabilities(
     its four copies moved that many pixels (test-time augmentation). Batch by batch under
     ``torch.inference_mode``; ``net`` is put in eval mode, channels-last.
     """
-    return stream_probabilities(net, [images], batch_size, test_time_shift)
+    return stream_probabilities(net, [images], len(images), batch_size, test_time_shift)
 
 
 def stream_probabilities(
-    net: nn.Module, parts: Iterable[np.ndarray], batch_size: int, test_time_shift: int
+    net: nn.Module, parts: Iterable[np.ndarray], count: int, batch_size: int, test_time_shift: int
 ) -> np.ndarray:
-    """:func:`predict_probabilities` of the images of ``parts`` (e.g. a split's row groups, read
-    one at a time) in order, in the batches of their concatenation: the same figures, bit for
-    bit, however the images are parted, with one part and one batch in memory."""
+    """:func:`predict_probabilities` of the ``count`` >= 1 images of ``parts`` (e.g. a split's
+    row groups, read one at a time) in order, in the batches of their concatenation: the same
+    figures, bit for bit, however the images are parted, with one part and one batch in memory.
+
+    Each batch's probabilities are copied into one (count, classes) array made at the first: a
+    small tensor kept per batch, between the batches' large temporaries, held glibc's heap
+    from shrinking (evaluating 300,000 images peaked 300 to 600 MB higher, varying run to run).
+    """
     net.eval().to(memory_format=torch.channels_last)
-    batches = []
+    result, done = None, 0
     with torch.inference_mode():
         for images in rebatched(parts, batch_size):
             pixels = torch.from_numpy(images[:, None].astype(np.float32))
@@ -50,8 +55,11 @@ def stream_probabilities(
                 torch.softmax(net(view.contiguous(memory_format=torch.channels_last)), dim=1)
                 for view in views
             )
-            batches.append(probabilities / len(views))
-    return torch.cat(batches).numpy()
+            if result is None:
+                result = np.empty((count, probabilities.shape[1]), np.float32)
+            result[done : done + len(images)] = (probabilities / len(views)).numpy()
+            done += len(images)
+    return result
 
 
 def rebatched(parts: Iterable[np.ndarray], batch_size: int) -> Iterator[np.ndarray]:
