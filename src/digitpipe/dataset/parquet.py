@@ -185,8 +185,9 @@ class SplitPixels:
         if np.ndim(rows) == 0:
             return self[np.array([rows])][0]
         rows = np.asarray(rows, dtype=np.int64)
-        if len(rows) and not 0 <= rows.min() <= rows.max() < self.layout.rows:
-            raise IndexError(f"rows {rows} are not all in a split of {self.layout.rows} images")
+        outside = rows[(rows < 0) | (rows >= self.layout.rows)]
+        if len(outside):
+            raise IndexError(f"row {outside[0]} is not in a split of {self.layout.rows} images")
         starts = np.cumsum((0, *self.layout.group_rows))
         groups = np.searchsorted(starts, rows, side="right") - 1
         pixels = np.empty((len(rows), self.layout.height, self.layout.width), np.uint8)

@@ -68,7 +68,7 @@ def probabilities_of(
     net: nn.Module, spec: ModelSpec, split: ImageSet, batch_size: int
 ) -> np.ndarray:
     """The model's probabilities of a split opened by :func:`load_labelled`, its pixels read
-    and classified a row group at a time: (N, classes) float32 is all a split costs."""
+    and classified a row group at a time (one row group's pixels in memory, not the split's)."""
     groups = split.images.groups()
     return stream_probabilities(net, groups, len(split), batch_size, spec.test_time_shift)
 
