@@ -3,8 +3,9 @@ ingest seconds and peak RSS, then for each --archs one short epoch (train.limit_
 memory and one streamed from disk (train.memory_budget_gb far below the pixels): training images/s
 and peak RSS of each, and their ratio; at each --stream-sizes size (10M: 7.8 GB of pixels, as
 much again of raw IDX on disk) ingest once and a streamed epoch of each arch with
-train.memory_budget_gb: 1, its images/s against the largest held run's; and the ingest peak RSS
-of a 200,000-row Kaggle-style CSV and of a 40-row CSV of 400x400-pixel images (160,000 columns).
+train.memory_budget_gb: 1, its images/s against the largest held run's; the evaluate stage of the
+last model trained at each size; and the ingest peak RSS of a 200,000-row Kaggle-style CSV and of
+a 40-row CSV of 400x400-pixel images (160,000 columns).
 
 Each stage runs in its own child process (`python stages/<stage>.py` in a temporary project);
 its peak RSS is the child's own ``ru_maxrss`` (``os.wait4``), so nothing of this process counts.
@@ -147,6 +148,8 @@ def bench_idx(tmp: Path, count: int, archs: list[str], batches: int, budgets: di
             path = "streamed" if "; streaming train.parquet" in header else "held"
             figures = {**trained, "images_per_s": speed["images_per_s"], "path": path}
             results[f"{name} {arch}"] = figures
+    # The last model trained, on the test and validation splits (read a row group at a time).
+    results["evaluate"] = run_stage(project, "evaluate")
     shutil.rmtree(tmp / f"raw-{count}")  # 7.8 GB at 10M: the next size's room
     shutil.rmtree(project)
     return results
@@ -253,6 +256,7 @@ def result_rows(results: dict[str, dict]) -> list[Row]:
         "train": "training in memory, {} images (`{}`, one short epoch)",
         "stream": "training streamed from disk, {} images (`{}`, one short epoch)",
         "csv": "CSV ingest, {}",
+        "evaluate": "evaluate, test and val splits of {} images (a tenth each)",
     }
     command = " ".join(["bench/scale.py", *sys.argv[1:]])
     ratios = results.pop("speed ratios", {})

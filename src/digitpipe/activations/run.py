@@ -16,7 +16,7 @@ from digitpipe.core.atomic import staged_outputs
 from digitpipe.core.config import ActivationsParams, Params
 from digitpipe.core.errors import DigitpipeError
 from digitpipe.dataset.images import ImageSet
-from digitpipe.dataset.parquet import read_split
+from digitpipe.dataset.parquet import open_split
 from digitpipe.model.export import ModelSpec, load_model
 from digitpipe.model.zoo import NORMALIZE
 from digitpipe.outputs import activations as outputs
@@ -142,7 +142,7 @@ def run(params: Params, root: Path = Path(".")) -> dict:
     check_tracking(params.track, root)
     settings = params.activations
     net, spec = load_model(root / MODEL_DIR)
-    test = read_split(root / split_file("test"))
+    test = open_split(root / split_file("test"))  # ids, labels; pixels when indexed
     reasons = choose_images(settings, root / WORST_CASES, test)
     row_of = {image_id: row for row, image_id in enumerate(test.ids)}
     rows = np.array([row_of[image_id] for image_id in reasons], dtype=np.int64)

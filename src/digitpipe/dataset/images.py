@@ -14,8 +14,9 @@ if TYPE_CHECKING:  # only ingest makes them: the other stages do not import (or 
 
 @dataclass(frozen=True)
 class ImageSet:
-    """``images`` is uint8 (N, H, W), in memory or (in the ingest stage) on disk; ``labels``
-    int64 (N,) or None when unlabeled."""
+    """``images`` is uint8 (N, H, W), in memory or on disk: the ingest stage's StoredImages, or
+    a Parquet split's ``parquet.SplitPixels`` (which imports this module; indexed, it reads the
+    rows asked for); ``labels`` int64 (N,) or None when unlabeled."""
 
     ids: np.ndarray
     images: np.ndarray | StoredImages

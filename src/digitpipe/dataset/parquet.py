@@ -144,11 +144,68 @@ def read_group(layout: SplitLayout, group: int) -> tuple[np.ndarray, np.ndarray]
         labels = _labels(
             path, file.read_row_group(group, columns=["label"]).column(0), len(layout.class_names)
         )
-        pixels = _group_pixels(path, file, group, layout.height * layout.width)
+        pixels = _group_images(layout, file, group)
     if labels is None and len(pixels):
         raise _damaged(path, f"the labels of row group {group} are all null")
     labels = np.zeros(0, np.int64) if labels is None else labels
-    return pixels.reshape(-1, layout.height, layout.width), labels
+    return pixels, labels
+
+
+def open_split(path: str | os.PathLike) -> ImageSet:
+    """A split with its ids and labels read (checked as :func:`read_split` checks them) and its
+    pixels left in the file (:class:`SplitPixels`): for a stage that needs the pixels of a few
+    rows, or of one row group at a time (evaluating 300,000 images: a row group's pixels, not
+    235 MB)."""
+    layout = split_layout(path)
+    with _reading(layout.path) as file:
+        table = file.read(columns=["image_id", "label"])
+    _check_no_nulls(layout.path, table.column("image_id"), "image_id")
+    labels = _labels(layout.path, table.column("label"), len(layout.class_names))
+    ids = np.asarray(table.column("image_id").to_pylist(), dtype=object)
+    return ImageSet(ids, SplitPixels(layout), labels, layout.class_names)
+
+
+@dataclass(frozen=True)
+class SplitPixels:
+    """The pixels of a split, left in its Parquet file: indexing reads the rows asked for (from
+    their row groups, one at a time), :meth:`groups` yields them a row group at a time."""
+
+    layout: SplitLayout
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return self.layout.rows, self.layout.height, self.layout.width
+
+    def __len__(self) -> int:
+        return self.layout.rows
+
+    def __getitem__(self, rows: int | np.ndarray) -> np.ndarray:
+        """The (k, height, width) uint8 pixels of the rows ``rows``, in that order (of one row,
+        (height, width)), reading only the row groups that hold them."""
+        if np.ndim(rows) == 0:
+            return self[np.array([rows])][0]
+        rows = np.asarray(rows, dtype=np.int64)
+        outside = rows[(rows < 0) | (rows >= self.layout.rows)]
+        if len(outside):
+            raise IndexError(f"row {outside[0]} is not in a split of {self.layout.rows} images")
+        starts = np.cumsum((0, *self.layout.group_rows))
+        groups = np.searchsorted(starts, rows, side="right") - 1
+        pixels = np.empty((len(rows), self.layout.height, self.layout.width), np.uint8)
+        for group in np.unique(groups):
+            chosen = groups == group
+            pixels[chosen] = self.group(int(group))[rows[chosen] - starts[group]]
+        return pixels
+
+    def group(self, group: int) -> np.ndarray:
+        """Row group ``group``'s (k, height, width) uint8 pixels, checked."""
+        with _reading(self.layout.path) as file:
+            return _group_images(self.layout, file, group)
+
+    def groups(self) -> Iterator[np.ndarray]:
+        """Each row group's pixels in order, one row group read at a time."""
+        for group in range(len(self.layout.group_rows)):
+            yield self.group(group)
+            pa.default_memory_pool().release_unused()  # see read_split
 
 
 @contextlib.contextmanager
@@ -170,6 +227,12 @@ def _checked_metadata(path: Path, file: pq.ParquetFile) -> dict:
     if problem:
         raise _damaged(path, problem)
     return meta
+
+
+def _group_images(layout: SplitLayout, file: pq.ParquetFile, group: int) -> np.ndarray:
+    """Row group ``group``'s pixels as (k, height, width) uint8 images."""
+    size = layout.height * layout.width
+    return _group_pixels(layout.path, file, group, size).reshape(-1, layout.height, layout.width)
 
 
 def _group_pixels(path: Path, file: pq.ParquetFile, group: int, size: int) -> np.ndarray:

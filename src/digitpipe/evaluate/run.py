@@ -6,13 +6,14 @@ import math
 from pathlib import Path
 
 import numpy as np
+from torch import nn
 
 from digitpipe.core.atomic import staged_outputs, write_json, write_text
 from digitpipe.core.config import EvaluateParams, Params
 from digitpipe.core.errors import DigitpipeError
 from digitpipe.core.numbers import rounded
 from digitpipe.dataset.images import ImageSet
-from digitpipe.dataset.parquet import read_split
+from digitpipe.dataset.parquet import open_split
 from digitpipe.evaluate.confusion import (
     confusion_counts,
     confusion_figure,
@@ -24,7 +25,7 @@ from digitpipe.evaluate.predictions import write_predictions
 from digitpipe.evaluate.stats import confusion_stats, to_markdown
 from digitpipe.evaluate.worst_cases import write_worst_cases
 from digitpipe.model.export import ModelSpec, load_model
-from digitpipe.model.inference import predict_probabilities
+from digitpipe.model.inference import stream_probabilities
 from digitpipe.outputs import evaluate as outputs
 from digitpipe.outputs import write_report
 from digitpipe.outputs.ingest import split_file
@@ -45,8 +46,9 @@ HEADLINE = ("accuracy", "log_loss")  # test figures in reports/evaluate/metrics.
 
 
 def load_labelled(path: Path, spec: ModelSpec) -> ImageSet:
-    """A split the model can be scored on: labelled, non-empty, its classes and image size."""
-    split = read_split(path)
+    """A split the model can be scored on: labelled, non-empty, its classes and image size;
+    checked from its footer, ids and labels, its pixels left in the file (``open_split``)."""
+    split = open_split(path)
     if not len(split) or split.labels is None:
         raise DigitpipeError(f"{path}: no labelled images to evaluate the model on.")
     if list(split.class_names) != spec.class_names:
@@ -60,6 +62,15 @@ def load_labelled(path: Path, spec: ModelSpec) -> ImageSet:
             f"takes {spec.height}x{spec.width}; retrain the model on this data (dvc repro train)."
         )
     return split
+
+
+def probabilities_of(
+    net: nn.Module, spec: ModelSpec, split: ImageSet, batch_size: int
+) -> np.ndarray:
+    """The model's probabilities of a split opened by :func:`load_labelled`, its pixels read
+    and classified a row group at a time (one row group's pixels in memory, not the split's)."""
+    groups = split.images.groups()
+    return stream_probabilities(net, groups, len(split), batch_size, spec.test_time_shift)
 
 
 def write_reports(
@@ -146,14 +157,12 @@ def run(params: Params, root: Path = Path(".")) -> dict:
     settings = params.evaluate
     test, val = (load_labelled(root / split_file(s), spec) for s in ("test", "val"))
     val_metrics = classification_metrics(
-        predict_probabilities(net, val.images, settings.batch_size, spec.test_time_shift),
+        probabilities_of(net, spec, val, settings.batch_size),
         val.labels,
         spec.class_names,
         settings.calibration_bins,
     )
-    probabilities = predict_probabilities(
-        net, test.images, settings.batch_size, spec.test_time_shift
-    )
+    probabilities = probabilities_of(net, spec, test, settings.batch_size)
     with staged_outputs(root, "evaluate", outputs.DECLARED.paths()) as staging:
         metrics = write_reports(test, probabilities, settings, staging)
         metrics["val"] = {key: val_metrics[key] for key in ("accuracy", "log_loss", "n")}

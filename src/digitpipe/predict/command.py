@@ -6,8 +6,6 @@ import os
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from digitpipe.core.errors import DigitpipeError
 from digitpipe.core.numbers import counted
 from digitpipe.predict.inputs import LABEL_COLUMN, read_inputs
@@ -82,8 +80,7 @@ def predict(
             f"{submission}: a Kaggle submission needs exactly one input, a pixel CSV in the "
             "Kaggle test.csv layout (its ImageId is the row number)."
         )
-    images = np.concatenate([batch.images for batch in read.batches])
-    probabilities = predictor.probabilities(images)
+    probabilities = predictor.batch_probabilities(read.batches)
     frame = predictions_frame(read.batches, probabilities, predictor.spec.class_names)
     write_predictions(frame, out)
     if submission is not None:
