@@ -496,6 +496,29 @@ def test_disk_full_with_the_store_on_it_mid_training(ingested, small_disk, monke
     assert [run.info.status for run in training_runs(project)] == ["FINISHED"]
 
 
+@pytest.mark.slow
+def test_a_full_tmpdir_does_not_stop_training_checkpoints(ingested, small_disk, tmp_path):
+    """Checkpoints are written beside themselves and renamed. Lightning's own went through a
+    file in $TMPDIR moved into place: a copy across file systems, which a reader once met half
+    written (a test's torch.load: EINVAL), and with $TMPDIR full the training failed with room
+    in the project."""
+    fill(small_disk, leave=0)
+    env = os.environ | {"TMPDIR": str(small_disk), "PYTHONUNBUFFERED": "1"}
+    # Not the checkpoints': torch's compile cache goes to $TMPDIR by default.
+    env["TORCHINDUCTOR_CACHE_DIR"] = str(tmp_path / "torch-cache")
+    env.pop("MLFLOW_TRACKING_URI", None)
+    done = subprocess.run(
+        [sys.executable, str(REPO / "stages/train.py")],
+        cwd=ingested,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=HANG_GUARD_S,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (ingested / MODEL_DIR / WEIGHTS_FILE).is_file()
+
+
 @contextlib.contextmanager
 def locked(store: Path) -> Iterator[None]:
     """A second connection to the SQLite file ``store`` holding an exclusive lock (as an open

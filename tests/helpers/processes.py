@@ -89,7 +89,7 @@ def stopped_after_a_checkpoint(project: Path, pid, gone, epochs: int = 1) -> int
     Each look stops the process and only then reads the checkpoint: a stopped process cannot
     finish between the look and the stop (looking first once let a run finish all its epochs in
     between, and remove its checkpoints). Lightning writes a checkpoint whole (a temporary file
-    renamed), so one that exists loads."""
+    renamed beside it: ``train.checkpoint.CheckpointsBeside``), so one that exists loads."""
 
     def saved() -> list[Path]:
         return list((project / CHECKPOINT_ROOT).glob("*/last.ckpt"))
@@ -105,9 +105,14 @@ def stopped_after_a_checkpoint(project: Path, pid, gone, epochs: int = 1) -> int
         if saved():
             stopped = pid()
             os.kill(stopped, signal.SIGSTOP)
-            if finished() >= epochs:
+            try:
+                done = finished()
+            except BaseException:  # never leave a stopped process behind (a failed look did)
+                os.kill(stopped, signal.SIGCONT)
+                raise
+            if done >= epochs:
                 return stopped
-            os.kill(stopped, signal.SIGCONT)  # never leave a stopped process behind
+            os.kill(stopped, signal.SIGCONT)
         time.sleep(0.1)
     pytest.fail(f"the training never saved a checkpoint of epoch {epochs} (or ended first)")
 
@@ -125,9 +130,14 @@ def repro_stopped_in_training(
         (pid,) = stage_processes(project, "stages/train.py")
         return pid
 
-    return repro, stopped_after_a_checkpoint(
-        project, train_pid, lambda: repro.poll() is not None, epochs
-    )
+    try:
+        return repro, stopped_after_a_checkpoint(
+            project, train_pid, lambda: repro.poll() is not None, epochs
+        )
+    except BaseException:  # a failed test leaves no `dvc repro` behind (its stage ends with it)
+        repro.kill()
+        repro.wait()
+        raise
 
 
 PAUSE_FILE = "training-paused"  # written by a training held after its last checkpoint

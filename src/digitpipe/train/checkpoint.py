@@ -7,6 +7,7 @@ import os
 import sys
 
 import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from digitpipe.core.atomic import atomic_path
 
@@ -49,7 +50,25 @@ def write_portable_checkpoint(checkpoint: dict, target: str | os.PathLike) -> No
     form, so the same training gives the same bytes, resumed or not. Saved through a buffer:
     ``torch.save`` names the archive after the file, and the file here is a temporary one."""
     portable = canonical({key: value for key, value in checkpoint.items() if key != "callbacks"})
+    save_beside(portable, target)
+
+
+def save_beside(checkpoint: dict, target: str | os.PathLike) -> None:
+    """``torch.save`` into a temporary file beside ``target``, renamed onto it: whole or not at
+    all. Through a buffer: ``torch.save`` names the archive after the file, a temporary one."""
     buffer = io.BytesIO()
-    torch.save(portable, buffer)
+    torch.save(checkpoint, buffer)
     with atomic_path(target) as tmp:
-        tmp.write_bytes(buffer.getvalue())
+        tmp.write_bytes(buffer.getbuffer())
+
+
+class CheckpointsBeside(TorchCheckpointIO):
+    """Lightning's checkpoint files, each written by :func:`save_beside`. Lightning's own write
+    goes through a file in $TMPDIR moved into place, a copy when $TMPDIR is on another file
+    system (a tmpfs /tmp): a reader, or a crash, met half a `last.ckpt`, and a full /tmp failed
+    the save with room beside it."""
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        if storage_options is not None:
+            raise TypeError("digitpipe's checkpoints take no storage_options")
+        save_beside(checkpoint, path)

@@ -64,7 +64,12 @@ from digitpipe.train.callbacks import (
     wants_lines,
     weight_average,
 )
-from digitpipe.train.checkpoint import network_weights, read_checkpoint, write_portable_checkpoint
+from digitpipe.train.checkpoint import (
+    CheckpointsBeside,
+    network_weights,
+    read_checkpoint,
+    write_portable_checkpoint,
+)
 from digitpipe.train.data import DigitData, pixel_stats
 from digitpipe.train.distributed import agreed_resume, strategy
 from digitpipe.train.figures import learning_curves_figure
@@ -231,6 +236,7 @@ def build_trainer(
             limit_train_batches=train.limit_batches,
             limit_val_batches=train.limit_batches,
             num_sanity_val_steps=0,
+            plugins=[CheckpointsBeside()],
         )
     except (MisconfigurationException, ValueError, RuntimeError) as exc:
         raise DigitpipeError(f"train: the Trainer rejected these settings: {exc}") from exc
