@@ -33,8 +33,8 @@ GB = 1e9
 # which would switch a rerun, or a single rank, between streaming and holding the pixels.
 BUDGET_SHARE = 0.5
 # Rows are shuffled within this many consecutive shards: 256 MB of pixels with 64 MB row groups
-# (for a moment twice that, the shards read and their concatenation, with the next shard read
-# ahead). Fixed, not derived from the budget, so the order never depends on the machine.
+# (at most three times that: the window training, the next one read ahead, and for a moment its
+# concatenation). Fixed, not derived from the budget, so the order never depends on the machine.
 WINDOW_SHARDS = 4
 
 
@@ -151,22 +151,26 @@ class ShardBatches(RankBatches):
             yield rest_images[:left], rest_labels[:left]
 
     def _windows(self) -> Iterator[Batch]:
-        """The rank's shards, WINDOW_SHARDS at a time, as (k, 1, H, W) uint8 and labels; the next
-        shard is read in a thread while the current window trains (pyarrow releases the GIL)."""
+        """The rank's shards, WINDOW_SHARDS at a time, as (k, 1, H, W) uint8 and labels. The next
+        window's shards are read in a thread while the current window trains (pyarrow releases
+        the GIL): reading only its first shard ahead left the training waiting for the other
+        three, and streamed mlp at half the in-memory images/s."""
         shards = self.shards()
-        with ThreadPoolExecutor(max_workers=1) as reader:
-            pending = reader.submit(self.split.read, shards[0]) if shards else None
-            for start in range(0, len(shards), WINDOW_SHARDS):
-                parts = []
-                for shard in shards[start + 1 : start + WINDOW_SHARDS + 1]:
-                    parts.append(pending.result())
-                    pending = reader.submit(self.split.read, shard)
-                if start + WINDOW_SHARDS >= len(shards):  # the last window takes the last read
-                    parts.append(pending.result())
+        windows = [shards[k : k + WINDOW_SHARDS] for k in range(0, len(shards), WINDOW_SHARDS)]
+        reader = ThreadPoolExecutor(max_workers=1)
+        try:
+            pending = []
+            for following in [*windows, []]:
+                parts = [read.result() for read in pending]
+                pending = [reader.submit(self.split.read, shard) for shard in following]
+                if not parts:  # the first window: being read
+                    continue
                 images = np.concatenate([part[0] for part in parts])
                 labels = np.concatenate([part[1] for part in parts])
                 del parts  # the window is held once
                 yield torch.from_numpy(images).unsqueeze(1), torch.from_numpy(labels)
+        finally:  # an epoch cut short (train.limit_batches) waits for no read ahead
+            reader.shutdown(cancel_futures=True)
 
 
 def held_or_streamed(
