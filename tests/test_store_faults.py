@@ -502,7 +502,9 @@ def test_a_full_tmpdir_does_not_stop_training_checkpoints(ingested, small_disk, 
     file in $TMPDIR moved into place: a copy across file systems, which a reader once met half
     written (a test's torch.load: EINVAL), and with $TMPDIR full the training failed with room
     in the project."""
-    fill(small_disk, leave=0)
+    # Room for Python's check that $TMPDIR can be written (a full one is passed over for /tmp),
+    # none for a checkpoint.
+    fill(small_disk, leave=16 * 1024)
     env = os.environ | {"TMPDIR": str(small_disk), "PYTHONUNBUFFERED": "1"}
     # Not the checkpoints': torch's compile cache goes to $TMPDIR by default.
     env["TORCHINDUCTOR_CACHE_DIR"] = str(tmp_path / "torch-cache")
