@@ -34,6 +34,7 @@ from helpers.processes import (
     Measured,
     measured_digitpipe,
     paused_after_a_checkpoint,
+    train_stage,
 )
 from helpers.project import edit_params, fill, run_cli
 from helpers.servers import free_port
@@ -497,7 +498,9 @@ def test_disk_full_with_the_store_on_it_mid_training(ingested, small_disk, monke
 
 
 @pytest.mark.slow
-def test_a_full_tmpdir_does_not_stop_training_checkpoints(ingested, small_disk, tmp_path):
+def test_a_full_tmpdir_does_not_stop_training_checkpoints(
+    ingested, small_disk, tmp_path, monkeypatch
+):
     """Checkpoints are written beside themselves and renamed. Lightning's own went through a
     file in $TMPDIR moved into place: a copy across file systems, which a reader once met half
     written (a test's torch.load: EINVAL), and with $TMPDIR full the training failed with room
@@ -505,19 +508,12 @@ def test_a_full_tmpdir_does_not_stop_training_checkpoints(ingested, small_disk, 
     # Room for Python's check that $TMPDIR can be written (a full one is passed over for /tmp),
     # none for a checkpoint.
     fill(small_disk, leave=16 * 1024)
-    env = os.environ | {"TMPDIR": str(small_disk), "PYTHONUNBUFFERED": "1"}
+    monkeypatch.setenv("TMPDIR", str(small_disk))
     # Not the checkpoints': torch's compile cache goes to $TMPDIR by default.
-    env["TORCHINDUCTOR_CACHE_DIR"] = str(tmp_path / "torch-cache")
-    env.pop("MLFLOW_TRACKING_URI", None)
-    done = subprocess.run(
-        [sys.executable, str(REPO / "stages/train.py")],
-        cwd=ingested,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=HANG_GUARD_S,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "torch-cache"))
+    training = train_stage(ingested)
+    output = training.communicate(timeout=HANG_GUARD_S)[0]
+    assert training.returncode == 0, output
     assert (ingested / MODEL_DIR / WEIGHTS_FILE).is_file()
 
 
