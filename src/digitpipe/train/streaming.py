@@ -154,7 +154,7 @@ class ShardBatches(RankBatches):
         """The rank's shards, WINDOW_SHARDS at a time, as (k, 1, H, W) uint8 and labels. The next
         window's shards are read in a thread while the current window trains (pyarrow releases
         the GIL): reading only its first shard ahead left the training waiting for the other
-        three, and streamed mlp at half the in-memory images/s."""
+        three."""
         shards = self.shards()
         windows = [shards[k : k + WINDOW_SHARDS] for k in range(0, len(shards), WINDOW_SHARDS)]
         reader = ThreadPoolExecutor(max_workers=1)
