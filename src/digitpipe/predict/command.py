@@ -80,7 +80,7 @@ def predict(
             f"{submission}: a Kaggle submission needs exactly one input, a pixel CSV in the "
             "Kaggle test.csv layout (its ImageId is the row number)."
         )
-    probabilities = predictor.batch_probabilities(read.batches)
+    probabilities = predictor.probabilities(*(batch.images for batch in read.batches))
     frame = predictions_frame(read.batches, probabilities, predictor.spec.class_names)
     write_predictions(frame, out)
     if submission is not None:

@@ -17,7 +17,7 @@ from digitpipe.core.config import TrackParams
 from digitpipe.core.errors import DigitpipeError
 from digitpipe.dataset.checks import check_labels
 from digitpipe.model.export import ModelSpec, load_model
-from digitpipe.model.inference import predict_probabilities, stream_probabilities
+from digitpipe.model.inference import stream_probabilities
 from digitpipe.predict.inputs import Batch
 from digitpipe.tracking.registry import download_weights
 from digitpipe.tracking.store import tracking_uri
@@ -81,13 +81,9 @@ class Predictor:
             "with the ink as the training images had it (MNIST: light ink on black)."
         )
 
-    def probabilities(self, images: np.ndarray) -> np.ndarray:
-        """Class probabilities (N, classes) of uint8 images (N, H, W) of the model's size."""
-        return predict_probabilities(self.net, images, BATCH_SIZE, self.spec.test_time_shift)
-
-    def batch_probabilities(self, batches: list[Batch]) -> np.ndarray:
-        """:meth:`probabilities` of the images of ``batches``, in order, without concatenating
-        them first (a second copy of every pixel: 235 MB for 300,000 28x28 images)."""
-        parts = [batch.images for batch in batches]
+    def probabilities(self, *parts: np.ndarray) -> np.ndarray:
+        """Class probabilities (N, classes) of the uint8 images (n, H, W) of the model's size in
+        ``parts``, in order, without concatenating them first (a second copy of every pixel:
+        235 MB for 300,000 28x28 images)."""
         count, shift = sum(map(len, parts)), self.spec.test_time_shift
         return stream_probabilities(self.net, parts, count, BATCH_SIZE, shift)
